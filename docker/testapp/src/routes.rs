@@ -1,0 +1,263 @@
+//! Request routing and the per-path behaviours the emulator's tests rely on.
+
+use std::convert::Infallible;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Either, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+
+use crate::lifecycle::InFlight;
+use crate::output;
+use crate::query::Query;
+use crate::websocket;
+
+/// Response bodies: a plain buffer for ordinary answers, so that the benchmark's
+/// `GET /` allocates as little as possible, and a boxed stream for streamed ones.
+pub type Body = Either<Full<Bytes>, UnsyncBoxBody<Bytes, Infallible>>;
+
+/// Memory handed out by `/alloc`, kept here forever so it stays resident.
+static LEAKED: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// The size of a page; `/alloc` writes one byte per page to make it resident.
+const PAGE: usize = 4096;
+
+/// Dispatches one request on its path.
+pub async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    if req.uri().path() == "/" {
+        return Ok(ok());
+    }
+    let _in_flight = InFlight::start();
+    let query = Query::parse(req.uri().query());
+    let resp = match req.uri().path() {
+        "/echo" => echo(req).await,
+        "/sleep" => sleep(&query).await,
+        "/stream" => ticker(&query, "chunks", "text/plain", |i| format!("chunk {i}\n")),
+        "/sse" => ticker(&query, "events", "text/event-stream", |i| {
+            format!("data: {i}\n\n")
+        }),
+        "/ws" => Ok(websocket::upgrade(req)),
+        "/alloc" => alloc(&query).await,
+        "/status" => status(&query),
+        "/crash" => crash(&query),
+        "/upload" => upload(req).await,
+        "/log" => {
+            let severity = query.get("severity").unwrap_or("INFO");
+            output::json(severity, query.get("message").unwrap_or(""));
+            Ok(text(StatusCode::OK, "logged\n"))
+        }
+        "/print" => {
+            output::line(query.get("text").unwrap_or(""));
+            Ok(text(StatusCode::OK, "printed\n"))
+        }
+        _ => Ok(text(StatusCode::NOT_FOUND, "not found\n")),
+    };
+    Ok(resp.unwrap_or_else(|failure| text(failure.status, failure.message)))
+}
+
+/// Why a request could not be served, turned into a plain-text response at the end.
+struct Failure {
+    status: StatusCode,
+    message: String,
+}
+
+impl Failure {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Failure {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+/// What a handler returns: its response, or the failure to report instead.
+type Handled = Result<Response<Body>, Failure>;
+
+/// The benchmark's target: a static body with no per-request formatting.
+fn ok() -> Response<Body> {
+    let mut resp = Response::new(Either::Left(Full::new(Bytes::from_static(b"ok\n"))));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+/// A complete `text/plain` response.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Either::Left(Full::new(body.into())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+/// Reads a numeric query parameter; a missing one takes `default`, and a malformed
+/// one is a 400 so that a typo in a test shows up instead of silently defaulting.
+fn number<T: FromStr>(query: &Query, key: &str, default: T) -> Result<T, Failure> {
+    match query.get(key) {
+        None => Ok(default),
+        Some(raw) => raw.parse().map_err(|_| {
+            Failure::new(
+                StatusCode::BAD_REQUEST,
+                format!("invalid value for {key}: {raw:?}\n"),
+            )
+        }),
+    }
+}
+
+/// Reads the whole body frame by frame and returns its length in bytes.
+async fn body_len(mut body: Incoming) -> Result<u64, Failure> {
+    let mut total = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| {
+            Failure::new(
+                StatusCode::BAD_REQUEST,
+                format!("failed to read the body: {err}\n"),
+            )
+        })?;
+        if let Some(data) = frame.data_ref() {
+            total += data.len() as u64;
+        }
+    }
+    Ok(total)
+}
+
+/// Describes the request as the container saw it, plus the process environment.
+async fn echo(req: Request<Incoming>) -> Handled {
+    let (parts, body) = req.into_parts();
+    let mut headers = serde_json::Map::new();
+    for (name, value) in &parts.headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        let values = headers
+            .entry(name.as_str())
+            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        if let serde_json::Value::Array(values) = values {
+            values.push(value.into());
+        }
+    }
+    let env: serde_json::Map<String, serde_json::Value> = std::env::vars_os()
+        .map(|(k, v)| {
+            let value = v.to_string_lossy().into_owned();
+            (k.to_string_lossy().into_owned(), value.into())
+        })
+        .collect();
+    let body_len = body_len(body).await?;
+    let report = serde_json::json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        // HTTP/2 carries the host as the `:authority` pseudo-header, not as `host`.
+        "authority": parts.uri.authority().map(|a| a.as_str()),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "env": env,
+        "body_len": body_len,
+    });
+    let mut resp = text(StatusCode::OK, report.to_string());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+/// Holds the request open for a while, to test timeouts and concurrency.
+async fn sleep(query: &Query) -> Handled {
+    let ms: u64 = number(query, "ms", 0)?;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Ok(text(StatusCode::OK, format!("slept {ms} ms\n")))
+}
+
+/// Streams `count` pieces `interval_ms` apart, each as its own body frame, so that a
+/// test can see whether a proxy passes them on as they come or buffers them.
+fn ticker(
+    query: &Query,
+    count_key: &str,
+    content_type: &'static str,
+    render: fn(u64) -> String,
+) -> Handled {
+    let count: u64 = number(query, count_key, 5)?;
+    let interval = Duration::from_millis(number(query, "interval_ms", 100)?);
+    // The body outlives the handler, so it carries its own in-flight mark for the drain.
+    let state = (0u64, InFlight::start());
+    let stream = futures_util::stream::unfold(state, move |(i, in_flight)| async move {
+        if i >= count {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(interval).await;
+        }
+        let frame = Frame::data(Bytes::from(render(i)));
+        Some((Ok::<_, Infallible>(frame), (i + 1, in_flight)))
+    });
+    let mut resp = Response::new(Either::Right(StreamBody::new(stream).boxed_unsync()));
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(resp)
+}
+
+/// Grows the process's resident memory by `mib` MiB for good, to test memory limits.
+async fn alloc(query: &Query) -> Handled {
+    let mib: usize = number(query, "mib", 0)?;
+    let Some(len) = mib.checked_mul(1 << 20) else {
+        return Err(Failure::new(StatusCode::BAD_REQUEST, "mib is too large\n"));
+    };
+    // Touching many pages takes a while, so it runs off the async worker threads.
+    let touched = tokio::task::spawn_blocking(move || {
+        let mut block = vec![0u8; len];
+        for byte in block.iter_mut().step_by(PAGE) {
+            *byte = 1;
+        }
+        LEAKED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(block);
+    })
+    .await;
+    match touched {
+        Ok(()) => Ok(text(StatusCode::OK, format!("allocated {mib} MiB\n"))),
+        Err(err) => Err(Failure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("allocation failed: {err}\n"),
+        )),
+    }
+}
+
+/// Answers with the requested status code.
+fn status(query: &Query) -> Handled {
+    let code: u16 = number(query, "code", 200)?;
+    let Ok(status) = StatusCode::from_u16(code) else {
+        return Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            "invalid status code\n",
+        ));
+    };
+    // These statuses must not carry a body, so none is sent with them.
+    let body = if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        String::new()
+    } else {
+        format!("status {code}\n")
+    };
+    Ok(text(status, body))
+}
+
+/// Kills the process mid-request, to test how the emulator reports a crash.
+fn crash(query: &Query) -> Handled {
+    let code: i32 = number(query, "code", 1)?;
+    eprintln!("crashing on request with code {code}");
+    std::process::exit(code);
+}
+
+/// Consumes an upload and reports its size.
+async fn upload(req: Request<Incoming>) -> Handled {
+    let len = body_len(req.into_body()).await?;
+    Ok(text(StatusCode::OK, format!("received {len} bytes\n")))
+}

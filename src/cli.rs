@@ -1,0 +1,75 @@
+//! The command line: flags are parsed by clap into per-command argument structs, validated
+//! into plain config, then handed to the command's module.
+
+pub mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Run your container image locally as Google Cloud Run would run it.
+#[derive(Debug, Parser)]
+#[command(name = "emulate", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an image (default: the built-in hello sample) as a Cloud Run service on localhost.
+    Run(run::RunArgs),
+}
+
+/// Exit codes, the same for every command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Done (for `run`: stopped cleanly after serving).
+    Success = 0,
+    /// Failed for another reason (port busy, Docker operation failed...).
+    Failure = 1,
+    /// Bad flags or input.
+    Usage = 2,
+    /// The revision never became ready: wrong platform, crashed, never listened on $PORT.
+    NotReady = 3,
+    /// The Docker engine could not be reached.
+    DockerUnavailable = 4,
+    /// Interrupted (Ctrl-C) before the service was ready.
+    Interrupted = 130,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit as u8)
+    }
+}
+
+/// The binary's entry point: parse, set up tracing and the async runtime, dispatch.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EMULATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return Exit::Failure.into();
+        }
+    };
+    let exit = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+        }
+    });
+    // Tasks still running (log followers of removed containers) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    exit.into()
+}

@@ -1,0 +1,516 @@
+//! Instances: one container of a revision, started the way Cloud Run starts one (env, limits,
+//! labels, the default TCP startup probe while watching for an early exit) and stopped the way
+//! Cloud Run stops one (SIGTERM, 10 s, SIGKILL), always removed afterwards. Also the reaper
+//! of containers left behind by an emulator that was killed.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use rand::Rng;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::cloudrun;
+use crate::logs::{LineSplitter, LogPrinter};
+use crate::probe::{self, ListenDiagnosis};
+use crate::runtime::{
+    ContainerSpec, ManagedContainer, Runtime, RuntimeError, LABEL_MANAGED, LABEL_OWNER,
+    LABEL_REVISION, LABEL_SERVICE,
+};
+
+/// How the proxy reaches a container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamMode {
+    /// Dial the container's address on Docker's bridge network (Linux; fastest).
+    ContainerIp,
+    /// Dial a port published on 127.0.0.1 (Docker Desktop, where container addresses are in a
+    /// VM the host cannot route to).
+    PublishedPort,
+}
+
+/// Everything needed to start instances of one revision; frozen when the revision is made.
+#[derive(Clone, Debug)]
+pub struct RevisionSpec {
+    pub service: String,
+    pub revision: String,
+    /// The image as the user named it, for messages.
+    pub image: String,
+    /// The image id the revision runs, so a rebuilt tag does not change it.
+    pub image_id: String,
+    pub port: u16,
+    pub env: Vec<(String, String)>,
+    pub command: Option<Vec<String>>,
+    pub args: Option<Vec<String>>,
+    pub memory_bytes: u64,
+    pub cpu_millis: u64,
+    pub startup_budget: Duration,
+}
+
+impl RevisionSpec {
+    /// The container's env: Cloud Run's variables first, then the user's.
+    pub fn container_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("PORT".to_string(), self.port.to_string()),
+            ("K_SERVICE".to_string(), self.service.clone()),
+            ("K_REVISION".to_string(), self.revision.clone()),
+            ("K_CONFIGURATION".to_string(), self.service.clone()),
+        ];
+        env.extend(self.env.iter().cloned());
+        env
+    }
+
+    /// The name Cloud Run's probe lines give the container.
+    fn container_display_name(&self) -> &str {
+        &self.service
+    }
+}
+
+/// A started, ready instance.
+#[derive(Debug)]
+pub struct Instance {
+    pub container_id: String,
+    /// The short id shown in logs (the container id's first 8 characters).
+    pub id: String,
+    pub revision: String,
+    /// Where the proxy sends its requests.
+    pub addr: SocketAddr,
+    /// How long from container start until the probe succeeded.
+    pub startup: Duration,
+    log_task: JoinHandle<()>,
+}
+
+/// Why an instance did not become ready.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the container's binary is not for linux/amd64 (exec format error)")]
+    ExecFormat { message: String },
+    #[error("{}", cloudrun::container_called_exit(*code))]
+    Exited { code: i64, oom_killed: bool },
+    #[error("the startup probe timed out")]
+    NotReady { diagnosis: Option<ListenDiagnosis> },
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("interrupted before the instance was ready")]
+    Cancelled,
+}
+
+/// A failed start, with what the user needs to fix it. The container is already removed.
+#[derive(Debug)]
+pub struct StartFailure {
+    pub error: StartError,
+    pub last_logs: Vec<String>,
+}
+
+impl StartFailure {
+    /// Cloud Run's text first, then the container's last lines, then the local diagnosis.
+    pub fn report(&self, spec: &RevisionSpec) -> String {
+        let mut out = String::new();
+        match &self.error {
+            StartError::Runtime(e) => return e.to_string(),
+            StartError::Cancelled => return self.error.to_string(),
+            StartError::Exited { code, .. } => {
+                out.push_str(&cloudrun::container_called_exit(*code));
+                out.push('\n');
+            }
+            StartError::NotReady { .. } => {
+                out.push_str(&cloudrun::startup_probe_failed(
+                    spec.container_display_name(),
+                    spec.port,
+                ));
+                out.push('\n');
+            }
+            StartError::ExecFormat { .. } => {}
+        }
+        out.push_str(&cloudrun::revision_not_ready(&spec.revision, spec.port));
+        if !self.last_logs.is_empty() {
+            out.push_str("\n\nLast log lines of the container:\n");
+            for line in &self.last_logs {
+                out.push_str("  | ");
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out.push_str("\nDiagnosis: ");
+        match &self.error {
+            StartError::ExecFormat { message } => {
+                out.push_str(&format!(
+                    "the container's binary is not linux/amd64: the kernel refused it with \"exec format error\" ({message}).\n"
+                ));
+                out.push_str(&cloudrun::AMD64_HINT.replace("IMAGE", &spec.image));
+            }
+            StartError::Exited { code, oom_killed: true } => out.push_str(&format!(
+                "the container was killed for exceeding its memory limit of {} MiB (exit code {code}). Raise it with --memory, or use less memory at startup.",
+                spec.memory_bytes >> 20
+            )),
+            StartError::Exited { code, .. } => out.push_str(&format!(
+                "the container exited with code {code} before listening on port {}. Its last log lines above usually say why; reproduce with: docker run --rm -e PORT={} {}",
+                spec.port, spec.port, spec.image
+            )),
+            StartError::NotReady { diagnosis: Some(d) } => out.push_str(&d.explain(spec.port)),
+            StartError::NotReady { diagnosis: None } => out.push_str(&format!(
+                "nothing answered on port {} within {:?}. Check that the app listens on 0.0.0.0:$PORT; if it only starts slowly, raise --startup-timeout.",
+                spec.port, spec.startup_budget
+            )),
+            StartError::Runtime(_) | StartError::Cancelled => {}
+        }
+        out
+    }
+}
+
+/// The owner label of this process: host, pid and the process's start time, so a later
+/// emulator can tell a live owner from a dead one even when pids are reused.
+pub fn owner_label() -> String {
+    let pid = std::process::id();
+    format!(
+        "{}:{pid}:{}",
+        hostname(),
+        process_start_time(pid).unwrap_or_default()
+    )
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks since boot.
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after its closing paren are plain.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the emulator named in an owner label is gone. None when this host cannot tell
+/// (another host, or no /proc), in which case the container is left alone.
+fn owner_is_gone(owner: &str) -> Option<bool> {
+    let mut parts = owner.rsplitn(3, ':');
+    let start: u64 = parts.next()?.parse().ok()?;
+    let pid: u32 = parts.next()?.parse().ok()?;
+    let host = parts.next()?;
+    if host != hostname() || !std::path::Path::new("/proc/self/stat").exists() {
+        return None;
+    }
+    Some(process_start_time(pid) != Some(start))
+}
+
+/// Removes the containers of emulators that died without cleaning up (killed with SIGKILL,
+/// say); containers of emulators still running are left alone.
+pub async fn reap_orphans(runtime: &Runtime) -> Result<Vec<ManagedContainer>, RuntimeError> {
+    let mut reaped = Vec::new();
+    for container in runtime.list_managed().await? {
+        let gone = container
+            .labels
+            .get(LABEL_OWNER)
+            .and_then(|owner| owner_is_gone(owner));
+        if gone == Some(true) {
+            runtime.remove(&container.id).await?;
+            reaped.push(container);
+        }
+    }
+    Ok(reaped)
+}
+
+/// Starts one instance and waits for Cloud Run's default startup probe. On any failure the
+/// container is removed before returning.
+pub async fn start(
+    runtime: &Runtime,
+    spec: &RevisionSpec,
+    mode: UpstreamMode,
+    printer: &LogPrinter,
+    reason: &str,
+    cancel: &CancellationToken,
+) -> Result<Instance, StartFailure> {
+    printer.system(&spec.revision, &cloudrun::starting_new_instance(reason));
+    let container = ContainerSpec {
+        name: container_name(&spec.revision, &mut rand::rng()),
+        image: spec.image_id.clone(),
+        env: spec.container_env(),
+        labels: vec![
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_SERVICE.to_string(), spec.service.clone()),
+            (LABEL_REVISION.to_string(), spec.revision.clone()),
+            (LABEL_OWNER.to_string(), owner_label()),
+        ],
+        entrypoint: spec.command.clone(),
+        args: spec.args.clone(),
+        memory_bytes: spec.memory_bytes,
+        cpu_millis: spec.cpu_millis,
+        port: spec.port,
+        publish_port: mode == UpstreamMode::PublishedPort,
+    };
+    let container_id = runtime.create(&container).await.map_err(|e| StartFailure {
+        error: e.into(),
+        last_logs: Vec::new(),
+    })?;
+    match start_created(runtime, spec, mode, printer, &container_id, cancel).await {
+        Ok(instance) => Ok(instance),
+        Err(error) => {
+            let last_logs = runtime
+                .tail_logs(&container_id, 20)
+                .await
+                .unwrap_or_default();
+            let error = match error {
+                StartError::Exited { .. } | StartError::Runtime(_)
+                    if last_logs.iter().any(|l| l.contains("exec format error")) =>
+                {
+                    StartError::ExecFormat {
+                        message: "exec format error".to_string(),
+                    }
+                }
+                other => other,
+            };
+            if let Err(e) = runtime.remove(&container_id).await {
+                tracing::warn!("{e}");
+            }
+            Err(StartFailure { error, last_logs })
+        }
+    }
+}
+
+async fn start_created(
+    runtime: &Runtime,
+    spec: &RevisionSpec,
+    mode: UpstreamMode,
+    printer: &LogPrinter,
+    container_id: &str,
+    cancel: &CancellationToken,
+) -> Result<Instance, StartError> {
+    let started_at = Instant::now();
+    runtime.start(container_id).await.map_err(|e| match e {
+        RuntimeError::ExecFormat { message } => StartError::ExecFormat { message },
+        other => StartError::Runtime(other),
+    })?;
+    let id = container_id[..8.min(container_id.len())].to_string();
+    let log_task = tokio::spawn(follow_logs(
+        runtime.clone(),
+        container_id.to_string(),
+        spec.revision.clone(),
+        id.clone(),
+        printer.clone(),
+    ));
+    let result = probe_until_ready(runtime, spec, mode, container_id, cancel).await;
+    let addr = match result {
+        Ok(addr) => addr,
+        Err(e) => {
+            log_task.abort();
+            return Err(e);
+        }
+    };
+    printer.system(
+        &spec.revision,
+        &cloudrun::startup_probe_succeeded(1, spec.container_display_name(), spec.port),
+    );
+    Ok(Instance {
+        container_id: container_id.to_string(),
+        id,
+        revision: spec.revision.clone(),
+        addr,
+        startup: started_at.elapsed(),
+        log_task,
+    })
+}
+
+/// Cloud Run's default startup probe: a single TCP attempt that may take up to the budget
+/// (240 s), carried out here by dialling every few milliseconds. Meanwhile the container is
+/// watched: an exit fails the probe at once, and a certain misconfiguration (listening on
+/// loopback or another port) is reported as a warning without waiting out the budget.
+async fn probe_until_ready(
+    runtime: &Runtime,
+    spec: &RevisionSpec,
+    mode: UpstreamMode,
+    container_id: &str,
+    cancel: &CancellationToken,
+) -> Result<SocketAddr, StartError> {
+    let info = runtime.inspect(container_id).await?;
+    let exit = runtime.wait_exit(container_id);
+    tokio::pin!(exit);
+    let addr = match mode {
+        UpstreamMode::ContainerIp => info.ip.map(|ip| SocketAddr::new(ip, spec.port)),
+        UpstreamMode::PublishedPort => info
+            .published_port
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
+    };
+    let deadline = Instant::now() + spec.startup_budget;
+    let mut next_check = Instant::now() + Duration::from_millis(300);
+    let mut last_diagnosis: Option<ListenDiagnosis> = None;
+    let mut warned = false;
+    loop {
+        if let Some(addr) = addr {
+            if probe::tcp_connects(addr, mode == UpstreamMode::PublishedPort).await {
+                return Ok(addr);
+            }
+        }
+        tokio::select! {
+            code = &mut exit => {
+                // Exited before listening (or the container could not be waited on).
+                let code = code?;
+                let oom_killed = runtime.inspect(container_id).await.map(|i| i.oom_killed).unwrap_or(false);
+                return Err(StartError::Exited { code, oom_killed });
+            }
+            _ = cancel.cancelled() => return Err(StartError::Cancelled),
+            _ = tokio::time::sleep(probe::POLL_INTERVAL) => {}
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            let diagnosis = info
+                .pid
+                .and_then(probe::listening_sockets)
+                .and_then(|s| probe::diagnose(&s, spec.port));
+            return Err(StartError::NotReady { diagnosis });
+        }
+        if !warned && now >= next_check {
+            next_check = now + Duration::from_millis(500);
+            let diagnosis = info
+                .pid
+                .and_then(probe::listening_sockets)
+                .and_then(|s| probe::diagnose(&s, spec.port))
+                .filter(|d| *d != ListenDiagnosis::NotListening);
+            // Warn once the same finding has been seen twice in a row, so an app that binds
+            // an admin port just before its main one is not flagged.
+            if diagnosis.is_some() && diagnosis == last_diagnosis {
+                warned = true;
+                if let Some(d) = &diagnosis {
+                    eprintln!(
+                        "warning: revision {} is not ready yet and will not become ready as it stands: {}\n         (the startup probe keeps waiting up to {:?}; --startup-timeout shortens it)",
+                        spec.revision,
+                        d.explain(spec.port),
+                        spec.startup_budget
+                    );
+                }
+            }
+            last_diagnosis = diagnosis;
+        }
+    }
+}
+
+/// Streams the container's output into the log until the container stops.
+async fn follow_logs(
+    runtime: Runtime,
+    container_id: String,
+    revision: String,
+    instance: String,
+    printer: LogPrinter,
+) {
+    let mut stream = Box::pin(runtime.follow_logs(&container_id));
+    let (mut out, mut err) = (LineSplitter::default(), LineSplitter::default());
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else { break };
+        let splitter = if chunk.stderr { &mut err } else { &mut out };
+        splitter.push(&chunk.bytes, |line| {
+            printer.container(&revision, &instance, line)
+        });
+    }
+    out.finish(|line| printer.container(&revision, &instance, line));
+    err.finish(|line| printer.container(&revision, &instance, line));
+}
+
+/// How an instance ended.
+#[derive(Debug)]
+pub struct StopReport {
+    pub exit_code: Option<i64>,
+    /// True when it ignored SIGTERM for the whole grace period and was SIGKILLed.
+    pub killed: bool,
+    pub took: Duration,
+}
+
+impl Instance {
+    /// SIGTERM, up to `grace`, SIGKILL; then the container is removed.
+    pub async fn stop(
+        self,
+        runtime: &Runtime,
+        grace: Duration,
+    ) -> Result<StopReport, RuntimeError> {
+        let began = Instant::now();
+        let stopped = runtime.stop(&self.container_id, grace).await;
+        let took = began.elapsed();
+        let exit_code = runtime
+            .inspect(&self.container_id)
+            .await
+            .ok()
+            .and_then(|i| i.exit_code);
+        self.finish(runtime).await?;
+        stopped?;
+        Ok(StopReport {
+            exit_code,
+            killed: took >= grace && exit_code == Some(137),
+            took,
+        })
+    }
+
+    /// SIGKILL at once, then remove: for a second Ctrl-C.
+    pub async fn kill(self, runtime: &Runtime) -> Result<(), RuntimeError> {
+        runtime.kill(&self.container_id).await?;
+        self.finish(runtime).await
+    }
+
+    async fn finish(self, runtime: &Runtime) -> Result<(), RuntimeError> {
+        // Let the log stream print the container's last lines before it goes.
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.log_task).await;
+        runtime.remove(&self.container_id).await
+    }
+
+    /// Resolves when the container exits by itself, with its exit code and whether the engine
+    /// killed it for memory.
+    pub async fn exited(
+        runtime: &Runtime,
+        container_id: &str,
+    ) -> Result<(i64, bool), RuntimeError> {
+        let code = runtime.wait_exit(container_id).await?;
+        let oom = runtime
+            .inspect(container_id)
+            .await
+            .map(|i| i.oom_killed)
+            .unwrap_or(false);
+        Ok((code, oom))
+    }
+}
+
+/// `emulate-REVISION-xxxxx`: unique per instance, and says whose it is in `docker ps`.
+fn container_name(revision: &str, rng: &mut impl Rng) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let suffix: String = (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("emulate-{revision}-{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_puts_cloud_runs_variables_first() {
+        let spec = RevisionSpec {
+            service: "hello".into(),
+            revision: "hello-00001-abc".into(),
+            image: "hello".into(),
+            image_id: "sha256:x".into(),
+            port: 9000,
+            env: vec![("A".into(), "1".into())],
+            command: None,
+            args: None,
+            memory_bytes: 512 << 20,
+            cpu_millis: 1000,
+            startup_budget: Duration::from_secs(240),
+        };
+        let env = spec.container_env();
+        assert_eq!(env[0], ("PORT".into(), "9000".into()));
+        assert_eq!(env[2], ("K_REVISION".into(), "hello-00001-abc".into()));
+        assert_eq!(env[3], ("K_CONFIGURATION".into(), "hello".into()));
+        assert_eq!(env[4], ("A".into(), "1".into()));
+    }
+
+    #[test]
+    fn owners_of_this_process_are_alive_and_of_dead_processes_are_gone() {
+        assert_eq!(owner_is_gone(&owner_label()), Some(false));
+        let dead = format!("{}:{}:1", hostname(), u32::MAX - 1);
+        assert_eq!(owner_is_gone(&dead), Some(true));
+        assert_eq!(owner_is_gone("another-host:1:1"), None);
+        assert_eq!(owner_is_gone("garbage"), None);
+    }
+}

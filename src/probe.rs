@@ -1,0 +1,189 @@
+//! The default startup probe (one TCP attempt with a 240 s budget, polled every few
+//! milliseconds) and the diagnosis of a container that does not listen where Cloud Run looks:
+//! its listening sockets are read from `/proc/<pid>/net/tcp{,6}`, which works for images with
+//! no shell.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+/// How often the probe dials while the app starts: fast enough that readiness is noticed
+/// within a few milliseconds, cheap because a refused connect costs one RST.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(2);
+
+/// Tries one TCP connect to the container. Through Docker's userland port proxy a connect
+/// always succeeds (the proxy accepts, then closes when the app is not there), so in that
+/// mode the connection must also stay open for a moment to count.
+pub async fn tcp_connects(addr: SocketAddr, through_port_proxy: bool) -> bool {
+    let connect = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await;
+    let Ok(Ok(mut stream)) = connect else {
+        return false;
+    };
+    if !through_port_proxy {
+        return true;
+    }
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(Duration::from_millis(50), stream.read(&mut byte)).await {
+        Err(_) => true,     // Still open and silent: the app accepted.
+        Ok(Ok(0)) => false, // Closed by the proxy: nothing listens behind it.
+        Ok(Ok(_)) => true,  // The app spoke first.
+        Ok(Err(_)) => false,
+    }
+}
+
+/// Why a container is not reachable where Cloud Run sends traffic, when that can be told from
+/// its listening sockets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenDiagnosis {
+    /// It listens on $PORT but only on a loopback address.
+    LoopbackOnly { addr: SocketAddr },
+    /// It listens, but not on $PORT.
+    OtherPorts { addrs: Vec<SocketAddr> },
+    /// Nothing listens at all.
+    NotListening,
+}
+
+impl ListenDiagnosis {
+    pub fn explain(&self, port: u16) -> String {
+        match self {
+            ListenDiagnosis::LoopbackOnly { addr } => format!(
+                "The app listens on {addr}, which only accepts connections from inside the container. Cloud Run (and this emulator) connect from outside: listen on 0.0.0.0:{port} (all interfaces), e.g. bind to \"0.0.0.0:\" + $PORT instead of \"localhost\" or \"127.0.0.1\"."
+            ),
+            ListenDiagnosis::OtherPorts { addrs } => {
+                let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                format!(
+                    "The app listens on {}, not on port {port}. Read the port from the PORT environment variable (PORT={port}), or deploy with --port set to the port the app uses.",
+                    list.join(", ")
+                )
+            }
+            ListenDiagnosis::NotListening => format!(
+                "Nothing in the container listens on any TCP port. The app must start an HTTP server on 0.0.0.0:{port} (the PORT environment variable)."
+            ),
+        }
+    }
+}
+
+/// Judges the listening sockets against the port Cloud Run will dial. None means nothing is
+/// wrong (something listens on all interfaces, or on a non-loopback address, on `port`).
+pub fn diagnose(listening: &[SocketAddr], port: u16) -> Option<ListenDiagnosis> {
+    let on_port: Vec<&SocketAddr> = listening.iter().filter(|a| a.port() == port).collect();
+    if on_port.iter().any(|a| !a.ip().is_loopback()) {
+        return None;
+    }
+    if let Some(addr) = on_port.first() {
+        return Some(ListenDiagnosis::LoopbackOnly { addr: **addr });
+    }
+    if listening.is_empty() {
+        return Some(ListenDiagnosis::NotListening);
+    }
+    let mut addrs = listening.to_vec();
+    addrs.sort();
+    addrs.dedup();
+    Some(ListenDiagnosis::OtherPorts { addrs })
+}
+
+/// The listening TCP sockets in the network namespace of process `pid`, or None when they
+/// cannot be read (not Linux, or the process is not on this host, as with Docker Desktop).
+pub fn listening_sockets(pid: u32) -> Option<Vec<SocketAddr>> {
+    let v4 = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
+    let v6 = std::fs::read_to_string(format!("/proc/{pid}/net/tcp6")).unwrap_or_default();
+    let mut sockets = parse_proc_net_tcp(&v4);
+    sockets.extend(parse_proc_net_tcp(&v6));
+    Some(sockets)
+}
+
+/// Parses the kernel's `/proc/net/tcp` or `tcp6` table, keeping sockets in state LISTEN (0A).
+/// Addresses are printed as host-order 32-bit words (little-endian on x86).
+pub fn parse_proc_net_tcp(table: &str) -> Vec<SocketAddr> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let local = fields.nth(1)?;
+            let state = fields.nth(1)?;
+            if state != "0A" {
+                return None;
+            }
+            let (ip_hex, port_hex) = local.split_once(':')?;
+            let port = u16::from_str_radix(port_hex, 16).ok()?;
+            let ip = match ip_hex.len() {
+                8 => IpAddr::V4(Ipv4Addr::from(
+                    u32::from_str_radix(ip_hex, 16).ok()?.to_le_bytes(),
+                )),
+                32 => {
+                    let mut bytes = [0u8; 16];
+                    for (i, chunk) in bytes.chunks_mut(4).enumerate() {
+                        let word = u32::from_str_radix(&ip_hex[i * 8..i * 8 + 8], 16).ok()?;
+                        chunk.copy_from_slice(&word.to_le_bytes());
+                    }
+                    let v6 = Ipv6Addr::from(bytes);
+                    // A v4-mapped loopback (::ffff:127.0.0.1) is still loopback.
+                    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+                }
+                _ => return None,
+            };
+            Some(SocketAddr::new(ip, port))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 00000000:0BB8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1 0 100 0 0 10 0
+   2: 0200A8C0:1F90 0100A8C0:C350 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0 100 0 0 10 0
+";
+    const TCP6: &str = "  sl  local_address                         remote_address                        st
+   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000
+   1: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000
+";
+
+    #[test]
+    fn listening_sockets_are_read_from_the_kernel_table() {
+        let v4 = parse_proc_net_tcp(TCP);
+        assert_eq!(
+            v4,
+            vec![
+                "127.0.0.1:8080".parse().unwrap(),
+                "0.0.0.0:3000".parse().unwrap()
+            ]
+        );
+        let v6 = parse_proc_net_tcp(TCP6);
+        assert_eq!(
+            v6,
+            vec!["[::1]:8080".parse().unwrap(), "[::]:80".parse().unwrap()]
+        );
+    }
+
+    #[test]
+    fn diagnoses_loopback_wrong_port_and_silence() {
+        let sock = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(diagnose(&[sock("0.0.0.0:8080")], 8080), None);
+        assert_eq!(diagnose(&[sock("[::]:8080")], 8080), None);
+        assert_eq!(diagnose(&[sock("172.17.0.2:8080")], 8080), None);
+        assert_eq!(
+            diagnose(&[sock("127.0.0.1:8080")], 8080),
+            Some(ListenDiagnosis::LoopbackOnly {
+                addr: sock("127.0.0.1:8080")
+            })
+        );
+        assert_eq!(
+            diagnose(&[sock("0.0.0.0:3000"), sock("127.0.0.1:9000")], 8080),
+            Some(ListenDiagnosis::OtherPorts {
+                addrs: vec![sock("0.0.0.0:3000"), sock("127.0.0.1:9000")]
+            })
+        );
+        assert_eq!(diagnose(&[], 8080), Some(ListenDiagnosis::NotListening));
+        let text = ListenDiagnosis::LoopbackOnly {
+            addr: sock("127.0.0.1:8080"),
+        }
+        .explain(8080);
+        assert!(text.contains("0.0.0.0:8080"), "{text}");
+    }
+}

@@ -1,0 +1,432 @@
+//! The front end: a hyper server that takes HTTP/1.1 and HTTP/2 from clients and forwards each
+//! request to an instance as Cloud Run's front end does, streaming bodies both ways, passing
+//! protocol upgrades (WebSocket) through, and enforcing the request timeout and body limit.
+
+pub mod body;
+pub mod headers;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cloudrun;
+pub use body::ProxyBody;
+
+/// Settings of the front end itself (per-revision settings travel in [`Upstream`]).
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// HTTP/1 request bodies over this get 413.
+    pub max_http1_body: u64,
+    /// A client that has not sent its whole request head by then is disconnected.
+    pub header_read_timeout: Duration,
+    /// How long shutdown waits for in-flight requests and tunnels.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            max_http1_body: cloudrun::MAX_HTTP1_REQUEST_BODY,
+            header_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Where one request goes: an instance's address and the revision's request settings.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    pub authority: Authority,
+    /// End-to-end HTTP/2 cleartext (port named `h2c` or `--use-http2`).
+    pub http2: bool,
+    pub request_timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(addr: SocketAddr, http2: bool, request_timeout: Duration) -> Self {
+        Upstream {
+            authority: Authority::try_from(addr.to_string().as_str())
+                .expect("a socket address is a valid authority"),
+            http2,
+            request_timeout,
+        }
+    }
+}
+
+/// A refusal of the proxy's own: status and Cloud Run's text for it.
+#[derive(Clone, Copy, Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub text: &'static str,
+}
+
+/// Picks the upstream for a request (the routing layer: host, traffic split, instance).
+pub trait Backend: Send + Sync + 'static {
+    fn upstream(&self, uri: &Uri, headers: &HeaderMap) -> Result<Upstream, Refusal>;
+}
+
+/// A backend of one instance slot: empty while no instance is ready (503 with Cloud Run's
+/// text), else every request goes to the instance in it.
+#[derive(Debug, Default)]
+pub struct InstanceSlot {
+    upstream: RwLock<Option<Upstream>>,
+}
+
+impl InstanceSlot {
+    pub fn set(&self, upstream: Option<Upstream>) {
+        *self.upstream.write().unwrap_or_else(|e| e.into_inner()) = upstream;
+    }
+}
+
+impl Backend for InstanceSlot {
+    fn upstream(&self, _: &Uri, _: &HeaderMap) -> Result<Upstream, Refusal> {
+        self.upstream
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(Refusal {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                text: cloudrun::MALFORMED_OR_UNREACHABLE,
+            })
+    }
+}
+
+type RequestBody = Limited<Incoming>;
+
+pub struct Proxy {
+    backend: Arc<dyn Backend>,
+    config: ProxyConfig,
+    http1: Client<HttpConnector, RequestBody>,
+    http2: Client<HttpConnector, RequestBody>,
+    /// Upgraded connections (WebSockets) outlive their request; shutdown waits for them too.
+    tunnels: TaskTracker,
+}
+
+/// How serving ended.
+#[derive(Debug)]
+pub struct DrainReport {
+    /// False when the drain timeout cut off requests still in flight.
+    pub drained: bool,
+}
+
+impl Proxy {
+    pub fn new(backend: Arc<dyn Backend>, config: ProxyConfig) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector.clone());
+        let http2 = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .http2_only(true)
+            .build(connector);
+        Arc::new(Proxy {
+            backend,
+            config,
+            http1,
+            http2,
+            tunnels: TaskTracker::new(),
+        })
+    }
+
+    /// Accepts connections until `shutdown` is cancelled, then stops accepting and drains:
+    /// requests in flight finish (bounded by the drain timeout).
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> DrainReport {
+        let graceful = GracefulShutdown::new();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // The timer lets hyper cut off a client that never finishes its request head.
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.config.header_read_timeout);
+        builder.http2().timer(TokioTimer::new());
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.cancelled() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let proxy = self.clone();
+            let service = hyper::service::service_fn(move |request| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
+            });
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let connection = graceful.watch(connection.into_owned());
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!("connection from {peer} ended: {e}");
+                }
+            });
+        }
+        drop(listener);
+        self.tunnels.close();
+        let drain = async {
+            graceful.shutdown().await;
+            self.tunnels.wait().await;
+        };
+        let drained = tokio::time::timeout(self.config.drain_timeout, drain)
+            .await
+            .is_ok();
+        DrainReport { drained }
+    }
+
+    async fn handle(
+        &self,
+        mut request: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let client_http1 = request.version() < Version::HTTP_2;
+        if client_http1
+            && content_length(request.headers()).is_some_and(|n| n > self.config.max_http1_body)
+        {
+            return refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                cloudrun::REQUEST_TOO_LARGE,
+                true,
+            );
+        }
+        let upstream = match self.backend.upstream(request.uri(), request.headers()) {
+            Ok(upstream) => upstream,
+            Err(refused) => return refusal(refused.status, refused.text, false),
+        };
+        // One timer bounds the whole exchange: waiting for the response head, then streaming
+        // its body (and a tunnel's life for upgrades).
+        let deadline = Instant::now() + upstream.request_timeout;
+        let mut timer = Box::pin(tokio::time::sleep_until(deadline));
+
+        let upgrade = client_http1 && !upstream.http2 && wants_upgrade(request.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let (mut parts, body) = request.into_parts();
+        if !parts.headers.contains_key(header::HOST) {
+            // HTTP/2 clients send :authority instead; an HTTP/1 app expects Host.
+            if let Some(host) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                parts.headers.insert(header::HOST, host);
+            }
+        }
+        headers::remove_hop_by_hop(&mut parts.headers, upgrade, upstream.http2);
+        headers::remove_google_headers(&mut parts.headers);
+        headers::set_forwarding(&mut parts.headers, client.ip(), "http");
+        headers::set_trace(&mut parts.headers, &mut rand::rng());
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(upstream.authority.clone());
+        uri.path_and_query = Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
+        parts.version = if upstream.http2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let limit = if client_http1 {
+            usize::try_from(self.config.max_http1_body).unwrap_or(usize::MAX)
+        } else {
+            usize::MAX
+        };
+        let forwarded = Request::from_parts(parts, Limited::new(body, limit));
+
+        let client_pool = if upstream.http2 {
+            &self.http2
+        } else {
+            &self.http1
+        };
+        let response = tokio::select! {
+            response = client_pool.request(forwarded) => response,
+            _ = &mut timer => {
+                return refusal(StatusCode::GATEWAY_TIMEOUT, cloudrun::UPSTREAM_REQUEST_TIMEOUT, client_http1);
+            }
+        };
+        let mut response = match response {
+            Ok(response) => response,
+            Err(e) if caused_by::<LengthLimitError>(&e) => {
+                return refusal(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    cloudrun::REQUEST_TOO_LARGE,
+                    true,
+                );
+            }
+            Err(e) => {
+                tracing::debug!("forwarding to {} failed: {e:?}", upstream.authority);
+                return refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    cloudrun::MALFORMED_OR_UNREACHABLE,
+                    false,
+                );
+            }
+        };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                return refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    cloudrun::MALFORMED_OR_UNREACHABLE,
+                    false,
+                );
+            };
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            self.tunnels
+                .spawn(tunnel(client_upgrade, upstream_upgrade, deadline));
+            let (parts, _) = response.into_parts();
+            return Response::from_parts(parts, ProxyBody::empty());
+        }
+        let (mut parts, body) = response.into_parts();
+        headers::remove_hop_by_hop(&mut parts.headers, false, false);
+        Response::from_parts(
+            parts,
+            ProxyBody::Upstream {
+                inner: body,
+                deadline: timer,
+            },
+        )
+    }
+}
+
+/// Copies bytes both ways between an upgraded client and instance connection until either
+/// side closes or the request timeout expires.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    deadline: Instant,
+) {
+    let (client, upstream) = tokio::join!(client, upstream);
+    let (Ok(client), Ok(upstream)) = (client, upstream) else {
+        return;
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    let _ = tokio::time::timeout_at(
+        deadline,
+        tokio::io::copy_bidirectional(&mut client, &mut upstream),
+    )
+    .await;
+}
+
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<E>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// A response of the proxy's own. `close` ends an HTTP/1 connection after it (the client may
+/// still be sending a body we will not read, or Cloud Run closes it, as on a timeout).
+fn refusal(status: StatusCode, text: &'static str, close: bool) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::text(text));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if close {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upgrade_requests_are_recognised() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(!wants_upgrade(&h));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert!(wants_upgrade(&h));
+    }
+
+    #[test]
+    fn causes_are_found_down_the_chain() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] LengthLimitError);
+        let limit = Limited::new(
+            http_body_util::Full::new(bytes::Bytes::from_static(b"xx")),
+            1,
+        );
+        drop(limit);
+        let e = Outer(make_limit_error());
+        assert!(caused_by::<LengthLimitError>(&e));
+        assert!(!caused_by::<std::io::Error>(&e));
+    }
+
+    fn make_limit_error() -> LengthLimitError {
+        use http_body_util::BodyExt;
+        let body = Limited::new(
+            http_body_util::Full::new(bytes::Bytes::from_static(b"xx")),
+            1,
+        );
+        let error = futures_util::FutureExt::now_or_never(body.collect())
+            .expect("a full body is ready")
+            .unwrap_err();
+        *error
+            .downcast::<LengthLimitError>()
+            .expect("a length limit error")
+    }
+}

@@ -1,0 +1,334 @@
+//! Request and response header rules of Cloud Run's front end: hop-by-hop headers removed
+//! (RFC 9110 §7.6.1), `X-Google-*` removed, forwarding and trace headers set.
+
+use std::fmt::Write;
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use rand::Rng;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static X_CLOUD_TRACE_CONTEXT: HeaderName = HeaderName::from_static("x-cloud-trace-context");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The fixed hop-by-hop headers; those named in `Connection` are hop-by-hop too.
+fn fixed_hop_by_hop() -> [&'static HeaderName; 9] {
+    [
+        &header::CONNECTION,
+        &PROXY_CONNECTION,
+        &KEEP_ALIVE,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ]
+}
+
+/// Removes hop-by-hop headers. With `keep_upgrade` (a protocol upgrade such as WebSocket
+/// being forwarded) `Upgrade` survives and `Connection: upgrade` is set again. With
+/// `keep_te_trailers` (an HTTP/2 hop, where gRPC needs it) `TE: trailers` survives.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_trailers: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    let upgrade = keep_upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
+    let te_trailers = keep_te_trailers
+        && headers.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
+    for name in named {
+        headers.remove(name);
+    }
+    for name in fixed_hop_by_hop() {
+        headers.remove(name);
+    }
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::UPGRADE, upgrade);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Removes every `X-Google-*` header: clients may not inject what Google's front end sets.
+pub fn remove_google_headers(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_google) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|k| is_google(k)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+fn is_google(name: &HeaderName) -> bool {
+    name.as_str().starts_with("x-google-")
+}
+
+/// Appends the client to `X-Forwarded-For` and `Forwarded` and sets `X-Forwarded-Proto`.
+/// A client-sent chain is kept but never trusted as the whole chain: the real peer is always
+/// appended.
+pub fn set_forwarding(headers: &mut HeaderMap, client: IpAddr, proto: &'static str) {
+    let client_text = client.to_string();
+    append_list(headers, &X_FORWARDED_FOR, &client_text);
+    let node = match client {
+        IpAddr::V4(_) => format!("for={client_text};proto={proto}"),
+        IpAddr::V6(_) => format!("for=\"[{client_text}]\";proto={proto}"),
+    };
+    append_list(headers, &FORWARDED, &node);
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+}
+
+fn append_list(headers: &mut HeaderMap, name: &HeaderName, item: &str) {
+    let joined = match headers.get(name).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {item}"),
+        _ => item.to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&joined) {
+        headers.insert(name.clone(), value);
+    }
+}
+
+/// A trace: the W3C trace id, the parent span id and whether it is sampled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trace {
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub sampled: bool,
+}
+
+impl Trace {
+    /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; all-zero ids are invalid per W3C.
+    pub fn from_traceparent(value: &str) -> Option<Trace> {
+        let mut parts = value.trim().split('-');
+        let version = parts.next()?;
+        let (trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?);
+        if version.len() != 2
+            || version == "ff"
+            || trace.len() != 32
+            || span.len() != 16
+            || flags.len() != 2
+        {
+            return None;
+        }
+        let trace_id = u128::from_str_radix(trace, 16).ok().filter(|t| *t != 0)?;
+        let span_id = u64::from_str_radix(span, 16).ok().filter(|s| *s != 0)?;
+        let flags = u8::from_str_radix(flags, 16).ok()?;
+        Some(Trace {
+            trace_id,
+            span_id,
+            sampled: flags & 1 == 1,
+        })
+    }
+
+    /// Parses `TRACE_ID/SPAN_ID;o=OPTIONS` (span id decimal, options optional).
+    pub fn from_cloud_trace_context(value: &str) -> Option<Trace> {
+        let (trace, rest) = value.trim().split_once('/')?;
+        let (span, options) = match rest.split_once(';') {
+            Some((span, options)) => (span, Some(options)),
+            None => (rest, None),
+        };
+        if trace.len() != 32 {
+            return None;
+        }
+        let trace_id = u128::from_str_radix(trace, 16).ok().filter(|t| *t != 0)?;
+        let span_id = span.parse::<u64>().ok()?;
+        let sampled = options.is_none_or(|o| o.trim() == "o=1");
+        Some(Trace {
+            trace_id,
+            span_id,
+            sampled,
+        })
+    }
+
+    pub fn random(rng: &mut impl Rng) -> Trace {
+        Trace {
+            trace_id: rng.random_range(1..=u128::MAX),
+            span_id: rng.random_range(1..=u64::MAX),
+            sampled: true,
+        }
+    }
+
+    pub fn traceparent(&self) -> String {
+        let mut s = String::with_capacity(55);
+        let _ = write!(
+            s,
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id, self.span_id, self.sampled as u8
+        );
+        s
+    }
+
+    pub fn cloud_trace_context(&self) -> String {
+        format!(
+            "{:032x}/{};o={}",
+            self.trace_id, self.span_id, self.sampled as u8
+        )
+    }
+}
+
+/// Sets `traceparent` and `X-Cloud-Trace-Context` so both carry the same trace: an incoming
+/// `traceparent` is kept (and wins), else an incoming `X-Cloud-Trace-Context` is continued,
+/// else a new trace starts.
+pub fn set_trace(headers: &mut HeaderMap, rng: &mut impl Rng) {
+    let from_traceparent = headers
+        .get(&TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Trace::from_traceparent);
+    if let Some(trace) = from_traceparent {
+        insert(
+            headers,
+            &X_CLOUD_TRACE_CONTEXT,
+            &trace.cloud_trace_context(),
+        );
+        return;
+    }
+    let from_cloud = headers
+        .get(&X_CLOUD_TRACE_CONTEXT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Trace::from_cloud_trace_context);
+    let trace = from_cloud.unwrap_or_else(|| Trace::random(rng));
+    insert(headers, &TRACEPARENT, &trace.traceparent());
+    if from_cloud.is_none() {
+        insert(
+            headers,
+            &X_CLOUD_TRACE_CONTEXT,
+            &trace.cloud_trace_context(),
+        );
+    }
+}
+
+fn insert(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name.clone(), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, SeedableRng};
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (k, v) in pairs {
+            headers.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers, deflate"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "Basic x"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+        ]);
+        remove_hop_by_hop(&mut h, false, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn upgrades_keep_upgrade_and_h2_keeps_te_trailers() {
+        let mut h = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+        ]);
+        remove_hop_by_hop(&mut h, true, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn google_headers_are_removed() {
+        let mut h = map(&[
+            ("x-google-internal", "1"),
+            ("X-Google-Foo", "2"),
+            ("x-goog-api", "3"),
+        ]);
+        remove_google_headers(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-goog-api"));
+    }
+
+    #[test]
+    fn forwarding_appends_the_real_client() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        set_forwarding(&mut h, "127.0.0.1".parse().unwrap(), "http");
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["forwarded"], "for=127.0.0.1;proto=http");
+        let mut h = HeaderMap::new();
+        set_forwarding(&mut h, "::1".parse().unwrap(), "http");
+        assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http");
+    }
+
+    #[test]
+    fn an_incoming_traceparent_is_kept_and_shared() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut h = map(&[("traceparent", parent)]);
+        set_trace(&mut h, &mut StdRng::seed_from_u64(1));
+        assert_eq!(h["traceparent"], parent);
+        assert_eq!(
+            h["x-cloud-trace-context"],
+            format!(
+                "4bf92f3577b34da6a3ce929d0e0e4736/{};o=1",
+                0x00f067aa0ba902b7u64
+            )
+        );
+    }
+
+    #[test]
+    fn a_cloud_trace_context_is_continued_and_a_new_trace_made_otherwise() {
+        let mut h = map(&[(
+            "x-cloud-trace-context",
+            "105445aa7843bc8bf206b12000100000/1;o=1",
+        )]);
+        set_trace(&mut h, &mut StdRng::seed_from_u64(1));
+        assert_eq!(
+            h["traceparent"],
+            "00-105445aa7843bc8bf206b12000100000-0000000000000001-01"
+        );
+        let mut h = HeaderMap::new();
+        set_trace(&mut h, &mut StdRng::seed_from_u64(1));
+        let tp = Trace::from_traceparent(h["traceparent"].to_str().unwrap()).unwrap();
+        let ct =
+            Trace::from_cloud_trace_context(h["x-cloud-trace-context"].to_str().unwrap()).unwrap();
+        assert_eq!(tp, ct);
+        assert!(tp.sampled);
+        assert!(
+            Trace::from_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01")
+                .is_none()
+        );
+    }
+}

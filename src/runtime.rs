@@ -1,0 +1,539 @@
+//! The container runtime: the only module that talks to Docker (through bollard). The rest of
+//! the crate speaks in its own nouns: a [`ContainerSpec`] to create, a container id, a
+//! [`ContainerInfo`] with the address to dial, an exit code.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use bollard::query_parameters::{
+    BuildImageOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions,
+    ListContainersOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
+    WaitContainerOptions,
+};
+use bollard::Docker;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+
+/// Every container the emulator creates carries this label, so it can find its own.
+pub const LABEL_MANAGED: &str = "dev.emulate.managed";
+pub const LABEL_SERVICE: &str = "dev.emulate.service";
+pub const LABEL_REVISION: &str = "dev.emulate.revision";
+/// `HOST:PID:STARTTIME` of the emulator process that owns the container.
+pub const LABEL_OWNER: &str = "dev.emulate.owner";
+
+/// The only platform Cloud Run runs.
+pub const PLATFORM: &str = "linux/amd64";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("Cannot reach the Docker engine at {endpoint} ({cause}). Start Docker (Linux: `sudo systemctl start docker` or `sudo dockerd &`; macOS/Windows: open Docker Desktop), or point DOCKER_HOST at a running engine.")]
+    Unreachable { endpoint: String, cause: String },
+    #[error("Docker could not {operation}: {message}")]
+    Operation { operation: String, message: String },
+    /// The container's binary is for another CPU (usually arm64): the kernel refused to run it.
+    #[error("the container failed to start: exec format error ({message})")]
+    ExecFormat { message: String },
+}
+
+impl RuntimeError {
+    fn operation(operation: impl Into<String>, error: DockerError) -> Self {
+        let message = match error {
+            DockerError::DockerResponseServerError { message, .. } => message,
+            DockerError::DockerStreamError { error } => error,
+            other => other.to_string(),
+        };
+        RuntimeError::Operation {
+            operation: operation.into(),
+            message,
+        }
+    }
+}
+
+/// The facts about a local image the emulator needs.
+#[derive(Clone, Debug)]
+pub struct ImageInfo {
+    pub id: String,
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+    pub repo_digests: Vec<String>,
+}
+
+impl ImageInfo {
+    pub fn platform(&self) -> String {
+        match &self.variant {
+            Some(v) if !v.is_empty() => format!("{}/{}/{v}", self.os, self.architecture),
+            _ => format!("{}/{}", self.os, self.architecture),
+        }
+    }
+
+    pub fn is_amd64_linux(&self) -> bool {
+        self.os == "linux" && self.architecture == "amd64"
+    }
+}
+
+/// What to create: one instance of a revision.
+#[derive(Clone, Debug)]
+pub struct ContainerSpec {
+    pub name: String,
+    /// An image id (`sha256:...`), so the container runs exactly the image that was checked.
+    pub image: String,
+    pub env: Vec<(String, String)>,
+    pub labels: Vec<(String, String)>,
+    pub entrypoint: Option<Vec<String>>,
+    pub args: Option<Vec<String>>,
+    pub memory_bytes: u64,
+    pub cpu_millis: u64,
+    pub port: u16,
+    /// Publish the port on 127.0.0.1 (an ephemeral host port), for engines whose container
+    /// addresses the host cannot reach (Docker Desktop).
+    pub publish_port: bool,
+}
+
+/// A container's state as the emulator needs it.
+#[derive(Clone, Debug, Default)]
+pub struct ContainerInfo {
+    pub running: bool,
+    /// The container's main process as seen from the host (None when not running).
+    pub pid: Option<u32>,
+    /// Its address on Docker's bridge network.
+    pub ip: Option<IpAddr>,
+    /// The host port on 127.0.0.1 its port is published on, if any.
+    pub published_port: Option<u16>,
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+    pub error: Option<String>,
+}
+
+/// One piece of container output.
+#[derive(Clone, Debug)]
+pub struct LogChunk {
+    pub stderr: bool,
+    pub bytes: Bytes,
+}
+
+/// A container carrying the emulator's label.
+#[derive(Clone, Debug)]
+pub struct ManagedContainer {
+    pub id: String,
+    pub name: String,
+    pub labels: HashMap<String, String>,
+}
+
+#[derive(Clone)]
+pub struct Runtime {
+    docker: Docker,
+    endpoint: String,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+impl Runtime {
+    /// Connects with Docker's usual defaults (`DOCKER_HOST`, else the local socket) and
+    /// negotiates the API version, so older engines (20.10, API 1.41) and current ones work.
+    pub async fn connect() -> Result<Self, RuntimeError> {
+        let endpoint = std::env::var("DOCKER_HOST")
+            .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_string());
+        let unreachable = |cause: String| RuntimeError::Unreachable {
+            endpoint: endpoint.clone(),
+            cause,
+        };
+        let docker = Docker::connect_with_defaults()
+            .map_err(|e| unreachable(e.to_string()))?
+            .with_timeout(Duration::from_secs(120));
+        let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
+            .await
+            .map_err(|_| unreachable("no answer within 10 s".to_string()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok(Runtime { docker, endpoint })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// True when the engine is Docker Desktop, whose container addresses live in a VM the host
+    /// cannot route to.
+    pub async fn is_docker_desktop(&self) -> Result<bool, RuntimeError> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| RuntimeError::operation("read the engine's info", e))?;
+        Ok(info
+            .operating_system
+            .is_some_and(|os| os.contains("Docker Desktop")))
+    }
+
+    /// The local image, or None when the engine does not have it.
+    pub async fn inspect_image(&self, image: &str) -> Result<Option<ImageInfo>, RuntimeError> {
+        match self.docker.inspect_image(image).await {
+            Ok(inspect) => Ok(Some(ImageInfo {
+                id: inspect.id.unwrap_or_default(),
+                os: inspect.os.unwrap_or_default(),
+                architecture: inspect.architecture.unwrap_or_default(),
+                variant: inspect.variant,
+                repo_digests: inspect.repo_digests.unwrap_or_default(),
+            })),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(RuntimeError::operation(
+                format!("inspect image '{image}'"),
+                e,
+            )),
+        }
+    }
+
+    /// Pulls an image for linux/amd64, reporting each progress line to `progress`.
+    pub async fn pull_image(
+        &self,
+        image: &str,
+        mut progress: impl FnMut(&str),
+    ) -> Result<(), RuntimeError> {
+        let (from_image, tag) = split_reference(image);
+        let options = CreateImageOptions {
+            from_image: Some(from_image),
+            tag,
+            platform: PLATFORM.to_string(),
+            ..Default::default()
+        };
+        let mut stream = self.docker.create_image(Some(options), None, None);
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| {
+                RuntimeError::operation(format!("pull '{image}' for {PLATFORM}"), e)
+            })?;
+            let line = match (info.id, info.status) {
+                (Some(id), Some(status)) => format!("{id}: {status}"),
+                (None, Some(status)) => status,
+                _ => continue,
+            };
+            progress(&line);
+        }
+        Ok(())
+    }
+
+    /// Builds an image from a tar build context holding a Dockerfile.
+    pub async fn build_image(&self, tag: &str, context: Vec<u8>) -> Result<(), RuntimeError> {
+        let options = BuildImageOptions {
+            dockerfile: "Dockerfile".to_string(),
+            t: Some(tag.to_string()),
+            rm: true,
+            forcerm: true,
+            platform: PLATFORM.to_string(),
+            ..Default::default()
+        };
+        let body = http_body_util::Either::Left(http_body_util::Full::new(Bytes::from(context)));
+        let mut stream = self.docker.build_image(options, None, Some(body));
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| RuntimeError::operation(format!("build '{tag}'"), e))?;
+            if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+                return Err(RuntimeError::Operation {
+                    operation: format!("build '{tag}'"),
+                    message: detail,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates (but does not start) a container for linux/amd64. Nothing is published on
+    /// 0.0.0.0 and nothing of the host (the Docker socket included) is mounted.
+    pub async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let port_key = format!("{}/tcp", spec.port);
+        let port_bindings = spec.publish_port.then(|| {
+            HashMap::from([(
+                port_key.clone(),
+                Some(vec![PortBinding {
+                    host_ip: Some("127.0.0.1".to_string()),
+                    host_port: Some(String::new()),
+                }]),
+            )])
+        });
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(spec.labels.iter().cloned().collect()),
+            entrypoint: spec.entrypoint.clone(),
+            cmd: spec.args.clone(),
+            exposed_ports: Some(vec![port_key]),
+            host_config: Some(HostConfig {
+                memory: Some(spec.memory_bytes as i64),
+                // No swap: over the limit the engine OOM-kills, as Cloud Run does.
+                memory_swap: Some(spec.memory_bytes as i64),
+                nano_cpus: Some(spec.cpu_millis as i64 * 1_000_000),
+                port_bindings,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(spec.name.clone()),
+            platform: PLATFORM.to_string(),
+        };
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| RuntimeError::operation(format!("create container '{}'", spec.name), e))?;
+        Ok(created.id)
+    }
+
+    pub async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.docker.start_container(id, None).await.map_err(|e| {
+            match RuntimeError::operation(format!("start container {}", short(id)), e) {
+                RuntimeError::Operation { message, .. }
+                    if message.contains("exec format error") =>
+                {
+                    RuntimeError::ExecFormat { message }
+                }
+                other => other,
+            }
+        })
+    }
+
+    pub async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
+        let inspect =
+            self.docker.inspect_container(id, None).await.map_err(|e| {
+                RuntimeError::operation(format!("inspect container {}", short(id)), e)
+            })?;
+        let state = inspect.state.unwrap_or_default();
+        let network = inspect.network_settings.unwrap_or_default();
+        let ip = network.networks.as_ref().and_then(|n| {
+            n.values()
+                .find_map(|e| e.ip_address.as_deref()?.parse().ok())
+        });
+        let published_port = network.ports.as_ref().and_then(|ports| {
+            ports
+                .values()
+                .flatten()
+                .flatten()
+                .find_map(|b| b.host_port.as_deref()?.parse().ok())
+        });
+        let running = state.running.unwrap_or(false);
+        Ok(ContainerInfo {
+            running,
+            pid: state.pid.filter(|p| running && *p > 0).map(|p| p as u32),
+            ip,
+            published_port,
+            exit_code: state.exit_code.filter(|_| !running),
+            oom_killed: state.oom_killed.unwrap_or(false),
+            error: state.error.filter(|e| !e.is_empty()),
+        })
+    }
+
+    /// Resolves when the container has exited, with its exit code.
+    pub async fn wait_exit(&self, id: &str) -> Result<i64, RuntimeError> {
+        let options = WaitContainerOptions {
+            condition: "not-running".to_string(),
+        };
+        let mut stream = self.docker.wait_container(id, Some(options));
+        match stream.next().await {
+            Some(Ok(response)) => Ok(response.status_code),
+            Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(RuntimeError::operation(
+                format!("wait for container {}", short(id)),
+                e,
+            )),
+            None => Err(RuntimeError::Operation {
+                operation: format!("wait for container {}", short(id)),
+                message: "the engine closed the stream".to_string(),
+            }),
+        }
+    }
+
+    /// The container's output from its start, following it while it runs.
+    pub fn follow_logs(
+        &self,
+        id: &str,
+    ) -> impl Stream<Item = Result<LogChunk, RuntimeError>> + Send + 'static {
+        self.logs(id, true, "all".to_string())
+    }
+
+    /// The last `lines` lines of the container's output.
+    pub async fn tail_logs(&self, id: &str, lines: usize) -> Result<Vec<String>, RuntimeError> {
+        let mut stream = Box::pin(self.logs(id, false, lines.to_string()));
+        let mut text = String::new();
+        while let Some(chunk) = stream.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk?.bytes));
+        }
+        Ok(text.lines().map(str::to_string).collect())
+    }
+
+    fn logs(
+        &self,
+        id: &str,
+        follow: bool,
+        tail: String,
+    ) -> impl Stream<Item = Result<LogChunk, RuntimeError>> + Send + 'static {
+        let options = LogsOptions {
+            follow,
+            stdout: true,
+            stderr: true,
+            tail,
+            ..Default::default()
+        };
+        let operation = format!("read the logs of container {}", short(id));
+        self.docker.logs(id, Some(options)).filter_map(move |item| {
+            let result = match item {
+                Ok(bollard::container::LogOutput::StdOut { message })
+                | Ok(bollard::container::LogOutput::Console { message }) => Some(Ok(LogChunk {
+                    stderr: false,
+                    bytes: message,
+                })),
+                Ok(bollard::container::LogOutput::StdErr { message }) => Some(Ok(LogChunk {
+                    stderr: true,
+                    bytes: message,
+                })),
+                Ok(bollard::container::LogOutput::StdIn { .. }) => None,
+                Err(e) => Some(Err(RuntimeError::operation(operation.clone(), e))),
+            };
+            std::future::ready(result)
+        })
+    }
+
+    /// Sends SIGTERM, waits up to `grace`, then SIGKILL (Docker's stop does exactly this).
+    pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let options = StopContainerOptions {
+            t: Some(grace.as_secs() as i32),
+            signal: None,
+        };
+        match self.docker.stop_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            // 304: already stopped; 404: already gone.
+            Err(DockerError::DockerResponseServerError {
+                status_code: 304 | 404,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(RuntimeError::operation(
+                format!("stop container {}", short(id)),
+                e,
+            )),
+        }
+    }
+
+    pub async fn kill(&self, id: &str) -> Result<(), RuntimeError> {
+        let options = KillContainerOptions {
+            signal: "SIGKILL".to_string(),
+        };
+        match self.docker.kill_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            // 404: gone; 409: not running.
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404 | 409,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(RuntimeError::operation(
+                format!("kill container {}", short(id)),
+                e,
+            )),
+        }
+    }
+
+    /// Removes the container whatever its state; a container already gone is not an error.
+    pub async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            link: false,
+        };
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            // 409: removal already in progress.
+            Err(DockerError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) if message.contains("already in progress") => Ok(()),
+            Err(e) => Err(RuntimeError::operation(
+                format!("remove container {}", short(id)),
+                e,
+            )),
+        }
+    }
+
+    /// Every container (running or not) that carries the emulator's label.
+    pub async fn list_managed(&self) -> Result<Vec<ManagedContainer>, RuntimeError> {
+        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_MANAGED}=true")])]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| RuntimeError::operation("list containers", e))?;
+        Ok(list
+            .into_iter()
+            .map(|c| ManagedContainer {
+                id: c.id.unwrap_or_default(),
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_string(),
+                labels: c.labels.unwrap_or_default(),
+            })
+            .collect())
+    }
+}
+
+/// Splits `repo:tag` / `repo@digest` for the pull API, which pulls *every* tag when none is
+/// given; an untagged reference means `latest`, as `docker pull` does.
+fn split_reference(image: &str) -> (String, Option<String>) {
+    if image.contains('@') {
+        return (image.to_string(), None);
+    }
+    let last_slash = image.rfind('/').map_or(0, |i| i + 1);
+    match image[last_slash..].rfind(':') {
+        Some(colon) => {
+            let at = last_slash + colon;
+            (image[..at].to_string(), Some(image[at + 1..].to_string()))
+        }
+        None => (image.to_string(), Some("latest".to_string())),
+    }
+}
+
+/// The 12-character form of a container id, as `docker ps` shows it.
+pub fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_are_split_for_pulls() {
+        assert_eq!(
+            split_reference("hello"),
+            ("hello".into(), Some("latest".into()))
+        );
+        assert_eq!(
+            split_reference("localhost:5000/app:v1"),
+            ("localhost:5000/app".into(), Some("v1".into()))
+        );
+        assert_eq!(
+            split_reference("localhost:5000/app"),
+            ("localhost:5000/app".into(), Some("latest".into()))
+        );
+        assert_eq!(
+            split_reference("app@sha256:ab"),
+            ("app@sha256:ab".into(), None)
+        );
+    }
+}
