@@ -136,7 +136,7 @@ impl StartFailure {
         match &self.error {
             StartError::ExecFormat { message } => {
                 out.push_str(&format!(
-                    "the container's binary is not linux/amd64: the kernel refused it with \"exec format error\" ({message}).\n"
+                    "the container's binary is not for linux/amd64, so the kernel refused to run it ({message}).\n"
                 ));
                 out.push_str(&cloudrun::AMD64_HINT.replace("IMAGE", &spec.image));
             }
@@ -254,15 +254,16 @@ pub async fn start(
                 .tail_logs(&container_id, 20)
                 .await
                 .unwrap_or_default();
-            let error = match error {
-                StartError::Exited { .. } | StartError::Runtime(_)
-                    if last_logs.iter().any(|l| l.contains("exec format error")) =>
-                {
+            // Some runtimes refuse the binary at start (an API error), others start the
+            // container and log the refusal; both are the same mistake.
+            let refusal = last_logs.iter().find(|l| l.contains("exec format error"));
+            let error = match (error, refusal) {
+                (StartError::Exited { .. } | StartError::Runtime(_), Some(line)) => {
                     StartError::ExecFormat {
-                        message: "exec format error".to_string(),
+                        message: line.trim().to_string(),
                     }
                 }
-                other => other,
+                (other, _) => other,
             };
             if let Err(e) = runtime.remove(&container_id).await {
                 tracing::warn!("{e}");

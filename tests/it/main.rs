@@ -1,1 +1,9 @@
+//! Integration tests: the real `emulate` binary, a real Docker engine, real HTTP clients.
+//! Images are built from the sources in `docker/` (nothing is pulled).
 
+mod support;
+
+mod failures;
+mod lifecycle;
+mod proxying;
+mod running;

@@ -1,0 +1,107 @@
+//! Stopping: Ctrl-C drains and removes, a container that ignores SIGTERM is killed after the
+//! grace period, a second Ctrl-C stops at once, and containers of a killed emulator are
+//! reaped by the next one.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn ctrl_c_lets_in_flight_requests_finish_then_removes_the_container() {
+    let mut emulator = Emulator::start(&service_name("drain"), &[testapp_image()]).await;
+    let url = emulator.url("/sleep?ms=1500");
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    emulator.signal("INT");
+    let reply = in_flight.await.unwrap();
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "slept 1500 ms\n")
+    );
+    let done = emulator.wait(Duration::from_secs(20)).await;
+    assert_eq!(done.status.code(), Some(0), "{done:?}");
+    assert!(done.stderr.contains("Shutting down"), "{}", done.stderr);
+    assert!(
+        done.stderr.contains("exited with code 0"),
+        "{}",
+        done.stderr
+    );
+    assert!(
+        done.stdout.contains("received SIGTERM, shutting down"),
+        "{}",
+        done.stdout
+    );
+    assert!(containers_of(&emulator.service).is_empty());
+}
+
+#[tokio::test]
+async fn a_container_ignoring_sigterm_is_killed_after_10_seconds() {
+    let mut emulator = Emulator::start(
+        &service_name("stubborn"),
+        &[testapp_image(), "--set-env-vars", "IGNORE_SIGTERM=1"],
+    )
+    .await;
+    let began = Instant::now();
+    emulator.signal("TERM");
+    let done = emulator.wait(Duration::from_secs(30)).await;
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_secs(10) && took < Duration::from_secs(20),
+        "took {took:?}"
+    );
+    assert!(
+        done.stderr
+            .contains("did not exit within 10 s of SIGTERM; it was sent SIGKILL"),
+        "{}",
+        done.stderr
+    );
+    assert!(containers_of(&emulator.service).is_empty());
+}
+
+#[tokio::test]
+async fn a_second_ctrl_c_stops_at_once_and_still_removes_the_container() {
+    let mut emulator = Emulator::start(
+        &service_name("impatient"),
+        &[testapp_image(), "--set-env-vars", "IGNORE_SIGTERM=1"],
+    )
+    .await;
+    let began = Instant::now();
+    emulator.signal("INT");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    emulator.signal("INT");
+    let done = emulator.wait(Duration::from_secs(15)).await;
+    assert!(
+        began.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        began.elapsed()
+    );
+    assert!(done.stderr.contains("Stopped at once"), "{}", done.stderr);
+    assert!(containers_of(&emulator.service).is_empty());
+}
+
+#[tokio::test]
+async fn containers_of_a_killed_emulator_are_reaped_by_the_next_one() {
+    let mut killed = Emulator::start(&service_name("orphan"), &[testapp_image()]).await;
+    killed.signal("KILL");
+    killed.wait(Duration::from_secs(10)).await;
+    let orphans = containers_of(&killed.service);
+    assert_eq!(
+        orphans.len(),
+        1,
+        "the killed emulator's container should still be there"
+    );
+
+    let next = Emulator::start(&service_name("reaper"), &[testapp_image()]).await;
+    assert!(
+        containers_of(&killed.service).is_empty(),
+        "the orphan was not reaped"
+    );
+    assert!(
+        next.stderr()
+            .contains("left behind by an emulator that was killed"),
+        "{}",
+        next.stderr()
+    );
+    // The reaper's own container is untouched.
+    assert_eq!(containers_of(&next.service).len(), 1);
+}

@@ -1,0 +1,418 @@
+//! Test fixtures: the test images (built once per run from `docker/`), an `Emulator` that runs
+//! the real binary and cleans up after itself, and small HTTP helpers.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Fails the test run, with how to fix it, when Docker is not reachable: a test of Docker
+/// behaviour must never pass silently without Docker.
+pub fn require_docker() {
+    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = CHECKED.get_or_init(|| {
+        let output = Command::new("docker")
+            .args(["info", "--format", "{{.ServerVersion}}"])
+            .output();
+        match output {
+            Ok(o) if o.status.success() => Ok(()),
+            Ok(o) => Err(String::from_utf8_lossy(&o.stderr).into_owned()),
+            Err(e) => Err(format!("cannot run the docker CLI: {e}")),
+        }
+    });
+    if let Err(e) = result {
+        panic!("These tests need a running Docker engine and the docker CLI, and Docker is not reachable: {e}\nStart it (`sudo systemctl start docker`, or `sudo dockerd &`), or run `bash .ci/run`, which starts it.");
+    }
+}
+
+fn run_checked(command: &mut Command) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A scratch build context directory holding the given files.
+fn context(name: &str, files: &[(&str, &[u8], u32)]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Path::new(ROOT)
+        .join("target")
+        .join("it-contexts")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, data, mode) in files {
+        let path = dir.join(file);
+        std::fs::write(&path, data).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).unwrap();
+    }
+    dir
+}
+
+/// The test app image (docker/testapp), built once per test run: a static binary in a
+/// `FROM scratch` image.
+pub fn testapp_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        require_docker();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let target_dir = Path::new(ROOT).join("target").join("testapp");
+        run_checked(
+            Command::new(cargo)
+                .current_dir(ROOT)
+                .env("RUSTFLAGS", "-C target-feature=+crt-static")
+                .env("CARGO_TARGET_DIR", &target_dir)
+                .args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "emulate-testapp",
+                    "--target",
+                    "x86_64-unknown-linux-gnu",
+                ]),
+        );
+        let binary =
+            std::fs::read(target_dir.join("x86_64-unknown-linux-gnu/release/testapp")).unwrap();
+        let dockerfile = std::fs::read(Path::new(ROOT).join("docker/testapp/Dockerfile")).unwrap();
+        let dir = context(
+            "testapp",
+            &[
+                ("Dockerfile", &dockerfile, 0o644),
+                ("testapp", &binary, 0o755),
+            ],
+        );
+        let image = "emulate-testapp:it".to_string();
+        run_checked(
+            Command::new("docker")
+                .args(["build", "-q", "-t", &image])
+                .arg(&dir),
+        );
+        image
+    })
+}
+
+/// An amd64-labelled image whose binary is arm64: an ELF header with e_machine = 183
+/// (AArch64) is enough, since the kernel refuses it before reading further.
+pub fn arm64_binary_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        require_docker();
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2; // 64-bit
+        elf[5] = 1; // little-endian
+        elf[6] = 1; // ELF version
+        elf[16] = 2; // ET_EXEC
+        elf[18..20].copy_from_slice(&183u16.to_le_bytes()); // EM_AARCH64
+        elf[20] = 1;
+        let dockerfile = b"FROM scratch\nCOPY app /app\nENTRYPOINT [\"/app\"]\n";
+        let dir = context(
+            "arm64-binary",
+            &[("Dockerfile", dockerfile, 0o644), ("app", &elf, 0o755)],
+        );
+        let image = "emulate-it-arm64-binary:it".to_string();
+        run_checked(
+            Command::new("docker")
+                .args(["build", "-q", "-t", &image])
+                .arg(&dir),
+        );
+        image
+    })
+}
+
+/// An image labelled linux/arm64 (what `docker build` makes on Apple Silicon), loaded from a
+/// hand-made image archive since nothing can be pulled or cross-built here.
+pub fn arm64_labelled_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        require_docker();
+        let image = "emulate-it-arm64-label:it".to_string();
+        let mut layer = tar::Builder::new(Vec::new());
+        append(&mut layer, "app", b"#!/bin/false\n", 0o755);
+        let layer = layer.into_inner().unwrap();
+        let config = format!(
+            r#"{{"architecture":"arm64","os":"linux","config":{{"Entrypoint":["/app"]}},"rootfs":{{"type":"layers","diff_ids":["sha256:{}"]}}}}"#,
+            sha256_hex(&layer)
+        );
+        let manifest = format!(r#"[{{"Config":"config.json","RepoTags":["{image}"],"Layers":["layer.tar"]}}]"#);
+        let mut archive = tar::Builder::new(Vec::new());
+        append(&mut archive, "config.json", config.as_bytes(), 0o644);
+        append(&mut archive, "layer.tar", &layer, 0o644);
+        append(&mut archive, "manifest.json", manifest.as_bytes(), 0o644);
+        let archive = archive.into_inner().unwrap();
+        let mut load = Command::new("docker")
+            .args(["load", "-q"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        load.stdin.take().unwrap().write_all(&archive).unwrap();
+        assert!(load.wait().unwrap().success(), "docker load failed");
+        image
+    })
+}
+
+fn append(archive: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mode: u32) {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(mode);
+    header.set_cksum();
+    archive.append_data(&mut header, path, data).unwrap();
+}
+
+/// Docker checks each layer against the diff id in the config, so the digest must be real.
+fn sha256_hex(data: &[u8]) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum (coreutils) is installed");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// A unique, valid service name, so parallel tests never share containers.
+pub fn service_name(prefix: &str) -> String {
+    format!("it-{prefix}-{:05x}", rand::random::<u32>() & 0xfffff)
+}
+
+/// Containers (running or not) of a service, by the emulator's label.
+pub fn containers_of(service: &str) -> Vec<String> {
+    let out = run_checked(Command::new("docker").args([
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=dev.emulate.service={service}"),
+    ]));
+    out.lines().map(str::to_string).collect()
+}
+
+/// The real `emulate` binary, running one service. Dropping it kills the process and removes
+/// any container of its service, so a failing test leaves nothing behind.
+pub struct Emulator {
+    child: Child,
+    pub service: String,
+    pub addr: SocketAddr,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+fn collect(stream: impl std::io::Read + Send + 'static, sink: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            let mut sink = sink.lock().unwrap();
+            sink.push_str(&line);
+            sink.push('\n');
+        }
+    });
+}
+
+/// What a finished emulator printed.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Emulator {
+    fn spawn(service: &str, args: &[&str], env: &[(&str, &str)]) -> Emulator {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_emulate"));
+        command
+            .arg("run")
+            .args(["--service", service, "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("NO_COLOR", "1");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("the emulate binary runs");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        collect(child.stdout.take().unwrap(), stdout.clone());
+        collect(child.stderr.take().unwrap(), stderr.clone());
+        Emulator {
+            child,
+            service: service.to_string(),
+            addr: "127.0.0.1:0".parse().unwrap(),
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Starts `emulate run` and waits until it serves.
+    pub async fn start(service: &str, args: &[&str]) -> Emulator {
+        require_docker();
+        let mut emulator = Emulator::spawn(service, args, &[]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(port) = emulator
+                .stderr()
+                .lines()
+                .find_map(|l| l.strip_prefix("Service URL: http://localhost:"))
+                .and_then(|p| p.trim().parse::<u16>().ok())
+            {
+                emulator.addr = SocketAddr::from(([127, 0, 0, 1], port));
+                return emulator;
+            }
+            if let Ok(Some(status)) = emulator.child.try_wait() {
+                panic!(
+                    "emulate exited with {status} before serving:\n{}\n{}",
+                    emulator.stdout(),
+                    emulator.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "emulate did not serve within 60 s:\n{}",
+                emulator.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Runs `emulate run` expecting it to end by itself (a failure), within `limit`.
+    pub async fn run_to_exit(
+        service: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        limit: Duration,
+    ) -> Finished {
+        let mut emulator = Emulator::spawn(service, args, env);
+        emulator.wait(limit).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends a signal (`INT`, `TERM`, `KILL`) to the emulator process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to end, then for its output to be read.
+    pub async fn wait(&mut self, limit: Duration) -> Finished {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "emulate still running after {limit:?}:\n{}\n{}",
+                self.stdout(),
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // The reader threads finish when the pipes close.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Finished {
+            status,
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+        }
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for id in containers_of(&self.service) {
+            let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+        }
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// Sends one HTTP/1.1 request (or HTTP/2 with prior knowledge when `http2`).
+pub async fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+    http2: bool,
+) -> Reply {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(http2)
+        .build_http();
+    let mut builder = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let response = client
+        .request(builder.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url} failed: {e:?}"));
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+pub async fn get(url: &str) -> Reply {
+    request("GET", url, &[], Vec::new(), false).await
+}
+
+/// `docker inspect` of a container as JSON.
+pub fn inspect(id: &str) -> serde_json::Value {
+    let out = run_checked(Command::new("docker").args(["inspect", id]));
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone()
+}
