@@ -1,6 +1,8 @@
 //! Integration tests: the real `emulate` binary, a real Docker engine, real HTTP clients.
 //! Images are built from the sources in `docker/` (nothing is pulled).
 
+#[path = "images.rs"]
+mod images;
 mod support;
 
 mod failures;
