@@ -105,3 +105,34 @@ async fn containers_of_a_killed_emulator_are_reaped_by_the_next_one() {
     // The reaper's own container is untouched.
     assert_eq!(containers_of(&next.service).len(), 1);
 }
+
+#[tokio::test]
+async fn ctrl_c_while_the_probe_waits_removes_the_container() {
+    let service = service_name("early");
+    let mut emulator = Emulator::spawn_run(&service, &[testapp_image(), "--set-env-vars", "NEVER_LISTEN=1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !emulator.stdout().contains("never listening") {
+        assert!(Instant::now() < deadline, "{}", emulator.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    emulator.signal("INT");
+    let done = emulator.wait(Duration::from_secs(15)).await;
+    assert_eq!(done.status.code(), Some(130), "{done:?}");
+    assert!(done.stderr.contains("Interrupted; the container was removed."), "{}", done.stderr);
+    assert!(containers_of(&service).is_empty());
+}
+
+#[tokio::test]
+async fn an_instance_over_its_memory_limit_is_reported_and_replaced() {
+    let emulator = Emulator::start(&service_name("oom"), &[testapp_image(), "--memory", "128Mi"]).await;
+    let reply = get(&emulator.url("/alloc?mib=400")).await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&emulator.url("/")).await.status != 200 {
+        assert!(Instant::now() < deadline, "no new instance: {}", emulator.stdout());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stdout = emulator.stdout();
+    assert!(stdout.contains("Memory limit of 128 MiB exceeded"), "{stdout}");
+    assert!(stdout.contains("Container called exit(137)."), "{stdout}");
+}

@@ -180,3 +180,14 @@ async fn a_busy_listen_port_is_a_clear_error_and_starts_nothing() {
     assert!(stderr.contains("--listen 127.0.0.1:"), "{stderr}");
     assert!(containers_of(&service).is_empty());
 }
+
+#[tokio::test]
+async fn the_published_port_fallback_serves_through_127_0_0_1_only() {
+    let service = service_name("published");
+    let emulator = Emulator::start(&service, &[testapp_image(), "--upstream", "published-port"]).await;
+    let reply = get(&emulator.url("/echo")).await;
+    assert_eq!(reply.status, 200);
+    let ids = containers_of(&service);
+    let bindings = &inspect(&ids[0])["HostConfig"]["PortBindings"]["8080/tcp"];
+    assert_eq!(bindings[0]["HostIp"], "127.0.0.1", "{bindings}");
+}

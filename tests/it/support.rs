@@ -203,6 +203,12 @@ impl Emulator {
         }
     }
 
+    /// Starts `emulate run` without waiting for anything.
+    pub fn spawn_run(service: &str, args: &[&str]) -> Emulator {
+        require_docker();
+        Emulator::spawn(service, args, &[])
+    }
+
     /// Runs `emulate run` expecting it to end by itself (a failure), within `limit`.
     pub async fn run_to_exit(
         service: &str,
