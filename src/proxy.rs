@@ -5,9 +5,10 @@
 pub mod body;
 pub mod headers;
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
@@ -26,9 +27,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cloudrun;
+use crate::pool::Lease;
 pub use body::ProxyBody;
 
-/// Settings of the front end itself (per-revision settings travel in [`Upstream`]).
+/// Settings of the front end itself (per-revision settings travel in each [`Route`]).
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
     /// HTTP/1 request bodies over this get 413.
@@ -49,68 +51,46 @@ impl Default for ProxyConfig {
     }
 }
 
-/// Where one request goes: an instance's address and the revision's request settings.
-#[derive(Clone, Debug)]
-pub struct Upstream {
+/// Where one request goes: an instance's address, the revision's request settings, and the
+/// lease that keeps the instance counted busy until the exchange is over.
+pub struct Route {
     pub authority: Authority,
     /// End-to-end HTTP/2 cleartext (port named `h2c` or `--use-http2`).
     pub http2: bool,
     pub request_timeout: Duration,
+    pub lease: Lease,
 }
 
-impl Upstream {
-    pub fn new(addr: SocketAddr, http2: bool, request_timeout: Duration) -> Self {
-        Upstream {
-            authority: Authority::try_from(addr.to_string().as_str())
-                .expect("a socket address is a valid authority"),
-            http2,
-            request_timeout,
+/// A refusal of the proxy's own: status and Cloud Run's text for it.
+#[derive(Clone, Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub text: Cow<'static, str>,
+}
+
+impl Refusal {
+    pub fn new(status: StatusCode, text: impl Into<Cow<'static, str>>) -> Self {
+        Refusal {
+            status,
+            text: text.into(),
         }
     }
 }
 
-/// A refusal of the proxy's own: status and Cloud Run's text for it.
-#[derive(Clone, Copy, Debug)]
-pub struct Refusal {
-    pub status: StatusCode,
-    pub text: &'static str,
-}
-
-/// Picks the upstream for a request (the routing layer: host, traffic split, instance).
+/// Picks the instance for a request (host → service → traffic split → revision → instance),
+/// waiting for a cold start if needed.
 pub trait Backend: Send + Sync + 'static {
-    fn upstream(&self, uri: &Uri, headers: &HeaderMap) -> Result<Upstream, Refusal>;
-}
-
-/// A backend of one instance slot: empty while no instance is ready (503 with Cloud Run's
-/// text), else every request goes to the instance in it.
-#[derive(Debug, Default)]
-pub struct InstanceSlot {
-    upstream: RwLock<Option<Upstream>>,
-}
-
-impl InstanceSlot {
-    pub fn set(&self, upstream: Option<Upstream>) {
-        *self.upstream.write().unwrap_or_else(|e| e.into_inner()) = upstream;
-    }
-}
-
-impl Backend for InstanceSlot {
-    fn upstream(&self, _: &Uri, _: &HeaderMap) -> Result<Upstream, Refusal> {
-        self.upstream
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or(Refusal {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                text: cloudrun::MALFORMED_OR_UNREACHABLE,
-            })
-    }
+    fn route(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> impl std::future::Future<Output = Result<Route, Refusal>> + Send;
 }
 
 type RequestBody = Limited<Incoming>;
 
-pub struct Proxy {
-    backend: Arc<dyn Backend>,
+pub struct Proxy<B> {
+    backend: Arc<B>,
     config: ProxyConfig,
     http1: Client<HttpConnector, RequestBody>,
     http2: Client<HttpConnector, RequestBody>,
@@ -125,8 +105,8 @@ pub struct DrainReport {
     pub drained: bool,
 }
 
-impl Proxy {
-    pub fn new(backend: Arc<dyn Backend>, config: ProxyConfig) -> Arc<Self> {
+impl<B: Backend> Proxy<B> {
+    pub fn new(backend: Arc<B>, config: ProxyConfig) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -216,16 +196,16 @@ impl Proxy {
                 true,
             );
         }
-        let upstream = match self.backend.upstream(request.uri(), request.headers()) {
-            Ok(upstream) => upstream,
+        let route = match self.backend.route(request.uri(), request.headers()).await {
+            Ok(route) => route,
             Err(refused) => return refusal(refused.status, refused.text, false),
         };
         // One timer bounds the whole exchange: waiting for the response head, then streaming
         // its body (and a tunnel's life for upgrades).
-        let deadline = Instant::now() + upstream.request_timeout;
+        let deadline = Instant::now() + route.request_timeout;
         let mut timer = Box::pin(tokio::time::sleep_until(deadline));
 
-        let upgrade = client_http1 && !upstream.http2 && wants_upgrade(request.headers());
+        let upgrade = client_http1 && !route.http2 && wants_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         if !parts.headers.contains_key(header::HOST) {
@@ -238,13 +218,13 @@ impl Proxy {
                 parts.headers.insert(header::HOST, host);
             }
         }
-        headers::remove_hop_by_hop(&mut parts.headers, upgrade, upstream.http2);
+        headers::remove_hop_by_hop(&mut parts.headers, upgrade, route.http2);
         headers::remove_google_headers(&mut parts.headers);
         headers::set_forwarding(&mut parts.headers, client.ip(), "http");
         headers::set_trace(&mut parts.headers, &mut rand::rng());
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(upstream.authority.clone());
+        uri.authority = Some(route.authority.clone());
         uri.path_and_query = Some(
             parts
                 .uri
@@ -253,7 +233,7 @@ impl Proxy {
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
         );
         parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
-        parts.version = if upstream.http2 {
+        parts.version = if route.http2 {
             Version::HTTP_2
         } else {
             Version::HTTP_11
@@ -265,7 +245,7 @@ impl Proxy {
         };
         let forwarded = Request::from_parts(parts, Limited::new(body, limit));
 
-        let client_pool = if upstream.http2 {
+        let client_pool = if route.http2 {
             &self.http2
         } else {
             &self.http1
@@ -286,7 +266,7 @@ impl Proxy {
                 );
             }
             Err(e) => {
-                tracing::debug!("forwarding to {} failed: {e:?}", upstream.authority);
+                tracing::debug!("forwarding to {} failed: {e:?}", route.authority);
                 return refusal(
                     StatusCode::SERVICE_UNAVAILABLE,
                     cloudrun::MALFORMED_OR_UNREACHABLE,
@@ -303,8 +283,12 @@ impl Proxy {
                 );
             };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            self.tunnels
-                .spawn(tunnel(client_upgrade, upstream_upgrade, deadline));
+            self.tunnels.spawn(tunnel(
+                client_upgrade,
+                upstream_upgrade,
+                deadline,
+                route.lease,
+            ));
             let (parts, _) = response.into_parts();
             return Response::from_parts(parts, ProxyBody::empty());
         }
@@ -315,6 +299,7 @@ impl Proxy {
             ProxyBody::Upstream {
                 inner: body,
                 deadline: timer,
+                _lease: route.lease,
             },
         )
     }
@@ -326,6 +311,8 @@ async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     deadline: Instant,
+    // Held for the tunnel's life: the instance is busy until the WebSocket closes.
+    _lease: Lease,
 ) {
     let (client, upstream) = tokio::join!(client, upstream);
     let (Ok(client), Ok(upstream)) = (client, upstream) else {
@@ -371,8 +358,12 @@ fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
 
 /// A response of the proxy's own. `close` ends an HTTP/1 connection after it (the client may
 /// still be sending a body we will not read, or Cloud Run closes it, as on a timeout).
-fn refusal(status: StatusCode, text: &'static str, close: bool) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::text(text));
+fn refusal(
+    status: StatusCode,
+    text: impl Into<Cow<'static, str>>,
+    close: bool,
+) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::text(text.into()));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(

@@ -11,15 +11,19 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::Exit;
+use crate::admin::{self, Announcement};
 use crate::cloudrun;
 use crate::config::{self, InvalidValue};
-use crate::instance::{self, Instance, RevisionSpec, StartError, UpstreamMode};
+use crate::instance::{self, UpstreamMode};
+use crate::knative;
 use crate::logs::LogPrinter;
-use crate::proxy::{InstanceSlot, Proxy, ProxyConfig, Upstream};
-use crate::runtime::{self, Runtime, RuntimeError};
+use crate::platform::{ApplyError, Platform, PlatformConfig};
+use crate::pool::InstanceContext;
+use crate::proxy::{Proxy, ProxyConfig};
+use crate::runtime::Runtime;
 use crate::sample;
 use crate::shutdown::Signals;
-
+use crate::template::Secrets;
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The image to run, as you would pass it to `gcloud run deploy --image`. Without one,
@@ -65,6 +69,25 @@ pub struct RunArgs {
     /// on 127.0.0.1 (Docker Desktop), or `auto` to pick.
     #[arg(long, value_enum, default_value_t = UpstreamChoice::Auto)]
     pub upstream: UpstreamChoice,
+    /// Service YAML files (as `gcloud run services replace` takes) to run instead of IMAGE;
+    /// repeat for several services.
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "SERVICE_YAML",
+        conflicts_with = "image"
+    )]
+    pub files: Vec<PathBuf>,
+    /// Where `secretKeyRef` env vars are read from: DIR/NAME/VERSION files (else the env var
+    /// EMULATE_SECRET_NAME).
+    #[arg(long, value_name = "DIR")]
+    pub secrets_dir: Option<PathBuf>,
+    /// Where the admin API (used by `emulate deploy`, `services`, `revisions`) listens.
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    pub admin_listen: String,
+    /// The service plain http://localhost:PORT reaches when several run.
+    #[arg(long, value_name = "SERVICE")]
+    pub default_service: Option<String>,
     /// Disconnect clients that take longer than this to send their request head.
     #[arg(long, default_value = "10s", hide = true)]
     pub header_read_timeout: String,
@@ -99,6 +122,10 @@ pub struct RunConfig {
     pub startup_budget: Duration,
     pub http2: bool,
     pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub files: Vec<PathBuf>,
+    pub secrets_dir: Option<PathBuf>,
+    pub default_service: Option<String>,
     pub upstream: UpstreamChoice,
     pub header_read_timeout: Duration,
 }
@@ -155,7 +182,11 @@ impl RunConfig {
             request_timeout,
             startup_budget,
             http2: args.use_http2,
-            listen: parse_listen(&args.listen)?,
+            listen: parse_listen("--listen", &args.listen)?,
+            admin_listen: parse_listen("--admin-listen", &args.admin_listen)?,
+            files: args.files,
+            secrets_dir: args.secrets_dir,
+            default_service: args.default_service,
             upstream: args.upstream,
             header_read_timeout: config::parse_duration(
                 "--header-read-timeout",
@@ -173,7 +204,7 @@ fn invalid(field: &str, message: impl Into<String>) -> InvalidValue {
 }
 
 /// `--listen` takes `HOST:PORT`, `:PORT` or `PORT` (on 127.0.0.1).
-fn parse_listen(text: &str) -> Result<SocketAddr, InvalidValue> {
+fn parse_listen(flag: &str, text: &str) -> Result<SocketAddr, InvalidValue> {
     let text = text.trim();
     let with_host = if let Some(port) = text.strip_prefix(':') {
         format!("127.0.0.1:{port}")
@@ -184,7 +215,7 @@ fn parse_listen(text: &str) -> Result<SocketAddr, InvalidValue> {
     };
     with_host.parse().map_err(|_| {
         invalid(
-            "--listen",
+            flag,
             format!("'{text}' is not an address; use HOST:PORT, e.g. 127.0.0.1:8080"),
         )
     })
@@ -209,6 +240,17 @@ pub async fn run(args: RunArgs) -> Exit {
             return Exit::Usage;
         }
     };
+    // Service files are read and checked before anything starts.
+    let mut documents = Vec::new();
+    for path in &config.files {
+        match read_service_file(path) {
+            Ok(doc) => documents.push(doc),
+            Err(message) => {
+                eprintln!("error: {message}");
+                return Exit::Usage;
+            }
+        }
+    }
     let signals = Signals::install();
     let runtime = match Runtime::connect().await {
         Ok(runtime) => runtime,
@@ -230,53 +272,23 @@ pub async fn run(args: RunArgs) -> Exit {
         Err(e) => eprintln!("warning: could not look for leftover containers: {e}"),
     }
     // Bind before starting anything, so a busy port fails fast and leaves nothing behind.
-    let listener = match TcpListener::bind(config.listen).await {
+    let listener = match bind("--listen", config.listen).await {
         Ok(listener) => listener,
-        Err(e) => {
-            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
-                format!(
-                    " Something else (another emulate?) is using it; pick another address with --listen, e.g. --listen 127.0.0.1:{}",
-                    config.listen.port().wrapping_add(1).max(1024)
-                )
-            } else {
-                String::new()
-            };
-            eprintln!(
-                "error: --listen: cannot listen on {}: {e}.{hint}",
-                config.listen
-            );
-            return Exit::Failure;
-        }
-    };
-    let listen = listener.local_addr().unwrap_or(config.listen);
-
-    let image = match resolve_image(&runtime, &config.image).await {
-        Ok(image) => image,
         Err(exit) => return exit,
     };
-    let info = match runtime.inspect_image(&image).await {
-        Ok(Some(info)) => info,
-        Ok(None) => {
-            eprintln!("error: image '{image}' disappeared from the engine");
-            return Exit::Failure;
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Exit::Failure;
-        }
+    let admin_listener = match bind("--admin-listen", config.admin_listen).await {
+        Ok(listener) => listener,
+        Err(exit) => return exit,
     };
-    if !info.is_amd64_linux() {
-        // A local image is a single-platform manifest as `docker push` would upload it.
-        eprintln!(
-            "ERROR: {}\n(the local image is {}.)\n\n{}",
-            cloudrun::unsupported_platform(
-                &image,
-                "application/vnd.docker.distribution.manifest.v2+json"
-            ),
-            info.platform(),
-            cloudrun::AMD64_HINT.replace("IMAGE", &image)
-        );
-        return Exit::NotReady;
+    let listen = listener.local_addr().unwrap_or(config.listen);
+    let admin = admin_listener.local_addr().unwrap_or(config.admin_listen);
+
+    if documents.is_empty() {
+        let image = match resolve_image_flag(&runtime, &config.image).await {
+            Ok(image) => image,
+            Err(exit) => return exit,
+        };
+        documents.push(service_from_flags(&config, &image));
     }
     let mode = match config.upstream {
         UpstreamChoice::ContainerIp => UpstreamMode::ContainerIp,
@@ -286,90 +298,85 @@ pub async fn run(args: RunArgs) -> Exit {
             _ => UpstreamMode::ContainerIp,
         },
     };
-    let spec = RevisionSpec {
-        service: config.service.clone(),
-        revision: cloudrun::revision_name(&config.service, 1, &mut rand::rng()),
-        image: image.clone(),
-        image_id: info.id.clone(),
-        port: config.port,
-        env: config.env.clone(),
-        command: config.command.clone(),
-        args: config.args.clone(),
-        memory_bytes: config.memory_bytes,
-        cpu_millis: config.cpu_millis,
-        startup_budget: config.startup_budget,
-    };
-    eprintln!(
-        "Deploying container to Cloud Run service [{}] (emulated), revision [{}]",
-        spec.service, spec.revision
+    let platform = Platform::new(
+        InstanceContext {
+            runtime: runtime.clone(),
+            mode,
+            printer: LogPrinter::stdout(),
+            shutdown: signals.graceful.clone(),
+            immediate: signals.immediate.clone(),
+        },
+        PlatformConfig {
+            port: listen.port(),
+            secrets: Secrets {
+                dir: config.secrets_dir.clone(),
+            },
+            default_service: config.default_service.clone(),
+        },
     );
-    let printer = LogPrinter::stdout();
-    let instance = match instance::start(
-        &runtime,
-        &spec,
-        mode,
-        &printer,
-        cloudrun::REASON_AUTOSCALING,
-        &signals.graceful,
-    )
-    .await
-    {
-        Ok(instance) => instance,
-        Err(failure) => {
-            if matches!(failure.error, StartError::Cancelled) {
-                eprintln!("Interrupted; the container was removed.");
-                return Exit::Interrupted;
-            }
-            let code = if matches!(failure.error, StartError::Runtime(_)) {
-                Exit::Failure
-            } else {
-                Exit::NotReady
-            };
-            eprintln!("ERROR: {}", failure.report(&spec));
-            return code;
-        }
-    };
 
-    let slot = Arc::new(InstanceSlot::default());
-    slot.set(Some(Upstream::new(
-        instance.addr,
-        config.http2,
-        config.request_timeout,
-    )));
+    let mut deployed = Vec::new();
+    for doc in documents {
+        let name = doc.metadata.name.clone().unwrap_or_default();
+        eprintln!("Deploying container to Cloud Run service [{name}] (emulated)");
+        match platform.apply(doc).await {
+            Ok(applied) => {
+                for note in &applied.notes {
+                    eprintln!("note: {note}");
+                }
+                deployed.push(applied.service);
+            }
+            Err(e) => {
+                let exit = if signals.graceful.is_cancelled() {
+                    eprintln!("Interrupted; the container was removed.");
+                    Exit::Interrupted
+                } else {
+                    eprintln!("ERROR: {e}");
+                    apply_exit(&e)
+                };
+                platform.shutdown(true).await;
+                return exit;
+            }
+        }
+    }
+    for service in &deployed {
+        print_deployed(service);
+    }
+    if deployed.len() == 1 {
+        // Plain localhost reaches the only service.
+        eprintln!("Service URL: {}", service_url(listen));
+    }
+    eprintln!("Admin API: http://{admin} (emulate services list, emulate deploy ... find it by themselves)");
+
+    let announcement = Announcement::write(admin, listen);
+    if let Err(e) = &announcement {
+        eprintln!(
+            "warning: cannot write the discovery file ({e}); CLI verbs will need --admin {admin}"
+        );
+    }
+    let stop_accepting = CancellationToken::new();
     let proxy = Proxy::new(
-        slot.clone(),
+        Arc::new(platform.router()),
         ProxyConfig {
             header_read_timeout: config.header_read_timeout,
             ..ProxyConfig::default()
         },
     );
-    let stop_accepting = CancellationToken::new();
     let serving = tokio::spawn(proxy.serve(listener, stop_accepting.clone()));
-    eprintln!(
-        "Service [{}] revision [{}] has been deployed and is serving 100 percent of traffic (ready {} ms after the container started).\nService URL: {}",
-        spec.service,
-        spec.revision,
-        instance.startup.as_millis(),
-        service_url(listen)
-    );
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        platform.clone(),
+        stop_accepting.clone(),
+    ));
 
-    let serve = Serve {
-        runtime: &runtime,
-        spec: &spec,
-        mode,
-        printer: &printer,
-        slot: &slot,
-        http2: config.http2,
-        request_timeout: config.request_timeout,
-        signals: &signals,
-    };
-    let instance = serve.keep_instance(instance).await;
-
+    signals.graceful.cancelled().await;
+    drop(announcement);
     eprintln!(
         "Shutting down: no new connections; in-flight requests may finish for up to {} s (press Ctrl-C again to stop at once).",
         ProxyConfig::default().drain_timeout.as_secs()
     );
     stop_accepting.cancel();
+    let _ = admin_task.await;
     tokio::select! {
         report = serving => {
             if report.is_ok_and(|r| !r.drained) {
@@ -378,168 +385,160 @@ pub async fn run(args: RunArgs) -> Exit {
         }
         _ = signals.immediate.cancelled() => {}
     }
-    if let Some(instance) = instance {
-        stop_instance(&runtime, instance, &signals).await;
+    // A second Ctrl-C turns the stops in progress into kills (see Pool::stop_all).
+    platform.shutdown(false).await;
+    if signals.immediate.is_cancelled() {
+        eprintln!("Stopped at once: instances were killed and removed.");
     }
     Exit::Success
 }
 
-/// Finds the image locally or pulls it for linux/amd64; builds the sample when none is named.
-async fn resolve_image(runtime: &Runtime, choice: &ImageChoice) -> Result<String, Exit> {
-    let image = match choice {
+/// Exit code for a failed apply: the user's input (2), the revision never ready (3), or
+/// anything else (1).
+fn apply_exit(error: &ApplyError) -> Exit {
+    match error {
+        ApplyError::Invalid(_) | ApplyError::Traffic(_) => Exit::Usage,
+        ApplyError::NotReady(_) | ApplyError::Unsupported(_) => Exit::NotReady,
+        ApplyError::Image(_) | ApplyError::Conflict(_) | ApplyError::Runtime(_) => Exit::Failure,
+    }
+}
+
+async fn bind(flag: &str, addr: SocketAddr) -> Result<TcpListener, Exit> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!(
+                " Something else (another emulate?) is using it; pick another address with {flag}, e.g. {flag} 127.0.0.1:{}",
+                addr.port().wrapping_add(1).max(1024)
+            )
+        } else {
+            String::new()
+        };
+        eprintln!("error: {flag}: cannot listen on {addr}: {e}.{hint}");
+        Exit::Failure
+    })
+}
+
+/// Reads a service.yaml, naming the file and the field of any error.
+pub fn read_service_file(path: &std::path::Path) -> Result<knative::Service, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    knative::parse_service_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The built-in sample is built here; a named image is left to the platform to find or pull.
+async fn resolve_image_flag(runtime: &Runtime, choice: &ImageChoice) -> Result<String, Exit> {
+    match choice {
+        ImageChoice::User(image) => Ok(image.clone()),
         ImageChoice::Sample => {
             eprintln!("No image given: building and running the built-in hello sample.");
-            return sample::ensure_image(runtime).await.map_err(|e| {
+            sample::ensure_image(runtime).await.map_err(|e| {
                 eprintln!("error: {e}");
                 Exit::Failure
-            });
+            })
         }
-        ImageChoice::User(image) => image.clone(),
+    }
+}
+
+/// The Service document `emulate run IMAGE --flags` describes, as gcloud would build it.
+fn service_from_flags(config: &RunConfig, image: &str) -> knative::Service {
+    let mut container = knative::Container {
+        image: image.to_string(),
+        command: config.command.clone(),
+        args: config.args.clone(),
+        ports: vec![knative::ContainerPort {
+            container_port: config.port,
+            name: Some(if config.http2 { "h2c" } else { "http1" }.to_string()),
+            protocol: None,
+        }],
+        env: config
+            .env
+            .iter()
+            .map(|(name, value)| knative::EnvVar {
+                name: name.clone(),
+                value: Some(value.clone()),
+                value_from: None,
+            })
+            .collect(),
+        resources: Some(knative::Resources {
+            limits: [
+                ("cpu".to_string(), format!("{}m", config.cpu_millis)),
+                ("memory".to_string(), format_memory(config.memory_bytes)),
+            ]
+            .into(),
+            extra: Default::default(),
+        }),
+        ..Default::default()
     };
-    match runtime.inspect_image(&image).await {
-        Ok(Some(_)) => return Ok(image),
-        Ok(None) => {}
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Err(Exit::Failure);
-        }
+    if config.startup_budget != cloudrun::DEFAULT_STARTUP_BUDGET {
+        // One TCP attempt that may take the whole budget, like Cloud Run's default probe.
+        let seconds = config.startup_budget.as_secs_f64().ceil() as u64;
+        container.startup_probe = Some(knative::Probe {
+            tcp_socket: Some(knative::ProbePort {
+                port: Some(config.port),
+                ..Default::default()
+            }),
+            timeout_seconds: Some(seconds),
+            period_seconds: Some(seconds),
+            failure_threshold: Some(1),
+            ..Default::default()
+        });
     }
-    eprintln!(
-        "Image '{image}' is not present locally; pulling it for {}...",
-        runtime::PLATFORM
-    );
-    let mut last = String::new();
-    let pulled = runtime
-        .pull_image(&image, |line| {
-            if line != last {
-                eprintln!("  {line}");
-                last = line.to_string();
-            }
-        })
-        .await;
-    match pulled {
-        Ok(()) => Ok(image),
-        Err(e) => {
-            eprintln!(
-                "error: {e}\nThe image is neither present locally nor pullable (is the registry reachable, and are you logged in?). Build it locally: docker build --platform linux/amd64 -t {image} ."
-            );
-            Err(Exit::Failure)
-        }
-    }
-}
-
-/// What serving needs to keep the instance running.
-struct Serve<'a> {
-    runtime: &'a Runtime,
-    spec: &'a RevisionSpec,
-    mode: UpstreamMode,
-    printer: &'a LogPrinter,
-    slot: &'a InstanceSlot,
-    http2: bool,
-    request_timeout: Duration,
-    signals: &'a Signals,
-}
-
-impl Serve<'_> {
-    /// Serves until the first Ctrl-C. An instance that exits is replaced, as Cloud Run starts
-    /// a new instance for the next requests, with growing back-off for a crash loop.
-    async fn keep_instance(&self, mut instance: Instance) -> Option<Instance> {
-        let mut backoff = Duration::from_secs(1);
-        loop {
-            let exited = tokio::select! {
-                exited = Instance::exited(self.runtime, &instance.container_id) => exited,
-                _ = self.signals.graceful.cancelled() => return Some(instance),
-            };
-            self.slot.set(None);
-            match exited {
-                Ok((code, oom_killed)) => {
-                    if oom_killed {
-                        self.printer.system(
-                            &self.spec.revision,
-                            &format!(
-                                "Memory limit of {} MiB exceeded; the instance was killed.",
-                                self.spec.memory_bytes >> 20
-                            ),
-                        );
-                    }
-                    self.printer
-                        .system(&self.spec.revision, &cloudrun::container_called_exit(code));
-                }
-                Err(e) => eprintln!("warning: lost track of instance {}: {e}", instance.id),
-            }
-            if let Err(e) = instance.kill(self.runtime).await {
-                eprintln!("warning: {e}");
-            }
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = self.signals.graceful.cancelled() => return None,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(32));
-                match instance::start(
-                    self.runtime,
-                    self.spec,
-                    self.mode,
-                    self.printer,
-                    cloudrun::REASON_AUTOSCALING,
-                    &self.signals.graceful,
-                )
-                .await
-                {
-                    Ok(started) => {
-                        self.slot.set(Some(Upstream::new(
-                            started.addr,
-                            self.http2,
-                            self.request_timeout,
-                        )));
-                        instance = started;
-                        break;
-                    }
-                    Err(failure) if matches!(failure.error, StartError::Cancelled) => return None,
-                    Err(failure) => eprintln!("ERROR: {}", failure.report(self.spec)),
-                }
-            }
-        }
-    }
-}
-
-/// SIGTERM, 10 s, SIGKILL, remove; a second Ctrl-C kills at once. Says what happened.
-async fn stop_instance(runtime: &Runtime, instance: Instance, signals: &Signals) {
-    let container_id = instance.container_id.clone();
-    let id = instance.id.clone();
-    tokio::select! {
-        report = instance.stop(runtime, cloudrun::SHUTDOWN_GRACE) => match report {
-            Ok(report) if report.killed => eprintln!(
-                "Instance {id} did not exit within {} s of SIGTERM; it was sent SIGKILL (as Cloud Run does) and removed.",
-                cloudrun::SHUTDOWN_GRACE.as_secs()
-            ),
-            Ok(report) => eprintln!(
-                "Instance {id} exited{} {:.1} s after SIGTERM and was removed.",
-                report.exit_code.map(|c| format!(" with code {c}")).unwrap_or_default(),
-                report.took.as_secs_f64()
-            ),
-            Err(e) => report_removal_failure(runtime, &container_id, e).await,
+    knative::Service {
+        api_version: knative::API_VERSION.to_string(),
+        kind: "Service".to_string(),
+        metadata: knative::ObjectMeta {
+            name: Some(config.service.clone()),
+            ..Default::default()
         },
-        _ = signals.immediate.cancelled() => {
-            let killed = async {
-                runtime.kill(&container_id).await?;
-                runtime.remove(&container_id).await
-            };
-            match killed.await {
-                Ok(()) => eprintln!("Stopped at once: instance {id} was killed and removed."),
-                Err(e) => report_removal_failure(runtime, &container_id, e).await,
-            }
-        }
+        spec: knative::ServiceSpec {
+            template: knative::RevisionTemplate {
+                metadata: Default::default(),
+                spec: knative::RevisionSpec {
+                    timeout_seconds: Some(config.request_timeout.as_secs().max(1)),
+                    containers: vec![container],
+                    ..Default::default()
+                },
+            },
+            ..Default::default()
+        },
+        status: None,
     }
 }
 
-async fn report_removal_failure(runtime: &Runtime, container_id: &str, error: RuntimeError) {
-    // One more try: a container must never be left behind.
-    if runtime.remove(container_id).await.is_err() {
-        eprintln!(
-            "error: {error}; remove it by hand: docker rm -f {}",
-            runtime::short(container_id)
-        );
+/// `512Mi`-style when whole mebibytes, else bytes.
+pub fn format_memory(bytes: u64) -> String {
+    if bytes % (1 << 30) == 0 {
+        format!("{}Gi", bytes >> 30)
+    } else if bytes % (1 << 20) == 0 {
+        format!("{}Mi", bytes >> 20)
+    } else {
+        bytes.to_string()
+    }
+}
+
+/// gcloud's closing lines of a deploy.
+pub fn print_deployed(service: &knative::Service) {
+    let name = service.metadata.name.as_deref().unwrap_or("");
+    let Some(status) = &service.status else {
+        return;
+    };
+    let revision = status
+        .latest_ready_revision_name
+        .as_deref()
+        .unwrap_or("(none)");
+    let percent: u32 = status
+        .traffic
+        .iter()
+        .filter(|t| t.revision_name.as_deref() == Some(revision))
+        .filter_map(|t| t.percent)
+        .sum();
+    eprintln!("Service [{name}] revision [{revision}] has been deployed and is serving {percent} percent of traffic.");
+    if let Some(url) = &status.url {
+        eprintln!("Service URL: {url}");
+    }
+    for target in &status.traffic {
+        if let (Some(tag), Some(url)) = (&target.tag, &target.url) {
+            eprintln!("The revision can be reached directly at {url} (tag '{tag}')");
+        }
     }
 }
 
@@ -589,15 +588,15 @@ mod tests {
     #[test]
     fn listen_addresses_and_urls() {
         assert_eq!(
-            parse_listen(":9000").unwrap(),
+            parse_listen("--listen", ":9000").unwrap(),
             "127.0.0.1:9000".parse().unwrap()
         );
         assert_eq!(
-            parse_listen("9000").unwrap(),
+            parse_listen("--listen", "9000").unwrap(),
             "127.0.0.1:9000".parse().unwrap()
         );
         assert_eq!(
-            parse_listen("localhost:1").unwrap(),
+            parse_listen("--listen", "localhost:1").unwrap(),
             "127.0.0.1:1".parse().unwrap()
         );
         assert_eq!(

@@ -11,6 +11,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use crate::pool::Lease;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The request timeout expired while the response was still streaming.
@@ -23,14 +25,20 @@ pub enum ProxyBody {
     Upstream {
         inner: Incoming,
         deadline: Pin<Box<Sleep>>,
+        /// Keeps the instance counted busy until the body is done or dropped.
+        _lease: Lease,
     },
     /// A complete body made by the proxy (an error page, or nothing).
     Full(Option<Bytes>),
 }
 
 impl ProxyBody {
-    pub fn text(text: &'static str) -> Self {
-        ProxyBody::Full(Some(Bytes::from_static(text.as_bytes())))
+    pub fn text(text: std::borrow::Cow<'static, str>) -> Self {
+        let bytes = match text {
+            std::borrow::Cow::Borrowed(s) => Bytes::from_static(s.as_bytes()),
+            std::borrow::Cow::Owned(s) => Bytes::from(s),
+        };
+        ProxyBody::Full(Some(bytes))
     }
 
     pub fn empty() -> Self {
@@ -47,7 +55,9 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream { inner, deadline } => {
+            ProxyBody::Upstream {
+                inner, deadline, ..
+            } => {
                 if let Poll::Ready(frame) = Pin::new(inner).poll_frame(cx) {
                     return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
                 }

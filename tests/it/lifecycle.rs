@@ -22,9 +22,9 @@ async fn ctrl_c_lets_in_flight_requests_finish_then_removes_the_container() {
     assert_eq!(done.status.code(), Some(0), "{done:?}");
     assert!(done.stderr.contains("Shutting down"), "{}", done.stderr);
     assert!(
-        done.stderr.contains("exited with code 0"),
+        done.stdout.contains("exited with code 0"),
         "{}",
-        done.stderr
+        done.stdout
     );
     assert!(
         done.stdout.contains("received SIGTERM, shutting down"),
@@ -50,10 +50,10 @@ async fn a_container_ignoring_sigterm_is_killed_after_10_seconds() {
         "took {took:?}"
     );
     assert!(
-        done.stderr
-            .contains("did not exit within 10 s of SIGTERM; it was sent SIGKILL"),
+        done.stdout
+            .contains("did not exit within 10 s of SIGTERM and was sent SIGKILL"),
         "{}",
-        done.stderr
+        done.stdout
     );
     assert!(containers_of(&emulator.service).is_empty());
 }
@@ -109,7 +109,10 @@ async fn containers_of_a_killed_emulator_are_reaped_by_the_next_one() {
 #[tokio::test]
 async fn ctrl_c_while_the_probe_waits_removes_the_container() {
     let service = service_name("early");
-    let mut emulator = Emulator::spawn_run(&service, &[testapp_image(), "--set-env-vars", "NEVER_LISTEN=1"]);
+    let mut emulator = Emulator::spawn_run(
+        &service,
+        &[testapp_image(), "--set-env-vars", "NEVER_LISTEN=1"],
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while !emulator.stdout().contains("never listening") {
         assert!(Instant::now() < deadline, "{}", emulator.stderr());
@@ -118,21 +121,37 @@ async fn ctrl_c_while_the_probe_waits_removes_the_container() {
     emulator.signal("INT");
     let done = emulator.wait(Duration::from_secs(15)).await;
     assert_eq!(done.status.code(), Some(130), "{done:?}");
-    assert!(done.stderr.contains("Interrupted; the container was removed."), "{}", done.stderr);
+    assert!(
+        done.stderr
+            .contains("Interrupted; the container was removed."),
+        "{}",
+        done.stderr
+    );
     assert!(containers_of(&service).is_empty());
 }
 
 #[tokio::test]
 async fn an_instance_over_its_memory_limit_is_reported_and_replaced() {
-    let emulator = Emulator::start(&service_name("oom"), &[testapp_image(), "--memory", "128Mi"]).await;
+    let emulator = Emulator::start(
+        &service_name("oom"),
+        &[testapp_image(), "--memory", "128Mi"],
+    )
+    .await;
     let reply = get(&emulator.url("/alloc?mib=400")).await;
     assert_eq!(reply.status, 503, "{}", reply.body);
     let deadline = Instant::now() + Duration::from_secs(30);
     while get(&emulator.url("/")).await.status != 200 {
-        assert!(Instant::now() < deadline, "no new instance: {}", emulator.stdout());
+        assert!(
+            Instant::now() < deadline,
+            "no new instance: {}",
+            emulator.stdout()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let stdout = emulator.stdout();
-    assert!(stdout.contains("Memory limit of 128 MiB exceeded"), "{stdout}");
+    assert!(
+        stdout.contains("Memory limit of 128 MiB exceeded"),
+        "{stdout}"
+    );
     assert!(stdout.contains("Container called exit(137)."), "{stdout}");
 }

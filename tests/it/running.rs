@@ -184,7 +184,8 @@ async fn a_busy_listen_port_is_a_clear_error_and_starts_nothing() {
 #[tokio::test]
 async fn the_published_port_fallback_serves_through_127_0_0_1_only() {
     let service = service_name("published");
-    let emulator = Emulator::start(&service, &[testapp_image(), "--upstream", "published-port"]).await;
+    let emulator =
+        Emulator::start(&service, &[testapp_image(), "--upstream", "published-port"]).await;
     let reply = get(&emulator.url("/echo")).await;
     assert_eq!(reply.status, 200);
     let ids = containers_of(&service);

@@ -1,0 +1,265 @@
+//! The admin API of a running emulator: Cloud Run's v1 API (Knative `serving.knative.dev/v1`
+//! Services and Revisions as JSON) on loopback, which the CLI verbs (`deploy`, `services`,
+//! `revisions`) talk to. A discovery file lets those verbs find the emulator without flags.
+
+pub mod client;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::knative;
+use crate::platform::{ApplyError, LookupError, Platform};
+
+/// The API's path prefix, as Cloud Run's v1 API and Knative spell it.
+pub const API_PREFIX: &str = "/apis/serving.knative.dev/v1/namespaces/";
+/// Response header carrying one-line notes about accepted settings with no local effect.
+pub const NOTE_HEADER: &str = "x-emulate-note";
+
+/// Serves the admin API until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, platform: Platform, shutdown: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => continue,
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let platform = platform.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let platform = platform.clone();
+                async move { Ok::<_, Infallible>(handle(&platform, request).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn handle(platform: &Platform, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or("").to_string();
+    let method = request.method().clone();
+    if path == "/healthz" {
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({"ok": true, "port": platform.port()}),
+        );
+    }
+    let Some(rest) = path.strip_prefix(API_PREFIX) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("no such API path: {path}"),
+        );
+    };
+    // namespaces/{ns}/{collection}[/{name}]; the namespace (a project id in Cloud Run) is
+    // accepted and ignored: the emulator has one.
+    let parts: Vec<&str> = rest.split('/').collect();
+    let (collection, name) = match parts.as_slice() {
+        [_, collection] => (*collection, None),
+        [_, collection, name] => (*collection, Some(*name)),
+        _ => {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("no such API path: {path}"),
+            )
+        }
+    };
+    match (collection, name, &method) {
+        ("services", None, &Method::GET) => json(
+            StatusCode::OK,
+            &list("ServiceList", platform.list_services()),
+        ),
+        ("services", Some(name), &Method::GET) => lookup(platform.describe_service(name)),
+        ("services", _, &Method::POST | &Method::PUT) => {
+            let body = match read_body(request).await {
+                Ok(body) => body,
+                Err(response) => return response,
+            };
+            let mut doc = match knative::parse_service_json(&body) {
+                Ok(doc) => doc,
+                Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
+            };
+            if let Some(name) = name {
+                match &doc.metadata.name {
+                    Some(n) if n != name => {
+                        return status(
+                            StatusCode::BAD_REQUEST,
+                            "BadRequest",
+                            format!("metadata.name: '{n}' does not match the URL's '{name}'"),
+                        )
+                    }
+                    _ => doc.metadata.name = Some(name.to_string()),
+                }
+            }
+            match platform.apply(doc).await {
+                Ok(applied) => {
+                    let mut response = json(StatusCode::OK, &applied.service);
+                    for note in applied.notes {
+                        if let Ok(value) = http::HeaderValue::from_str(&note) {
+                            response.headers_mut().append(NOTE_HEADER, value);
+                        }
+                    }
+                    response
+                }
+                Err(e) => apply_error(e),
+            }
+        }
+        ("services", Some(name), &Method::DELETE) => match platform.delete_service(name).await {
+            Ok(()) => status(
+                StatusCode::OK,
+                "Deleted",
+                format!("Deleted service [{name}]."),
+            ),
+            Err(e) => lookup_error(e),
+        },
+        ("revisions", None, &Method::GET) => {
+            let service = label_selector_service(&query);
+            json(
+                StatusCode::OK,
+                &list("RevisionList", platform.list_revisions(service.as_deref())),
+            )
+        }
+        ("revisions", Some(name), &Method::GET) => lookup(platform.describe_revision(name)),
+        ("revisions", Some(name), &Method::DELETE) => match platform.delete_revision(name).await {
+            Ok(()) => status(
+                StatusCode::OK,
+                "Deleted",
+                format!("Deleted revision [{name}]."),
+            ),
+            Err(e) => lookup_error(e),
+        },
+        _ => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{method} {path} is not supported"),
+        ),
+    }
+}
+
+/// `labelSelector=serving.knative.dev/service=NAME`, the one selector gcloud uses.
+fn label_selector_service(query: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let value = pair.strip_prefix("labelSelector=")?;
+        let value = value.replace("%3D", "=").replace("%2F", "/");
+        value
+            .strip_prefix(&format!("{}=", knative::LABEL_SERVICE))
+            .map(str::to_string)
+    })
+}
+
+async fn read_body(request: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
+    match Limited::new(request.into_body(), 4 << 20).collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e) => Err(status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("cannot read the request body: {e}"),
+        )),
+    }
+}
+
+fn list<T: serde::Serialize>(kind: &str, items: Vec<T>) -> knative::List<T> {
+    knative::List {
+        api_version: knative::API_VERSION.to_string(),
+        kind: kind.to_string(),
+        items,
+    }
+}
+
+fn lookup<T: serde::Serialize>(result: Result<T, LookupError>) -> Response<Full<Bytes>> {
+    match result {
+        Ok(doc) => json(StatusCode::OK, &doc),
+        Err(e) => lookup_error(e),
+    }
+}
+
+fn lookup_error(error: LookupError) -> Response<Full<Bytes>> {
+    match error {
+        LookupError::Refused(m) => status(StatusCode::CONFLICT, "Conflict", m),
+        other => status(StatusCode::NOT_FOUND, "NotFound", other.to_string()),
+    }
+}
+
+/// Maps whose fault an apply failure is to a status: the document's (400), the revision's
+/// (422: it did not become ready), a conflict (409), or the emulator's/Docker's (500).
+fn apply_error(error: ApplyError) -> Response<Full<Bytes>> {
+    let (code, reason) = match &error {
+        ApplyError::Invalid(_) | ApplyError::Traffic(_) | ApplyError::Image(_) => {
+            (StatusCode::BAD_REQUEST, "BadRequest")
+        }
+        ApplyError::Unsupported(_) => (StatusCode::UNPROCESSABLE_ENTITY, "UnsupportedPlatform"),
+        ApplyError::NotReady(_) => (StatusCode::UNPROCESSABLE_ENTITY, "RevisionFailed"),
+        ApplyError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
+        ApplyError::Runtime(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+    };
+    status(code, reason, error.to_string())
+}
+
+/// A Kubernetes `Status` object, the API's error (and delete) response.
+fn status(code: StatusCode, reason: &str, message: String) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Status",
+        "status": if code.is_success() { "Success" } else { "Failure" },
+        "reason": reason,
+        "message": message,
+        "code": code.as_u16(),
+    });
+    json(code, &body)
+}
+
+fn json<T: serde::Serialize>(code: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = code;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Where running emulators announce their admin address: one file per process.
+pub fn discovery_dir() -> PathBuf {
+    std::env::temp_dir().join("emulate")
+}
+
+/// The discovery file of this process; removed when dropped.
+pub struct Announcement {
+    path: PathBuf,
+}
+
+impl Announcement {
+    pub fn write(admin: SocketAddr, listen: SocketAddr) -> std::io::Result<Announcement> {
+        let dir = discovery_dir();
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("admin-{}.json", std::process::id()));
+        let body = serde_json::json!({
+            "pid": std::process::id(),
+            "admin": admin.to_string(),
+            "listen": listen.to_string(),
+        });
+        std::fs::write(&path, body.to_string())?;
+        Ok(Announcement { path })
+    }
+}
+
+impl Drop for Announcement {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

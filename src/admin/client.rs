@@ -1,0 +1,232 @@
+//! The CLI's side of the admin API: finds the running emulator (`--admin`, `EMULATE_ADMIN`,
+//! else the discovery files) and sends it Cloud Run v1 API requests.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+
+use super::{discovery_dir, API_PREFIX, NOTE_HEADER};
+use crate::knative;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("No emulator is running. Start one with `emulate run IMAGE` (or `emulate run -f service.yaml`), or point at one with --admin ADDR / EMULATE_ADMIN.")]
+    NoEmulator,
+    #[error("Several emulators are running (admin APIs at {0}); choose one with --admin ADDR or EMULATE_ADMIN.")]
+    Ambiguous(String),
+    #[error("--admin: '{0}' is not an address (HOST:PORT)")]
+    BadAddress(String),
+    #[error("cannot reach the emulator's admin API at {addr}: {cause}")]
+    Unreachable { addr: SocketAddr, cause: String },
+    /// The API answered with an error: its status code, reason and message.
+    #[error("{message}")]
+    Api {
+        code: StatusCode,
+        reason: String,
+        message: String,
+    },
+}
+
+pub struct AdminClient {
+    addr: SocketAddr,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// A response's body and the notes the emulator attached to it.
+pub struct Answer<T> {
+    pub value: T,
+    pub notes: Vec<String>,
+}
+
+impl AdminClient {
+    /// Finds the emulator to talk to: an explicit address wins; else exactly one live
+    /// emulator announced in the discovery directory.
+    pub async fn find(explicit: Option<&str>) -> Result<AdminClient, ClientError> {
+        let http = Client::builder(TokioExecutor::new()).build_http();
+        if let Some(addr) = explicit.filter(|a| !a.is_empty()) {
+            let text = addr.trim_start_matches("http://").trim_end_matches('/');
+            let addr: SocketAddr = text
+                .replace("localhost:", "127.0.0.1:")
+                .parse()
+                .map_err(|_| ClientError::BadAddress(addr.to_string()))?;
+            return Ok(AdminClient { addr, http });
+        }
+        let mut live = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(discovery_dir()) {
+            for entry in entries.flatten() {
+                let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                    continue;
+                };
+                let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
+                    continue;
+                };
+                let Some(addr) = value["admin"]
+                    .as_str()
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+                else {
+                    continue;
+                };
+                let client = AdminClient {
+                    addr,
+                    http: http.clone(),
+                };
+                if client.healthy().await {
+                    live.push(client);
+                } else {
+                    // The emulator that wrote it is gone.
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        match live.len() {
+            0 => Err(ClientError::NoEmulator),
+            1 => Ok(live.remove(0)),
+            _ => Err(ClientError::Ambiguous(
+                live.iter()
+                    .map(|c| c.addr.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )),
+        }
+    }
+
+    async fn healthy(&self) -> bool {
+        let request = tokio::time::timeout(
+            Duration::from_millis(500),
+            self.send::<serde_json::Value>(Method::GET, "/healthz".to_string(), None),
+        );
+        matches!(request.await, Ok(Ok(_)))
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<Vec<u8>>,
+    ) -> Result<Answer<T>, ClientError> {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .expect("a valid request");
+        let unreachable = |cause: String| ClientError::Unreachable {
+            addr: self.addr,
+            cause,
+        };
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|e| unreachable(format!("{e}")))?;
+        let code = response.status();
+        let notes = response
+            .headers()
+            .get_all(NOTE_HEADER)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?
+            .to_bytes();
+        if !code.is_success() {
+            let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            return Err(ClientError::Api {
+                code,
+                reason: value["reason"].as_str().unwrap_or("").to_string(),
+                message: value["message"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
+            });
+        }
+        let value = serde_json::from_slice(&bytes)
+            .map_err(|e| unreachable(format!("unexpected answer: {e}")))?;
+        Ok(Answer { value, notes })
+    }
+
+    fn path(collection: &str, name: Option<&str>) -> String {
+        match name {
+            Some(name) => format!("{API_PREFIX}default/{collection}/{name}"),
+            None => format!("{API_PREFIX}default/{collection}"),
+        }
+    }
+
+    /// The service, or None when it does not exist.
+    pub async fn get_service(&self, name: &str) -> Result<Option<knative::Service>, ClientError> {
+        match self
+            .send(Method::GET, Self::path("services", Some(name)), None)
+            .await
+        {
+            Ok(answer) => Ok(Some(answer.value)),
+            Err(ClientError::Api {
+                code: StatusCode::NOT_FOUND,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn list_services(&self) -> Result<Vec<knative::Service>, ClientError> {
+        let list: Answer<knative::List<knative::Service>> = self
+            .send(Method::GET, Self::path("services", None), None)
+            .await?;
+        Ok(list.value.items)
+    }
+
+    /// Creates or replaces a service; returns when its new revision is ready (or failed).
+    pub async fn put_service(
+        &self,
+        service: &knative::Service,
+    ) -> Result<Answer<knative::Service>, ClientError> {
+        let name = service.metadata.name.clone().unwrap_or_default();
+        let body = serde_json::to_vec(service).expect("a Service serializes");
+        self.send(Method::PUT, Self::path("services", Some(&name)), Some(body))
+            .await
+    }
+
+    pub async fn delete_service(&self, name: &str) -> Result<(), ClientError> {
+        self.send::<serde_json::Value>(Method::DELETE, Self::path("services", Some(name)), None)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn list_revisions(
+        &self,
+        service: Option<&str>,
+    ) -> Result<Vec<knative::Revision>, ClientError> {
+        let mut path = Self::path("revisions", None);
+        if let Some(service) = service {
+            path.push_str(&format!(
+                "?labelSelector={}={service}",
+                knative::LABEL_SERVICE
+            ));
+        }
+        let list: Answer<knative::List<knative::Revision>> =
+            self.send(Method::GET, path, None).await?;
+        Ok(list.value.items)
+    }
+
+    pub async fn get_revision(&self, name: &str) -> Result<knative::Revision, ClientError> {
+        Ok(self
+            .send(Method::GET, Self::path("revisions", Some(name)), None)
+            .await?
+            .value)
+    }
+
+    pub async fn delete_revision(&self, name: &str) -> Result<(), ClientError> {
+        self.send::<serde_json::Value>(Method::DELETE, Self::path("revisions", Some(name)), None)
+            .await
+            .map(|_| ())
+    }
+}

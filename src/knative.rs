@@ -1,0 +1,549 @@
+//! The documents of Cloud Run's v1 API, which is Knative Serving's `serving.knative.dev/v1`:
+//! Service and Revision with metadata, spec and status. The same types read a service.yaml,
+//! carry the admin API's JSON and print `describe --format yaml`, so one document describes a
+//! service here, in `gcloud run services describe` and in Knative.
+//!
+//! Fields Cloud Run accepts but the emulator does not model are kept (flattened `extra`) so
+//! they survive a round trip, and reported as notes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub const API_VERSION: &str = "serving.knative.dev/v1";
+pub const LABEL_SERVICE: &str = "serving.knative.dev/service";
+pub const LABEL_CONFIGURATION: &str = "serving.knative.dev/configuration";
+pub const ANNOTATION_MIN_SCALE: &str = "autoscaling.knative.dev/minScale";
+pub const ANNOTATION_MAX_SCALE: &str = "autoscaling.knative.dev/maxScale";
+
+type Extra = BTreeMap<String, serde_json::Value>;
+
+fn is_empty<T>(v: &[T]) -> bool {
+    v.is_empty()
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
+    /// uid, resourceVersion, selfLink...: server-side bookkeeping of the real API, ignored.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    #[serde(default = "api_version")]
+    pub api_version: String,
+    #[serde(default = "kind_service")]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: ServiceSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ServiceStatus>,
+}
+
+fn api_version() -> String {
+    API_VERSION.to_string()
+}
+
+fn kind_service() -> String {
+    "Service".to_string()
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    #[serde(default)]
+    pub template: RevisionTemplate,
+    #[serde(default, skip_serializing_if = "is_empty")]
+    pub traffic: Vec<TrafficTarget>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionTemplate {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: RevisionSpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_concurrency: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    #[serde(default)]
+    pub containers: Vec<Container>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "is_empty")]
+    pub ports: Vec<ContainerPort>,
+    #[serde(default, skip_serializing_if = "is_empty")]
+    pub env: Vec<EnvVar>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    pub container_port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVar {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvVarSource>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVarSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeySelector>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeySelector {
+    pub name: String,
+    pub key: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "quantities"
+    )]
+    pub limits: BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// Quantities may be written as strings (`512Mi`, `'1'`) or bare numbers (`cpu: 1`).
+fn quantities<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Quantity {
+        Text(String),
+        Integer(u64),
+        Float(f64),
+    }
+    let map = BTreeMap::<String, Quantity>::deserialize(d)?;
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Quantity::Text(s) => s,
+                Quantity::Integer(n) => n.to_string(),
+                Quantity::Float(f) => f.to_string(),
+            };
+            (k, text)
+        })
+        .collect())
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_socket: Option<ProbePort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<ProbePort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<ProbePort>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbePort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficTarget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_revision: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Status only: the tag's URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}
+
+impl Condition {
+    pub fn new(
+        kind: &str,
+        ok: Option<bool>,
+        reason: Option<&str>,
+        message: Option<String>,
+    ) -> Self {
+        Condition {
+            kind: kind.to_string(),
+            status: match ok {
+                Some(true) => "True",
+                Some(false) => "False",
+                None => "Unknown",
+            }
+            .to_string(),
+            reason: reason.map(str::to_string),
+            message,
+            last_transition_time: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Address {
+    pub url: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_created_revision_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_ready_revision_name: Option<String>,
+    #[serde(default, skip_serializing_if = "is_empty")]
+    pub traffic: Vec<TrafficTarget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Address>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Revision {
+    #[serde(default = "api_version")]
+    pub api_version: String,
+    #[serde(default = "kind_revision")]
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: RevisionSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<RevisionStatus>,
+}
+
+fn kind_revision() -> String {
+    "Revision".to_string()
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    /// The emulator's own view of the revision's instances (not in Cloud Run's API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct List<T> {
+    #[serde(rename = "apiVersion", default = "api_version")]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    pub items: Vec<T>,
+}
+
+/// A document that does not parse or has a bad field: where, and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses a Service from YAML (JSON is YAML too), naming the field of any error.
+pub fn parse_service_yaml(text: &str) -> Result<Service, FieldError> {
+    let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+    let service: Service = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.inner().to_string();
+        // serde_yaml_ng already prefixes some messages with the path.
+        let inner = inner.strip_prefix(&format!("{path}: ")).unwrap_or(&inner);
+        let message = friendly(inner);
+        FieldError::new(
+            if path == "." {
+                "(document)".to_string()
+            } else {
+                path
+            },
+            message,
+        )
+    })?;
+    if service.kind != "Service" {
+        return Err(FieldError::new(
+            "kind",
+            format!("expected Service, found {}", service.kind),
+        ));
+    }
+    if service.api_version != API_VERSION && service.api_version != "serving.knative.dev/v1alpha1" {
+        return Err(FieldError::new(
+            "apiVersion",
+            format!("expected {API_VERSION}, found {}", service.api_version),
+        ));
+    }
+    Ok(service)
+}
+
+/// Parses a Service from the admin API's JSON body, naming the field of any error.
+pub fn parse_service_json(body: &[u8]) -> Result<Service, FieldError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        FieldError::new(path, friendly(&e.inner().to_string()))
+    })
+}
+
+/// Serde's messages speak Rust ("expected u16"); users wrote YAML.
+fn friendly(message: &str) -> String {
+    let message = message.split(" at line ").next().unwrap_or(message);
+    for int in ["u16", "u32", "u64", "i32", "i64", "usize"] {
+        if let Some(found) = message
+            .strip_prefix("invalid type: ")
+            .and_then(|m| m.strip_suffix(&format!(", expected {int}")))
+        {
+            return format!("expected an integer, found {found}");
+        }
+        if message.starts_with("invalid value: ") && message.ends_with(&format!("expected {int}")) {
+            return format!("expected an integer in range ({message})");
+        }
+    }
+    message.to_string()
+}
+
+/// The paths of fields kept in `extra` (accepted, not emulated), for one-line notes.
+pub fn unmodelled_fields(service: &Service) -> Vec<String> {
+    let mut paths = Vec::new();
+    let mut push = |prefix: &str, extra: &Extra| {
+        paths.extend(extra.keys().map(|k| format!("{prefix}.{k}")));
+    };
+    push("spec", &service.spec.extra);
+    push("spec.template.spec", &service.spec.template.spec.extra);
+    for (i, c) in service.spec.template.spec.containers.iter().enumerate() {
+        push(&format!("spec.template.spec.containers[{i}]"), &c.extra);
+        if let Some(r) = &c.resources {
+            push(
+                &format!("spec.template.spec.containers[{i}].resources"),
+                &r.extra,
+            );
+        }
+    }
+    paths
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTRACT_EXAMPLE: &str = r#"
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: hello
+  annotations:
+    run.googleapis.com/ingress: all
+spec:
+  template:
+    metadata:
+      name: hello-00003-abc
+      annotations:
+        autoscaling.knative.dev/minScale: '0'
+        autoscaling.knative.dev/maxScale: '100'
+    spec:
+      containerConcurrency: 80
+      timeoutSeconds: 300
+      serviceAccountName: sa@project.iam.gserviceaccount.com
+      containers:
+      - image: us-docker.pkg.dev/cloudrun/container/hello
+        ports:
+        - containerPort: 8080
+          name: http1
+        env:
+        - name: GREETING
+          value: hi
+        - name: DB_PASS
+          valueFrom: {secretKeyRef: {name: db-pass, key: latest}}
+        resources:
+          limits: {cpu: 1000m, memory: 512Mi}
+        startupProbe:
+          tcpSocket: {port: 8080}
+          timeoutSeconds: 240
+          periodSeconds: 240
+          failureThreshold: 1
+  traffic:
+  - latestRevision: true
+    percent: 0
+    tag: candidate
+  - revisionName: hello-00001-abc
+    percent: 100
+"#;
+
+    #[test]
+    fn the_contract_example_parses() {
+        let service = parse_service_yaml(CONTRACT_EXAMPLE).unwrap();
+        assert_eq!(service.metadata.name.as_deref(), Some("hello"));
+        let container = &service.spec.template.spec.containers[0];
+        assert_eq!(container.ports[0].container_port, 8080);
+        assert_eq!(container.resources.as_ref().unwrap().limits["cpu"], "1000m");
+        assert_eq!(service.spec.traffic.len(), 2);
+        assert_eq!(
+            container.env[1]
+                .value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "db-pass"
+        );
+    }
+
+    #[test]
+    fn bad_fields_are_reported_with_their_path() {
+        let text = CONTRACT_EXAMPLE.replace("containerPort: 8080", "containerPort: eighty");
+        let error = parse_service_yaml(&text).unwrap_err();
+        assert_eq!(
+            error.path,
+            "spec.template.spec.containers[0].ports[0].containerPort"
+        );
+        assert!(error.message.starts_with("expected an integer"), "{error}");
+        let error = parse_service_yaml("kind: Service\nspec: [1]\n").unwrap_err();
+        assert_eq!(error.path, "spec");
+        let error = parse_service_yaml("kind: Pod\n").unwrap_err();
+        assert_eq!(error.path, "kind");
+    }
+
+    #[test]
+    fn unknown_fields_survive_a_round_trip_and_are_listed() {
+        let text = CONTRACT_EXAMPLE.replace(
+            "      containerConcurrency: 80",
+            "      containerConcurrency: 80\n      volumes: [{name: v}]",
+        );
+        let service = parse_service_yaml(&text).unwrap();
+        assert_eq!(unmodelled_fields(&service), ["spec.template.spec.volumes"]);
+        let again = parse_service_yaml(&serde_yaml_ng::to_string(&service).unwrap()).unwrap();
+        assert_eq!(again, service);
+    }
+
+    #[test]
+    fn numbers_are_accepted_as_quantities() {
+        let text = CONTRACT_EXAMPLE.replace("cpu: 1000m", "cpu: 2");
+        let service = parse_service_yaml(&text).unwrap();
+        let limits = &service.spec.template.spec.containers[0]
+            .resources
+            .as_ref()
+            .unwrap()
+            .limits;
+        assert_eq!(limits["cpu"], "2");
+    }
+}

@@ -1,0 +1,1024 @@
+//! The emulated Cloud Run control plane: services, their immutable revisions and their
+//! traffic, applied the way Knative Serving applies a Service (a changed template makes a new
+//! revision; traffic moves only to revisions that are ready), and the routing table the front
+//! end reads on every request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, SystemTime};
+
+use http::header::HOST;
+use http::{HeaderMap, StatusCode, Uri};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::cloudrun;
+use crate::instance::RevisionSpec;
+use crate::knative::{self, Condition, FieldError, ObjectMeta, RevisionTemplate};
+use crate::pool::{InstanceContext, Pool};
+use crate::proxy::{Backend, Refusal, Route};
+use crate::runtime::{self, RuntimeError};
+use crate::template::{self, RevisionConfig, Secrets};
+use crate::traffic::{self, TargetKey, TrafficTarget};
+
+/// Why an apply (deploy, replace, update-traffic) was refused or failed. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A field of the document is wrong (the user's fault).
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// The traffic asked for is not valid (gcloud's and Knative's texts).
+    #[error(transparent)]
+    Traffic(#[from] traffic::TrafficError),
+    /// The image is missing or cannot be pulled.
+    #[error("{0}")]
+    Image(String),
+    /// The image is not linux/amd64: Cloud Run refuses it.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The new revision (or one that traffic moves to) did not become ready: Cloud Run's text,
+    /// the container's last log lines and the diagnosis.
+    #[error("{0}")]
+    NotReady(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("Service [{0}] could not be found.")]
+    NoService(String),
+    #[error("Revision [{0}] could not be found.")]
+    NoRevision(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Settings of the platform as a whole.
+#[derive(Clone, Debug)]
+pub struct PlatformConfig {
+    /// The port the front end listens on, for the URLs in status.
+    pub port: u16,
+    pub secrets: Secrets,
+    /// The service plain `http://localhost:PORT` reaches when several exist.
+    pub default_service: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Platform {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ctx: InstanceContext,
+    config: PlatformConfig,
+    /// Serializes applies, which may take as long as a startup probe.
+    apply_lock: tokio::sync::Mutex<()>,
+    /// The control plane's records; held only briefly, never across an await.
+    state: Mutex<BTreeMap<String, ServiceState>>,
+    /// What the front end routes by; replaced whole, read per request.
+    routes: RwLock<Arc<RoutingTable>>,
+    /// Revisions being drained and stopped in the background.
+    retiring: TaskTracker,
+}
+
+struct ServiceState {
+    /// The Service as applied (metadata, spec), without status.
+    doc: knative::Service,
+    revisions: Vec<RevisionState>,
+    /// The traffic as applied, in normal form.
+    traffic: Vec<TrafficTarget>,
+    latest_created: Option<String>,
+    latest_ready: Option<String>,
+    /// Why the latest created revision is not ready, if it failed.
+    failure: Option<String>,
+}
+
+struct RevisionState {
+    name: String,
+    generation: u32,
+    template: RevisionTemplate,
+    config: RevisionConfig,
+    image_digest: String,
+    created: String,
+    pool: Pool,
+    /// Some(true) ready, Some(false) failed to become ready, None not yet known.
+    ready: Option<bool>,
+    failure: Option<String>,
+}
+
+/// The outcome of an apply that succeeded.
+#[derive(Debug)]
+pub struct Applied {
+    pub service: knative::Service,
+    /// The revision this apply created, if any.
+    pub created_revision: Option<String>,
+    /// Settings accepted without local effect.
+    pub notes: Vec<String>,
+}
+
+impl Platform {
+    pub fn new(ctx: InstanceContext, config: PlatformConfig) -> Self {
+        Platform {
+            inner: Arc::new(Inner {
+                ctx,
+                config,
+                apply_lock: tokio::sync::Mutex::new(()),
+                state: Mutex::new(BTreeMap::new()),
+                routes: RwLock::new(Arc::new(RoutingTable::default())),
+                retiring: TaskTracker::new(),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, BTreeMap<String, ServiceState>> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.inner.config.port
+    }
+
+    /// The service URL: `http://SERVICE.localhost:PORT` (`*.localhost` is loopback).
+    pub fn service_url(&self, service: &str) -> String {
+        format!("http://{service}.localhost:{}", self.port())
+    }
+
+    pub fn tag_url(&self, tag: &str, service: &str) -> String {
+        format!("http://{tag}---{service}.localhost:{}", self.port())
+    }
+
+    /// Creates or replaces a service, as `gcloud run services replace` (and deploy, which sends
+    /// a whole Service too). A changed template makes a new revision, which must pass its
+    /// startup probe before any traffic can reach it; the traffic asked for is applied only
+    /// when every revision it names is ready. On any error nothing changes.
+    pub async fn apply(&self, doc: knative::Service) -> Result<Applied, ApplyError> {
+        let name = doc
+            .metadata
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| FieldError::new("metadata.name", "a service name is required"))?;
+        cloudrun::validate_service_name(&name).map_err(|m| FieldError::new("metadata.name", m))?;
+        let mut notes: Vec<String> = knative::unmodelled_fields(&doc)
+            .into_iter()
+            .map(|path| format!("{path}: accepted; it is not emulated"))
+            .collect();
+        let config = template::resolve(&doc.spec.template, &self.inner.config.secrets, &mut notes)?;
+        let wanted = traffic_from_doc(&doc.spec.traffic)?;
+
+        let _serialized = self.inner.apply_lock.lock().await;
+        let needs_revision = self
+            .state()
+            .get(&name)
+            .is_none_or(|service| service.doc.spec.template != doc.spec.template);
+        let mut created_revision = None;
+        if needs_revision {
+            let revision = self
+                .create_revision(&name, &doc.spec.template, config)
+                .await?;
+            created_revision = Some(revision.clone());
+        }
+        // A service whose first revision failed has nothing to route to; it is still recorded,
+        // as Cloud Run records it, so describe shows why.
+        let traffic = match wanted {
+            Some(targets) => targets,
+            None => self
+                .state()
+                .get(&name)
+                .map(|s| s.traffic.clone())
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| {
+                    vec![TrafficTarget {
+                        key: TargetKey::Latest,
+                        percent: 100,
+                        tag: None,
+                    }]
+                }),
+        };
+        self.ensure_traffic_ready(&name, &traffic).await?;
+
+        let retired = {
+            let mut state = self.state();
+            let service = state
+                .get_mut(&name)
+                .expect("the service was recorded by create_revision or exists");
+            let mut stored = doc.clone();
+            stored.status = None;
+            stored.metadata.generation = Some(service.doc.metadata.generation.unwrap_or(0) + 1);
+            stored.metadata.creation_timestamp = service.doc.metadata.creation_timestamp.clone();
+            stored.metadata.namespace = None;
+            service.doc = stored;
+            service.traffic = traffic;
+            let retired = unrouted_revisions(service);
+            self.publish_routes(&state);
+            retired
+        };
+        for pool in retired {
+            self.retire(pool);
+        }
+        let service = self
+            .describe_service(&name)
+            .map_err(|e| ApplyError::Conflict(e.to_string()))?;
+        Ok(Applied {
+            service,
+            created_revision,
+            notes,
+        })
+    }
+
+    /// Makes a revision from a template, starts its first instance and waits for its startup
+    /// probe. The revision is recorded (as latest created) even when it fails, with the reason.
+    async fn create_revision(
+        &self,
+        service: &str,
+        template: &RevisionTemplate,
+        config: RevisionConfig,
+    ) -> Result<String, ApplyError> {
+        let runtime = &self.inner.ctx.runtime;
+        let image = resolve_image(runtime, &config.image).await?;
+        let (generation, name) = {
+            let state = self.state();
+            let generation = state
+                .get(service)
+                .and_then(|s| s.revisions.iter().map(|r| r.generation).max())
+                .unwrap_or(0)
+                + 1;
+            let name = match &template.metadata.name {
+                Some(name) if !name.is_empty() => {
+                    if !name.starts_with(&format!("{service}-")) || name.len() > 63 {
+                        return Err(FieldError::new(
+                            "spec.template.metadata.name",
+                            format!("revision name '{name}' must start with '{service}-' and be at most 63 characters"),
+                        )
+                        .into());
+                    }
+                    name.clone()
+                }
+                _ => cloudrun::revision_name(service, generation, &mut rand::rng()),
+            };
+            if state
+                .values()
+                .flat_map(|s| &s.revisions)
+                .any(|r| r.name == name)
+            {
+                return Err(ApplyError::Conflict(format!(
+                    "Revision named '{name}' already exists. Revision names must be unique; choose another --revision-suffix or spec.template.metadata.name."
+                )));
+            }
+            (generation, name)
+        };
+        let spec = RevisionSpec {
+            service: service.to_string(),
+            revision: name.clone(),
+            image: config.image.clone(),
+            image_id: image.id.clone(),
+            port: config.port,
+            env: config.env.clone(),
+            command: config.command.clone(),
+            args: config.args.clone(),
+            memory_bytes: config.memory_bytes,
+            cpu_millis: config.cpu_millis,
+            startup_budget: config.startup_budget,
+        };
+        let pool = Pool::new(spec.clone(), self.inner.ctx.clone());
+        let mut frozen = template.clone();
+        frozen.metadata.name = Some(name.clone());
+        {
+            let mut state = self.state();
+            let record = state
+                .entry(service.to_string())
+                .or_insert_with(|| ServiceState {
+                    doc: knative::Service {
+                        api_version: knative::API_VERSION.to_string(),
+                        kind: "Service".to_string(),
+                        metadata: ObjectMeta {
+                            name: Some(service.to_string()),
+                            creation_timestamp: Some(timestamp(SystemTime::now())),
+                            ..ObjectMeta::default()
+                        },
+                        spec: knative::ServiceSpec::default(),
+                        status: None,
+                    },
+                    revisions: Vec::new(),
+                    traffic: Vec::new(),
+                    latest_created: None,
+                    latest_ready: None,
+                    failure: None,
+                });
+            record.revisions.push(RevisionState {
+                name: name.clone(),
+                generation,
+                template: frozen,
+                config,
+                image_digest: image.digest,
+                created: timestamp(SystemTime::now()),
+                pool: pool.clone(),
+                ready: None,
+                failure: None,
+            });
+            record.latest_created = Some(name.clone());
+            record.failure = None;
+        }
+        eprintln!(
+            "Creating revision [{name}] of service [{service}] from image [{}]...",
+            spec.image
+        );
+        let result = pool.ensure_ready().await;
+        let mut state = self.state();
+        let record = state.get_mut(service).expect("recorded above");
+        let revision = record
+            .revisions
+            .iter_mut()
+            .find(|r| r.name == name)
+            .expect("recorded above");
+        match result {
+            Ok(()) => {
+                revision.ready = Some(true);
+                record.latest_ready = Some(name.clone());
+                Ok(name)
+            }
+            Err(failure) => {
+                let report = failure.report(&spec);
+                revision.ready = Some(false);
+                revision.failure = Some(report.clone());
+                record.failure = Some(report.clone());
+                // A failed first revision leaves a service with nothing to serve; it stays
+                // recorded so describe can say why, but it routes nowhere.
+                Err(ApplyError::NotReady(report))
+            }
+        }
+    }
+
+    /// Starts (if stopped) every revision the traffic would send requests to, so a traffic
+    /// change never routes to a revision that cannot serve.
+    async fn ensure_traffic_ready(
+        &self,
+        service: &str,
+        targets: &[TrafficTarget],
+    ) -> Result<(), ApplyError> {
+        let pools = {
+            let state = self.state();
+            let record = state.get(service).ok_or_else(|| {
+                ApplyError::Conflict(format!("Service [{service}] could not be found."))
+            })?;
+            let mut pools = Vec::new();
+            for (i, target) in targets.iter().enumerate() {
+                let name = match &target.key {
+                    TargetKey::Latest => match &record.latest_ready {
+                        Some(name) => name.clone(),
+                        None => {
+                            return Err(ApplyError::NotReady(
+                                record.failure.clone().unwrap_or_else(|| "The service has no ready revision for LATEST to send traffic to.".to_string()),
+                            ))
+                        }
+                    },
+                    TargetKey::Revision(name) => name.clone(),
+                };
+                let revision = record
+                    .revisions
+                    .iter()
+                    .find(|r| r.name == name)
+                    .ok_or_else(|| {
+                        FieldError::new(
+                            format!("spec.traffic[{i}].revisionName"),
+                            format!("Revision [{name}] could not be found."),
+                        )
+                    })?;
+                if revision.ready == Some(false) {
+                    return Err(ApplyError::NotReady(
+                        revision.failure.clone().unwrap_or_default(),
+                    ));
+                }
+                pools.push(revision.pool.clone());
+            }
+            pools
+        };
+        for pool in pools {
+            if let Err(failure) = pool.ensure_ready().await {
+                return Err(ApplyError::NotReady(failure.report(pool.spec())));
+            }
+        }
+        Ok(())
+    }
+
+    /// Drains a revision that lost its traffic, then stops its instances, in the background.
+    fn retire(&self, pool: Pool) {
+        let drain_limit = cloudrun::MAX_REQUEST_TIMEOUT;
+        self.inner.retiring.spawn(async move {
+            pool.retire(drain_limit, "revision no longer receives traffic")
+                .await;
+        });
+    }
+
+    /// Rebuilds the routing table from the records and swaps it in.
+    fn publish_routes(&self, state: &BTreeMap<String, ServiceState>) {
+        let mut table = RoutingTable {
+            default_service: self.inner.config.default_service.clone(),
+            ..RoutingTable::default()
+        };
+        for (name, service) in state {
+            let route_of = |revision: &str| {
+                service
+                    .revisions
+                    .iter()
+                    .find(|r| r.name == revision)
+                    .map(|r| RevisionRoute {
+                        pool: r.pool.clone(),
+                        http2: r.config.http2,
+                        timeout: r.config.timeout,
+                    })
+            };
+            let resolve = |key: &TargetKey| match key {
+                TargetKey::Latest => service.latest_ready.as_deref().and_then(route_of),
+                TargetKey::Revision(name) => route_of(name),
+            };
+            let mut route = ServiceRoute::default();
+            for target in &service.traffic {
+                let Some(revision) = resolve(&target.key) else {
+                    continue;
+                };
+                if let Some(tag) = &target.tag {
+                    route.tags.insert(tag.clone(), revision.clone());
+                }
+                if target.percent > 0 {
+                    route.split.push((revision, target.percent));
+                }
+            }
+            table.services.insert(name.clone(), route);
+        }
+        *self.inner.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+    }
+
+    pub fn list_services(&self) -> Vec<knative::Service> {
+        let names: Vec<String> = self.state().keys().cloned().collect();
+        names
+            .iter()
+            .filter_map(|n| self.describe_service(n).ok())
+            .collect()
+    }
+
+    /// The Service as Cloud Run's API returns it: the spec as applied plus status.
+    pub fn describe_service(&self, name: &str) -> Result<knative::Service, LookupError> {
+        let state = self.state();
+        let service = state
+            .get(name)
+            .ok_or_else(|| LookupError::NoService(name.to_string()))?;
+        let mut doc = service.doc.clone();
+        if doc.spec.template.spec.containers.is_empty() {
+            // A service whose first revision failed: show the template that failed.
+            if let Some(latest) = service.revisions.last() {
+                doc.spec.template = latest.template.clone();
+                doc.spec.template.metadata.name = None;
+            }
+        }
+        let resolved: Vec<TrafficTarget> = service.traffic.clone();
+        let status_traffic = traffic::merged(&resolved)
+            .into_iter()
+            .map(|t| {
+                let (revision_name, latest) = match &t.key {
+                    TargetKey::Latest => (service.latest_ready.clone(), Some(true)),
+                    TargetKey::Revision(r) => (Some(r.clone()), None),
+                };
+                knative::TrafficTarget {
+                    url: t.tag.as_ref().map(|tag| self.tag_url(tag, name)),
+                    revision_name,
+                    latest_revision: latest,
+                    percent: Some(t.percent),
+                    tag: t.tag,
+                }
+            })
+            .collect();
+        doc.spec.traffic = traffic::merged(&service.traffic)
+            .iter()
+            .map(doc_target)
+            .collect();
+        let routes_ok = service.latest_ready.is_some()
+            || service.traffic.iter().all(|t| t.key != TargetKey::Latest);
+        let config_ok = match &service.failure {
+            Some(_) => Some(false),
+            None if service.latest_ready.is_some() => Some(true),
+            None => None,
+        };
+        let failure_reason = service.failure.as_ref().map(|_| "RevisionFailed");
+        let conditions = vec![
+            Condition::new(
+                "Ready",
+                config_ok.map(|ok| ok && routes_ok),
+                failure_reason,
+                service.failure.clone(),
+            ),
+            Condition::new(
+                "ConfigurationsReady",
+                config_ok,
+                failure_reason,
+                service.failure.clone(),
+            ),
+            Condition::new(
+                "RoutesReady",
+                Some(routes_ok),
+                (!routes_ok).then_some("RevisionMissing"),
+                None,
+            ),
+        ];
+        let url = self.service_url(name);
+        doc.status = Some(knative::ServiceStatus {
+            observed_generation: doc.metadata.generation,
+            conditions,
+            latest_created_revision_name: service.latest_created.clone(),
+            latest_ready_revision_name: service.latest_ready.clone(),
+            traffic: status_traffic,
+            url: Some(url.clone()),
+            address: Some(knative::Address { url }),
+        });
+        Ok(doc)
+    }
+
+    pub fn list_revisions(&self, service: Option<&str>) -> Vec<knative::Revision> {
+        let state = self.state();
+        state
+            .iter()
+            .filter(|(name, _)| service.is_none_or(|s| s == name.as_str()))
+            .flat_map(|(name, s)| {
+                s.revisions
+                    .iter()
+                    .rev()
+                    .map(move |r| revision_doc(name, s, r))
+            })
+            .collect()
+    }
+
+    pub fn describe_revision(&self, revision: &str) -> Result<knative::Revision, LookupError> {
+        let state = self.state();
+        state
+            .iter()
+            .find_map(|(name, s)| {
+                s.revisions
+                    .iter()
+                    .find(|r| r.name == revision)
+                    .map(|r| revision_doc(name, s, r))
+            })
+            .ok_or_else(|| LookupError::NoRevision(revision.to_string()))
+    }
+
+    /// Deletes a service: its revisions are drained and stopped.
+    pub async fn delete_service(&self, name: &str) -> Result<(), LookupError> {
+        let _serialized = self.inner.apply_lock.lock().await;
+        let removed = {
+            let mut state = self.state();
+            let removed = state
+                .remove(name)
+                .ok_or_else(|| LookupError::NoService(name.to_string()))?;
+            self.publish_routes(&state);
+            removed
+        };
+        for revision in removed.revisions {
+            self.retire(revision.pool);
+        }
+        Ok(())
+    }
+
+    /// Deletes a revision that no traffic (and no tag) refers to.
+    pub async fn delete_revision(&self, revision: &str) -> Result<(), LookupError> {
+        let _serialized = self.inner.apply_lock.lock().await;
+        let mut state = self.state();
+        let (_, service) = state
+            .iter_mut()
+            .find(|(_, s)| s.revisions.iter().any(|r| r.name == revision))
+            .ok_or_else(|| LookupError::NoRevision(revision.to_string()))?;
+        let serving = service.traffic.iter().find(|t| match &t.key {
+            TargetKey::Latest => service.latest_ready.as_deref() == Some(revision),
+            TargetKey::Revision(r) => r == revision,
+        });
+        if let Some(target) = serving {
+            let how = match (&target.tag, target.percent) {
+                (Some(tag), _) => format!("it is tagged '{tag}'"),
+                (None, p) => format!("it receives {p}% of the traffic"),
+            };
+            return Err(LookupError::Refused(format!(
+                "Revision [{revision}] cannot be deleted because {how}. Move its traffic and tags first (emulate services update-traffic)."
+            )));
+        }
+        let index = service
+            .revisions
+            .iter()
+            .position(|r| r.name == revision)
+            .expect("found above");
+        let removed = service.revisions.remove(index);
+        if service.latest_created.as_deref() == Some(revision) {
+            service.latest_created = service.revisions.last().map(|r| r.name.clone());
+        }
+        drop(state);
+        self.retire(removed.pool);
+        Ok(())
+    }
+
+    /// Stops every instance of every revision: gracefully (SIGTERM, 10 s, SIGKILL) or at once.
+    pub async fn shutdown(&self, immediate: bool) {
+        let pools: Vec<Pool> = self
+            .state()
+            .values()
+            .flat_map(|s| s.revisions.iter().map(|r| r.pool.clone()))
+            .collect();
+        *self.inner.routes.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(RoutingTable::default());
+        let stops = pools.iter().map(|pool| async move {
+            if immediate {
+                pool.kill_all().await;
+            } else {
+                pool.stop_all(cloudrun::SHUTDOWN_GRACE, "the emulator is shutting down")
+                    .await;
+            }
+        });
+        futures_util::future::join_all(stops).await;
+        self.inner.retiring.close();
+        self.inner.retiring.wait().await;
+    }
+
+    /// The front end's view: a cheap handle that routes requests.
+    pub fn router(&self) -> Router {
+        Router {
+            platform: self.clone(),
+        }
+    }
+}
+
+/// Revisions no traffic entry resolves to (neither a percent nor a tag): they are drained.
+fn unrouted_revisions(service: &ServiceState) -> Vec<Pool> {
+    let routed = |name: &str| {
+        service.traffic.iter().any(|t| match &t.key {
+            TargetKey::Latest => service.latest_ready.as_deref() == Some(name),
+            TargetKey::Revision(r) => r == name,
+        })
+    };
+    service
+        .revisions
+        .iter()
+        .filter(|r| !routed(&r.name))
+        .map(|r| r.pool.clone())
+        .collect()
+}
+
+fn doc_target(t: &TrafficTarget) -> knative::TrafficTarget {
+    let (revision_name, latest_revision) = match &t.key {
+        TargetKey::Latest => (None, Some(true)),
+        TargetKey::Revision(r) => (Some(r.clone()), None),
+    };
+    knative::TrafficTarget {
+        revision_name,
+        latest_revision,
+        percent: Some(t.percent),
+        tag: t.tag.clone(),
+        url: None,
+    }
+}
+
+/// `spec.traffic` of a document, checked; None when the document has none (keep or default).
+fn traffic_from_doc(
+    targets: &[knative::TrafficTarget],
+) -> Result<Option<Vec<TrafficTarget>>, ApplyError> {
+    if targets.is_empty() {
+        return Ok(None);
+    }
+    let mut parsed = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        let key = match (&t.revision_name, t.latest_revision) {
+            (Some(name), None | Some(false)) if !name.is_empty() => {
+                TargetKey::Revision(name.clone())
+            }
+            (None, Some(true)) => TargetKey::Latest,
+            (Some(_), Some(true)) => {
+                return Err(FieldError::new(
+                    format!("spec.traffic[{i}]"),
+                    "set revisionName or latestRevision: true, not both",
+                )
+                .into())
+            }
+            _ => {
+                return Err(FieldError::new(
+                    format!("spec.traffic[{i}]"),
+                    "set revisionName or latestRevision: true",
+                )
+                .into())
+            }
+        };
+        let percent = t.percent.unwrap_or(0);
+        if percent > 100 {
+            return Err(FieldError::new(
+                format!("spec.traffic[{i}].percent"),
+                format!("{percent} is not between 0 and 100"),
+            )
+            .into());
+        }
+        parsed.push(TrafficTarget {
+            key,
+            percent,
+            tag: t.tag.clone(),
+        });
+    }
+    traffic::validate_spec(&parsed)?;
+    Ok(Some(traffic::normalize(&parsed)))
+}
+
+fn revision_doc(
+    service_name: &str,
+    service: &ServiceState,
+    revision: &RevisionState,
+) -> knative::Revision {
+    let mut labels = BTreeMap::from([
+        (knative::LABEL_SERVICE.to_string(), service_name.to_string()),
+        (
+            knative::LABEL_CONFIGURATION.to_string(),
+            service_name.to_string(),
+        ),
+        (
+            "serving.knative.dev/configurationGeneration".to_string(),
+            revision.generation.to_string(),
+        ),
+    ]);
+    labels.extend(revision.template.metadata.labels.clone());
+    let serving: u32 = service
+        .traffic
+        .iter()
+        .filter(|t| match &t.key {
+            TargetKey::Latest => service.latest_ready.as_deref() == Some(revision.name.as_str()),
+            TargetKey::Revision(r) => *r == revision.name,
+        })
+        .map(|t| t.percent)
+        .sum();
+    let pool = revision.pool.status();
+    let ready = Condition::new(
+        "Ready",
+        revision.ready,
+        revision
+            .failure
+            .as_ref()
+            .map(|_| "HealthCheckContainerError"),
+        revision.failure.clone(),
+    );
+    knative::Revision {
+        api_version: knative::API_VERSION.to_string(),
+        kind: "Revision".to_string(),
+        metadata: ObjectMeta {
+            name: Some(revision.name.clone()),
+            labels,
+            annotations: revision.template.metadata.annotations.clone(),
+            generation: Some(1),
+            creation_timestamp: Some(revision.created.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: revision.template.spec.clone(),
+        status: Some(knative::RevisionStatus {
+            observed_generation: Some(1),
+            conditions: vec![ready],
+            image_digest: Some(revision.image_digest.clone()),
+            instances: Some(serde_json::json!({
+                "trafficPercent": serving,
+                "instances": pool.instances,
+                "requests": pool.requests,
+            })),
+        }),
+    }
+}
+
+/// The image a revision runs: found locally or pulled for linux/amd64, then checked.
+struct ResolvedImage {
+    id: String,
+    /// `repo@sha256:...` when the engine knows a registry digest, else the local image id.
+    digest: String,
+}
+
+async fn resolve_image(
+    runtime: &runtime::Runtime,
+    image: &str,
+) -> Result<ResolvedImage, ApplyError> {
+    let info = match runtime.inspect_image(image).await? {
+        Some(info) => info,
+        None => {
+            eprintln!(
+                "Image '{image}' is not present locally; pulling it for {}...",
+                runtime::PLATFORM
+            );
+            let mut last = String::new();
+            runtime
+                .pull_image(image, |line| {
+                    if line != last {
+                        eprintln!("  {line}");
+                        last = line.to_string();
+                    }
+                })
+                .await
+                .map_err(|e| {
+                    ApplyError::Image(format!(
+                        "{e}\nThe image is neither present locally nor pullable (is the registry reachable, and are you logged in?). Build it locally: docker build --platform linux/amd64 -t {image} ."
+                    ))
+                })?;
+            runtime.inspect_image(image).await?.ok_or_else(|| {
+                ApplyError::Image(format!("image '{image}' was pulled but cannot be found"))
+            })?
+        }
+    };
+    if !info.is_amd64_linux() {
+        // A local image is a single-platform manifest as `docker push` would upload it.
+        return Err(ApplyError::Unsupported(format!(
+            "{}\n(the local image is {}.)\n\n{}",
+            cloudrun::unsupported_platform(
+                image,
+                "application/vnd.docker.distribution.manifest.v2+json"
+            ),
+            info.platform(),
+            cloudrun::AMD64_HINT.replace("IMAGE", image)
+        )));
+    }
+    let digest = info
+        .repo_digests
+        .first()
+        .cloned()
+        .unwrap_or_else(|| info.id.clone());
+    Ok(ResolvedImage {
+        id: info.id,
+        digest,
+    })
+}
+
+/// RFC 3339 UTC time, as Kubernetes writes `creationTimestamp`.
+pub fn timestamp(time: SystemTime) -> String {
+    let secs = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[derive(Default)]
+struct RoutingTable {
+    services: HashMap<String, ServiceRoute>,
+    default_service: Option<String>,
+}
+
+#[derive(Default)]
+struct ServiceRoute {
+    split: Vec<(RevisionRoute, u32)>,
+    tags: HashMap<String, RevisionRoute>,
+}
+
+#[derive(Clone)]
+struct RevisionRoute {
+    pool: Pool,
+    http2: bool,
+    timeout: Duration,
+}
+
+/// Routes requests by host: `TAG---SERVICE.localhost` → the tagged revision;
+/// `SERVICE.localhost` → the service's traffic split; anything else → the only service (or
+/// the default one).
+#[derive(Clone)]
+pub struct Router {
+    platform: Platform,
+}
+
+/// Splits a request's host into (service, tag).
+fn parse_host(host: &str) -> (Option<&str>, Option<&str>) {
+    let host = host
+        .rsplit_once(':')
+        .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+        .map_or(host, |(h, _)| h);
+    let Some(label) = host.strip_suffix(".localhost") else {
+        return (None, None);
+    };
+    match label.split_once("---") {
+        Some((tag, service)) => (Some(service), Some(tag)),
+        None => (Some(label), None),
+    }
+}
+
+impl Backend for Router {
+    async fn route(&self, uri: &Uri, headers: &HeaderMap) -> Result<Route, Refusal> {
+        let table = self
+            .platform
+            .inner
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let host = headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| uri.authority().map(|a| a.as_str()))
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let (service, tag) = parse_host(&host);
+        let service_route = match service {
+            Some(name) => table.services.get(name),
+            None if table.services.len() == 1 => table.services.values().next(),
+            None => table
+                .default_service
+                .as_deref()
+                .and_then(|d| table.services.get(d)),
+        };
+        let Some(service_route) = service_route else {
+            let names: Vec<String> = table
+                .services
+                .keys()
+                .map(|s| self.platform.service_url(s))
+                .collect();
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "404 page not found: no service answers at '{host}'. Services here: {}\n",
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            ));
+        };
+        let revision = match tag {
+            Some(tag) => service_route.tags.get(tag).ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::NOT_FOUND,
+                    format!("404 page not found: no revision is tagged '{tag}'\n"),
+                )
+            })?,
+            None => traffic::pick(&service_route.split, &mut rand::rng()).ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    cloudrun::MALFORMED_OR_UNREACHABLE,
+                )
+            })?,
+        };
+        let lease = revision
+            .pool
+            .acquire(Instant::now() + revision.timeout)
+            .await?;
+        Ok(Route {
+            authority: lease.authority.clone(),
+            http2: revision.http2,
+            request_timeout: revision.timeout,
+            lease,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_name_services_and_tags() {
+        assert_eq!(parse_host("hello.localhost:8080"), (Some("hello"), None));
+        assert_eq!(
+            parse_host("candidate---hello.localhost:8080"),
+            (Some("hello"), Some("candidate"))
+        );
+        assert_eq!(parse_host("hello.localhost"), (Some("hello"), None));
+        assert_eq!(parse_host("localhost:8080"), (None, None));
+        assert_eq!(parse_host("127.0.0.1:8080"), (None, None));
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(timestamp(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_867_200);
+        assert_eq!(timestamp(t), "2026-11-28T12:00:00Z");
+    }
+
+    #[test]
+    fn traffic_in_documents_is_checked_with_paths() {
+        let bad = [knative::TrafficTarget {
+            percent: Some(100),
+            ..Default::default()
+        }];
+        let error = traffic_from_doc(&bad).unwrap_err().to_string();
+        assert!(error.starts_with("spec.traffic[0]:"), "{error}");
+        let short = [knative::TrafficTarget {
+            latest_revision: Some(true),
+            percent: Some(90),
+            ..Default::default()
+        }];
+        assert_eq!(
+            traffic_from_doc(&short).unwrap_err().to_string(),
+            "Traffic targets sum to 90, want 100"
+        );
+        assert_eq!(traffic_from_doc(&[]).unwrap(), None);
+    }
+}

@@ -1,0 +1,363 @@
+//! From a Knative revision template to what the emulator runs: every field checked the way
+//! Cloud Run checks it, errors naming the field's path, secrets resolved from local files or
+//! env vars, and fields that mean nothing locally reported as notes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cloudrun;
+use crate::config;
+use crate::knative::{self, FieldError, RevisionTemplate};
+
+/// Cloud Run's default maximum number of instances.
+pub const DEFAULT_MAX_INSTANCES: u32 = 100;
+/// Cloud Run's default and maximum `containerConcurrency`.
+pub const DEFAULT_CONCURRENCY: u32 = 80;
+pub const MAX_CONCURRENCY: u32 = 1000;
+
+/// Where `secretKeyRef`s are looked up: `DIR/NAME/VERSION` files, then the env var
+/// `EMULATE_SECRET_<NAME>` (upper-cased, `-` as `_`).
+#[derive(Clone, Debug, Default)]
+pub struct Secrets {
+    pub dir: Option<PathBuf>,
+}
+
+impl Secrets {
+    fn resolve(&self, path: &str, name: &str, version: &str) -> Result<String, FieldError> {
+        let file = self.dir.as_ref().map(|d| d.join(name).join(version));
+        if let Some(file) = &file {
+            if let Ok(value) = std::fs::read_to_string(file) {
+                return Ok(value.trim_end_matches(['\n', '\r']).to_string());
+            }
+        }
+        let var = format!(
+            "EMULATE_SECRET_{}",
+            name.to_ascii_uppercase().replace(['-', '.'], "_")
+        );
+        if let Ok(value) = std::env::var(&var) {
+            return Ok(value);
+        }
+        let looked = match &file {
+            Some(f) => format!("the file {} and the env var {var}", f.display()),
+            None => format!("the env var {var} (no --secrets-dir was given)"),
+        };
+        Err(FieldError::new(
+            path,
+            format!("secret '{name}' version '{version}' not found: looked for {looked}. Create one of them, e.g. `mkdir -p DIR/{name} && printf %s VALUE > DIR/{name}/{version}` and start the emulator with --secrets-dir DIR"),
+        ))
+    }
+}
+
+/// A revision's settings, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RevisionConfig {
+    pub image: String,
+    pub port: u16,
+    pub http2: bool,
+    pub env: Vec<(String, String)>,
+    pub command: Option<Vec<String>>,
+    pub args: Option<Vec<String>>,
+    pub memory_bytes: u64,
+    pub cpu_millis: u64,
+    pub concurrency: u32,
+    pub timeout: Duration,
+    pub min_instances: u32,
+    pub max_instances: u32,
+    pub startup_budget: Duration,
+}
+
+/// Checks a template and resolves it. `notes` collects one-line notes about settings that
+/// are accepted but have no local effect.
+pub fn resolve(
+    template: &RevisionTemplate,
+    secrets: &Secrets,
+    notes: &mut Vec<String>,
+) -> Result<RevisionConfig, FieldError> {
+    const SPEC: &str = "spec.template.spec";
+    let spec = &template.spec;
+    let container = match spec.containers.as_slice() {
+        [] => return Err(FieldError::new(format!("{SPEC}.containers"), "exactly one container is required")),
+        [one] => one,
+        [..] => {
+            return Err(FieldError::new(
+                format!("{SPEC}.containers"),
+                "more than one container (sidecars) is not emulated yet; keep only the ingress container",
+            ))
+        }
+    };
+    let at = format!("{SPEC}.containers[0]");
+    if container.image.trim().is_empty() {
+        return Err(FieldError::new(
+            format!("{at}.image"),
+            "an image is required",
+        ));
+    }
+    let (port, http2) = match container.ports.as_slice() {
+        [] => (cloudrun::DEFAULT_PORT, false),
+        [port] => {
+            if port.container_port == 0 {
+                return Err(FieldError::new(
+                    format!("{at}.ports[0].containerPort"),
+                    "must be between 1 and 65535",
+                ));
+            }
+            let http2 = match port.name.as_deref() {
+                None | Some("http1") => false,
+                Some("h2c") => true,
+                Some(other) => {
+                    return Err(FieldError::new(
+                        format!("{at}.ports[0].name"),
+                        format!("'{other}' is not a port name Cloud Run knows; use http1 or h2c"),
+                    ))
+                }
+            };
+            (port.container_port, http2)
+        }
+        [..] => {
+            return Err(FieldError::new(
+                format!("{at}.ports"),
+                "Cloud Run allows one container port",
+            ))
+        }
+    };
+    let mut env = Vec::new();
+    for (i, var) in container.env.iter().enumerate() {
+        let path = format!("{at}.env[{i}]");
+        config::check_env_name(&format!("{path}.name"), &var.name)
+            .map_err(|e| FieldError::new(e.field, e.message))?;
+        let value = match (&var.value, &var.value_from) {
+            (Some(_), Some(_)) => {
+                return Err(FieldError::new(path, "set value or valueFrom, not both"));
+            }
+            (value, None) => value.clone().unwrap_or_default(),
+            (None, Some(from)) => match &from.secret_key_ref {
+                Some(secret) => secrets.resolve(
+                    &format!("{path}.valueFrom.secretKeyRef"),
+                    &secret.name,
+                    &secret.key,
+                )?,
+                None => {
+                    return Err(FieldError::new(
+                        format!("{path}.valueFrom"),
+                        "only secretKeyRef is supported",
+                    ))
+                }
+            },
+        };
+        env.push((var.name.clone(), value));
+    }
+    let limits = container
+        .resources
+        .as_ref()
+        .map(|r| r.limits.clone())
+        .unwrap_or_default();
+    let memory_bytes = match limits.get("memory") {
+        Some(m) => config::parse_memory(&format!("{at}.resources.limits.memory"), m)
+            .map_err(|e| FieldError::new(e.field, e.message))?,
+        None => cloudrun::DEFAULT_MEMORY_BYTES,
+    };
+    let cpu_millis = match limits.get("cpu") {
+        Some(c) => config::parse_cpu(&format!("{at}.resources.limits.cpu"), c)
+            .map_err(|e| FieldError::new(e.field, e.message))?,
+        None => cloudrun::DEFAULT_CPU_MILLIS,
+    };
+    let concurrency = match spec.container_concurrency {
+        None => DEFAULT_CONCURRENCY,
+        // Knative's 0 means "no limit"; Cloud Run's ceiling is 1000.
+        Some(0) => MAX_CONCURRENCY,
+        Some(n) if n > MAX_CONCURRENCY => {
+            return Err(FieldError::new(
+                format!("{SPEC}.containerConcurrency"),
+                format!("{n} is more than Cloud Run's maximum of {MAX_CONCURRENCY}"),
+            ))
+        }
+        Some(n) => n,
+    };
+    let timeout = match spec.timeout_seconds {
+        None => cloudrun::DEFAULT_REQUEST_TIMEOUT,
+        Some(s) if (1..=3600).contains(&s) => Duration::from_secs(s),
+        Some(s) => {
+            return Err(FieldError::new(
+                format!("{SPEC}.timeoutSeconds"),
+                format!("{s} is not between 1 and 3600"),
+            ))
+        }
+    };
+    let annotations = &template.metadata.annotations;
+    let scale = |key: &str, default: u32| -> Result<u32, FieldError> {
+        match annotations.get(key) {
+            None => Ok(default),
+            Some(v) => v.trim().parse::<u32>().map_err(|_| {
+                FieldError::new(
+                    format!("spec.template.metadata.annotations[{key}]"),
+                    format!("expected a whole number, found '{v}'"),
+                )
+            }),
+        }
+    };
+    let min_instances = scale(knative::ANNOTATION_MIN_SCALE, 0)?;
+    let max_instances = scale(knative::ANNOTATION_MAX_SCALE, DEFAULT_MAX_INSTANCES)?;
+    if max_instances == 0 || min_instances > max_instances {
+        return Err(FieldError::new(
+            format!("spec.template.metadata.annotations[{}]", knative::ANNOTATION_MAX_SCALE),
+            format!("max instances ({max_instances}) must be at least 1 and at least min instances ({min_instances})"),
+        ));
+    }
+    let startup_budget = match &container.startup_probe {
+        None => cloudrun::DEFAULT_STARTUP_BUDGET,
+        Some(probe) => {
+            if probe.http_get.is_some() || probe.grpc.is_some() {
+                notes.push(format!("{at}.startupProbe: HTTP and gRPC startup probes are checked as TCP connects by this emulator"));
+            }
+            let delay = probe.initial_delay_seconds.unwrap_or(0);
+            let period = probe.period_seconds.unwrap_or(10);
+            let failures = u64::from(probe.failure_threshold.unwrap_or(3));
+            let timeout = probe.timeout_seconds.unwrap_or(1);
+            Duration::from_secs((delay + period.max(timeout) * failures).clamp(1, 3600))
+        }
+    };
+    if container.liveness_probe.is_some() {
+        notes.push(format!(
+            "{at}.livenessProbe: accepted; liveness probes are not run by this emulator yet"
+        ));
+    }
+    if spec.service_account_name.is_some() {
+        notes.push(format!("{SPEC}.serviceAccountName: accepted; it has no local effect (the container gets no Google credentials)"));
+    }
+    for key in annotations.keys() {
+        if key.starts_with("run.googleapis.com/") {
+            notes.push(format!(
+                "spec.template.metadata.annotations[{key}]: accepted; it has no local effect"
+            ));
+        }
+    }
+    Ok(RevisionConfig {
+        image: container.image.trim().to_string(),
+        port,
+        http2,
+        env,
+        command: container.command.clone(),
+        args: container.args.clone(),
+        memory_bytes,
+        cpu_millis,
+        concurrency,
+        timeout,
+        min_instances,
+        max_instances,
+        startup_budget,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::knative::parse_service_yaml;
+
+    fn template(extra_container: &str, extra_spec: &str) -> RevisionTemplate {
+        let text = format!(
+            "spec:\n  template:\n    spec:\n{extra_spec}      containers:\n      - image: hello\n{extra_container}"
+        );
+        parse_service_yaml(&text).unwrap().spec.template
+    }
+
+    fn resolve_ok(t: &RevisionTemplate) -> RevisionConfig {
+        resolve(t, &Secrets::default(), &mut Vec::new()).unwrap()
+    }
+
+    fn resolve_err(t: &RevisionTemplate) -> FieldError {
+        resolve(t, &Secrets::default(), &mut Vec::new()).unwrap_err()
+    }
+
+    #[test]
+    fn defaults_are_cloud_runs() {
+        let config = resolve_ok(&template("", ""));
+        assert_eq!(config.port, 8080);
+        assert!(!config.http2);
+        assert_eq!(config.concurrency, 80);
+        assert_eq!(config.timeout, Duration::from_secs(300));
+        assert_eq!((config.min_instances, config.max_instances), (0, 100));
+        assert_eq!(config.memory_bytes, 512 << 20);
+        assert_eq!(config.startup_budget, Duration::from_secs(240));
+    }
+
+    #[test]
+    fn h2c_ports_limits_and_scaling_are_read() {
+        let mut t = template(
+            "        ports: [{containerPort: 9000, name: h2c}]\n        resources: {limits: {memory: 1Gi, cpu: '2'}}\n",
+            "      containerConcurrency: 1\n      timeoutSeconds: 60\n",
+        );
+        t.metadata
+            .annotations
+            .insert(knative::ANNOTATION_MAX_SCALE.into(), "3".into());
+        let config = resolve_ok(&t);
+        assert_eq!((config.port, config.http2), (9000, true));
+        assert_eq!((config.memory_bytes, config.cpu_millis), (1 << 30, 2000));
+        assert_eq!((config.concurrency, config.max_instances), (1, 3));
+        assert_eq!(config.timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bad_fields_name_their_path() {
+        let e = resolve_err(&template("        env: [{name: PORT, value: '1'}]\n", ""));
+        assert_eq!(e.path, "spec.template.spec.containers[0].env[0].name");
+        let e = resolve_err(&template(
+            "        resources: {limits: {memory: lots}}\n",
+            "",
+        ));
+        assert_eq!(
+            e.path,
+            "spec.template.spec.containers[0].resources.limits.memory"
+        );
+        let e = resolve_err(&template("", "      timeoutSeconds: 4000\n"));
+        assert_eq!(e.path, "spec.template.spec.timeoutSeconds");
+        let e = resolve_err(&template(
+            "        ports: [{containerPort: 80, name: grpc}]\n",
+            "",
+        ));
+        assert_eq!(e.path, "spec.template.spec.containers[0].ports[0].name");
+        let mut t = template("", "");
+        t.metadata
+            .annotations
+            .insert(knative::ANNOTATION_MIN_SCALE.into(), "many".into());
+        assert!(resolve_err(&t).path.contains("minScale"));
+    }
+
+    #[test]
+    fn secrets_come_from_files_or_env_vars_or_say_where_they_looked() {
+        let dir = std::env::temp_dir().join(format!("emulate-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("db-pass")).unwrap();
+        std::fs::write(dir.join("db-pass/latest"), "s3cret\n").unwrap();
+        let t = template(
+            "        env: [{name: DB, valueFrom: {secretKeyRef: {name: db-pass, key: latest}}}]\n",
+            "",
+        );
+        let secrets = Secrets {
+            dir: Some(dir.clone()),
+        };
+        let config = resolve(&t, &secrets, &mut Vec::new()).unwrap();
+        assert_eq!(config.env, vec![("DB".to_string(), "s3cret".to_string())]);
+        let missing = template(
+            "        env: [{name: DB, valueFrom: {secretKeyRef: {name: nope-x, key: '2'}}}]\n",
+            "",
+        );
+        let e = resolve(&missing, &secrets, &mut Vec::new()).unwrap_err();
+        assert_eq!(
+            e.path,
+            "spec.template.spec.containers[0].env[0].valueFrom.secretKeyRef"
+        );
+        assert!(e.message.contains("EMULATE_SECRET_NOPE_X"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn settings_without_local_effect_are_noted() {
+        let mut notes = Vec::new();
+        let t = template(
+            "",
+            "      serviceAccountName: sa@p.iam.gserviceaccount.com\n",
+        );
+        resolve(&t, &Secrets::default(), &mut notes).unwrap();
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].starts_with("spec.template.spec.serviceAccountName"));
+    }
+}
