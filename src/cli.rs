@@ -1,7 +1,11 @@
 //! The command line: flags are parsed by clap into per-command argument structs, validated
 //! into plain config, then handed to the command's module.
 
+pub mod control;
+pub mod deploy;
+pub mod revisions;
 pub mod run;
+pub mod services;
 
 use std::process::ExitCode;
 
@@ -19,6 +23,14 @@ pub struct Cli {
 pub enum Command {
     /// Run an image (default: the built-in hello sample) as a Cloud Run service on localhost.
     Run(run::RunArgs),
+    /// Deploy a new revision to the running emulator, as `gcloud run deploy`.
+    Deploy(deploy::DeployArgs),
+    /// Manage services of the running emulator, as `gcloud run services`.
+    #[command(subcommand)]
+    Services(services::ServicesCommand),
+    /// Manage revisions of the running emulator, as `gcloud run revisions`.
+    #[command(subcommand)]
+    Revisions(revisions::RevisionsCommand),
 }
 
 /// Exit codes, the same for every command.
@@ -67,6 +79,9 @@ pub fn main() -> ExitCode {
     let exit = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(args).await,
+            Command::Deploy(args) => deploy::run(args).await,
+            Command::Services(command) => services::run(command).await,
+            Command::Revisions(command) => revisions::run(command).await,
         }
     });
     // Tasks still running (log followers of removed containers) must not hold the exit.

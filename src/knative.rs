@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::traffic::{self, TargetKey};
+
 pub const API_VERSION: &str = "serving.knative.dev/v1";
 pub const LABEL_SERVICE: &str = "serving.knative.dev/service";
 pub const LABEL_CONFIGURATION: &str = "serving.knative.dev/configuration";
@@ -420,6 +422,71 @@ fn friendly(message: &str) -> String {
     message.to_string()
 }
 
+/// The traffic of a document as the traffic math's targets, each entry checked (revisionName
+/// xor latestRevision, percent 0-100); None when the document has none. Sums are checked by
+/// [`traffic::validate_spec`].
+pub fn traffic_from_doc(
+    targets: &[TrafficTarget],
+) -> Result<Option<Vec<traffic::TrafficTarget>>, FieldError> {
+    if targets.is_empty() {
+        return Ok(None);
+    }
+    let mut parsed = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        let key = match (&t.revision_name, t.latest_revision) {
+            (Some(name), None | Some(false)) if !name.is_empty() => {
+                TargetKey::Revision(name.clone())
+            }
+            (None, Some(true)) => TargetKey::Latest,
+            (Some(_), Some(true)) => {
+                return Err(FieldError::new(
+                    format!("spec.traffic[{i}]"),
+                    "set revisionName or latestRevision: true, not both",
+                ))
+            }
+            _ => {
+                return Err(FieldError::new(
+                    format!("spec.traffic[{i}]"),
+                    "set revisionName or latestRevision: true",
+                ))
+            }
+        };
+        let percent = t.percent.unwrap_or(0);
+        if percent > 100 {
+            return Err(FieldError::new(
+                format!("spec.traffic[{i}].percent"),
+                format!("{percent} is not between 0 and 100"),
+            ));
+        }
+        parsed.push(traffic::TrafficTarget {
+            key,
+            percent,
+            tag: t.tag.clone(),
+        });
+    }
+    Ok(Some(parsed))
+}
+
+/// Traffic targets as `spec.traffic` entries, tags folded in as Cloud Run prints them.
+pub fn traffic_to_doc(targets: &[traffic::TrafficTarget]) -> Vec<TrafficTarget> {
+    traffic::merged(targets)
+        .into_iter()
+        .map(|t| {
+            let (revision_name, latest_revision) = match t.key {
+                TargetKey::Latest => (None, Some(true)),
+                TargetKey::Revision(r) => (Some(r), None),
+            };
+            TrafficTarget {
+                revision_name,
+                latest_revision,
+                percent: Some(t.percent),
+                tag: t.tag,
+                url: None,
+            }
+        })
+        .collect()
+}
+
 /// The paths of fields kept in `extra` (accepted, not emulated), for one-line notes.
 pub fn unmodelled_fields(service: &Service) -> Vec<String> {
     let mut paths = Vec::new();
@@ -533,6 +600,40 @@ spec:
         assert_eq!(unmodelled_fields(&service), ["spec.template.spec.volumes"]);
         let again = parse_service_yaml(&serde_yaml_ng::to_string(&service).unwrap()).unwrap();
         assert_eq!(again, service);
+    }
+
+    #[test]
+    fn traffic_entries_are_checked_with_paths() {
+        let bad = [TrafficTarget {
+            percent: Some(100),
+            ..Default::default()
+        }];
+        let error = traffic_from_doc(&bad).unwrap_err();
+        assert_eq!(error.path, "spec.traffic[0]");
+        let big = [TrafficTarget {
+            latest_revision: Some(true),
+            percent: Some(101),
+            ..Default::default()
+        }];
+        assert_eq!(
+            traffic_from_doc(&big).unwrap_err().path,
+            "spec.traffic[0].percent"
+        );
+        assert_eq!(traffic_from_doc(&[]).unwrap(), None);
+        let targets = traffic_from_doc(&[TrafficTarget {
+            latest_revision: Some(true),
+            percent: Some(100),
+            tag: Some("a".into()),
+            ..Default::default()
+        }])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            traffic_to_doc(&traffic::normalize(&targets))[0]
+                .tag
+                .as_deref(),
+            Some("a")
+        );
     }
 
     #[test]

@@ -167,7 +167,11 @@ impl Platform {
             .map(|path| format!("{path}: accepted; it is not emulated"))
             .collect();
         let config = template::resolve(&doc.spec.template, &self.inner.config.secrets, &mut notes)?;
-        let wanted = traffic_from_doc(&doc.spec.traffic)?;
+        let wanted = knative::traffic_from_doc(&doc.spec.traffic)?;
+        if let Some(targets) = &wanted {
+            traffic::validate_spec(targets)?;
+        }
+        let wanted = wanted.map(|t| traffic::normalize(&t));
 
         let _serialized = self.inner.apply_lock.lock().await;
         let needs_revision = self
@@ -207,7 +211,11 @@ impl Platform {
                 .expect("the service was recorded by create_revision or exists");
             let mut stored = doc.clone();
             stored.status = None;
-            stored.metadata.generation = Some(service.doc.metadata.generation.unwrap_or(0) + 1);
+            // Like Kubernetes, the generation counts changes of the spec only.
+            let changed =
+                service.doc.spec != stored.spec || service.doc.metadata.generation.is_none();
+            let generation = service.doc.metadata.generation.unwrap_or(0) + i64::from(changed);
+            stored.metadata.generation = Some(generation);
             stored.metadata.creation_timestamp = service.doc.metadata.creation_timestamp.clone();
             stored.metadata.namespace = None;
             service.doc = stored;
@@ -491,10 +499,7 @@ impl Platform {
                 }
             })
             .collect();
-        doc.spec.traffic = traffic::merged(&service.traffic)
-            .iter()
-            .map(doc_target)
-            .collect();
+        doc.spec.traffic = knative::traffic_to_doc(&service.traffic);
         let routes_ok = service.latest_ready.is_some()
             || service.traffic.iter().all(|t| t.key != TargetKey::Latest);
         let config_ok = match &service.failure {
@@ -659,67 +664,6 @@ fn unrouted_revisions(service: &ServiceState) -> Vec<Pool> {
         .filter(|r| !routed(&r.name))
         .map(|r| r.pool.clone())
         .collect()
-}
-
-fn doc_target(t: &TrafficTarget) -> knative::TrafficTarget {
-    let (revision_name, latest_revision) = match &t.key {
-        TargetKey::Latest => (None, Some(true)),
-        TargetKey::Revision(r) => (Some(r.clone()), None),
-    };
-    knative::TrafficTarget {
-        revision_name,
-        latest_revision,
-        percent: Some(t.percent),
-        tag: t.tag.clone(),
-        url: None,
-    }
-}
-
-/// `spec.traffic` of a document, checked; None when the document has none (keep or default).
-fn traffic_from_doc(
-    targets: &[knative::TrafficTarget],
-) -> Result<Option<Vec<TrafficTarget>>, ApplyError> {
-    if targets.is_empty() {
-        return Ok(None);
-    }
-    let mut parsed = Vec::new();
-    for (i, t) in targets.iter().enumerate() {
-        let key = match (&t.revision_name, t.latest_revision) {
-            (Some(name), None | Some(false)) if !name.is_empty() => {
-                TargetKey::Revision(name.clone())
-            }
-            (None, Some(true)) => TargetKey::Latest,
-            (Some(_), Some(true)) => {
-                return Err(FieldError::new(
-                    format!("spec.traffic[{i}]"),
-                    "set revisionName or latestRevision: true, not both",
-                )
-                .into())
-            }
-            _ => {
-                return Err(FieldError::new(
-                    format!("spec.traffic[{i}]"),
-                    "set revisionName or latestRevision: true",
-                )
-                .into())
-            }
-        };
-        let percent = t.percent.unwrap_or(0);
-        if percent > 100 {
-            return Err(FieldError::new(
-                format!("spec.traffic[{i}].percent"),
-                format!("{percent} is not between 0 and 100"),
-            )
-            .into());
-        }
-        parsed.push(TrafficTarget {
-            key,
-            percent,
-            tag: t.tag.clone(),
-        });
-    }
-    traffic::validate_spec(&parsed)?;
-    Ok(Some(traffic::normalize(&parsed)))
 }
 
 fn revision_doc(
@@ -1000,25 +944,5 @@ mod tests {
         assert_eq!(timestamp(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_867_200);
         assert_eq!(timestamp(t), "2026-11-28T12:00:00Z");
-    }
-
-    #[test]
-    fn traffic_in_documents_is_checked_with_paths() {
-        let bad = [knative::TrafficTarget {
-            percent: Some(100),
-            ..Default::default()
-        }];
-        let error = traffic_from_doc(&bad).unwrap_err().to_string();
-        assert!(error.starts_with("spec.traffic[0]:"), "{error}");
-        let short = [knative::TrafficTarget {
-            latest_revision: Some(true),
-            percent: Some(90),
-            ..Default::default()
-        }];
-        assert_eq!(
-            traffic_from_doc(&short).unwrap_err().to_string(),
-            "Traffic targets sum to 90, want 100"
-        );
-        assert_eq!(traffic_from_doc(&[]).unwrap(), None);
     }
 }

@@ -14,7 +14,6 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -29,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::cloudrun;
 use crate::pool::Lease;
 pub use body::ProxyBody;
+use body::{BodyTooLarge, CappedBody};
 
 /// Settings of the front end itself (per-revision settings travel in each [`Route`]).
 #[derive(Clone, Debug)]
@@ -87,7 +87,11 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<Route, Refusal>> + Send;
 }
 
-type RequestBody = Limited<Incoming>;
+type RequestBody = CappedBody;
+
+/// How long the rest of a refused (too large) request body is read before the connection is
+/// closed.
+const DRAIN_REFUSED_BODY: Duration = Duration::from_secs(2);
 
 pub struct Proxy<B> {
     backend: Arc<B>,
@@ -190,10 +194,12 @@ impl<B: Backend> Proxy<B> {
         if client_http1
             && content_length(request.headers()).is_some_and(|n| n > self.config.max_http1_body)
         {
+            // Refused unread; the body is drained so the client gets to read the 413.
+            tokio::spawn(body::drain(request.into_body(), DRAIN_REFUSED_BODY));
             return refusal(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 cloudrun::REQUEST_TOO_LARGE,
-                true,
+                false,
             );
         }
         let route = match self.backend.route(request.uri(), request.headers()).await {
@@ -238,12 +244,14 @@ impl<B: Backend> Proxy<B> {
         } else {
             Version::HTTP_11
         };
+        // Cloud Run caps HTTP/1 request bodies only.
         let limit = if client_http1 {
-            usize::try_from(self.config.max_http1_body).unwrap_or(usize::MAX)
+            self.config.max_http1_body
         } else {
-            usize::MAX
+            u64::MAX
         };
-        let forwarded = Request::from_parts(parts, Limited::new(body, limit));
+        let (body, overflow) = CappedBody::new(body, limit);
+        let forwarded = Request::from_parts(parts, body);
 
         let client_pool = if route.http2 {
             &self.http2
@@ -258,11 +266,15 @@ impl<B: Backend> Proxy<B> {
         };
         let mut response = match response {
             Ok(response) => response,
-            Err(e) if caused_by::<LengthLimitError>(&e) => {
+            Err(e) if caused_by::<BodyTooLarge>(&e) => {
+                let rest = overflow.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(rest) = rest {
+                    tokio::spawn(body::drain(rest, DRAIN_REFUSED_BODY));
+                }
                 return refusal(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     cloudrun::REQUEST_TOO_LARGE,
-                    true,
+                    false,
                 );
             }
             Err(e) => {
@@ -396,28 +408,9 @@ mod tests {
     fn causes_are_found_down_the_chain() {
         #[derive(Debug, thiserror::Error)]
         #[error("outer")]
-        struct Outer(#[source] LengthLimitError);
-        let limit = Limited::new(
-            http_body_util::Full::new(bytes::Bytes::from_static(b"xx")),
-            1,
-        );
-        drop(limit);
-        let e = Outer(make_limit_error());
-        assert!(caused_by::<LengthLimitError>(&e));
+        struct Outer(#[source] BodyTooLarge);
+        let e = Outer(BodyTooLarge);
+        assert!(caused_by::<BodyTooLarge>(&e));
         assert!(!caused_by::<std::io::Error>(&e));
-    }
-
-    fn make_limit_error() -> LengthLimitError {
-        use http_body_util::BodyExt;
-        let body = Limited::new(
-            http_body_util::Full::new(bytes::Bytes::from_static(b"xx")),
-            1,
-        );
-        let error = futures_util::FutureExt::now_or_never(body.collect())
-            .expect("a full body is ready")
-            .unwrap_err();
-        *error
-            .downcast::<LengthLimitError>()
-            .expect("a length limit error")
     }
 }

@@ -112,8 +112,8 @@ pub enum TrafficError {
 
     #[error(
         "Tag \"{tag}\" is not valid: a tag starts with a lower-case letter, holds only \
-         lower-case letters, digits and hyphens, does not end with a hyphen, and is at most \
-         {max} characters long.",
+         lower-case letters, digits and hyphens (never three in a row), does not end with a \
+         hyphen, and is at most {max} characters long.",
         max = MAX_TAG_LEN
     )]
     InvalidTag { tag: String },
@@ -177,6 +177,8 @@ pub fn validate_tag(tag: &str) -> Result<(), TrafficError> {
             .iter()
             .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'))
         && !tag.ends_with('-')
+        // `---` separates tag from service in a tag URL (`TAG---SERVICE.localhost`).
+        && !tag.contains("---")
         && tag.len() <= MAX_TAG_LEN;
     if valid {
         Ok(())
@@ -794,6 +796,7 @@ mod tests {
             "a-",
             "a_b",
             "a.b",
+            "a---b",
             &"a".repeat(MAX_TAG_LEN + 1),
         ] {
             assert_eq!(
@@ -807,8 +810,8 @@ mod tests {
         assert_eq!(
             validate_tag("Bad").unwrap_err().to_string(),
             "Tag \"Bad\" is not valid: a tag starts with a lower-case letter, holds only \
-             lower-case letters, digits and hyphens, does not end with a hyphen, and is at \
-             most 46 characters long."
+             lower-case letters, digits and hyphens (never three in a row), does not end with a \
+             hyphen, and is at most 46 characters long."
         );
         let tags = TagUpdate {
             update: vec![("Bad".to_owned(), rev("r1"))],

@@ -551,7 +551,9 @@ mod tests {
         let mut argv = vec!["emulate", "run"];
         argv.extend_from_slice(args);
         let cli = crate::cli::Cli::try_parse_from(argv).expect("flags parse");
-        let crate::cli::Command::Run(args) = cli.command;
+        let crate::cli::Command::Run(args) = cli.command else {
+            unreachable!("parsed as run")
+        };
         RunConfig::from_args(args)
     }
 

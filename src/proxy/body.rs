@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -86,4 +87,83 @@ impl Body for ProxyBody {
             ProxyBody::Full(None) => SizeHint::with_exact(0),
         }
     }
+}
+
+/// The request body sent to the instance, cut off past the HTTP/1 limit (32 MiB). When the
+/// limit is passed, what is left of the client's body is set aside rather than dropped, so the
+/// proxy can read and discard it while its 413 goes out: closing the connection at once makes
+/// many clients report a broken pipe instead of the 413.
+pub struct CappedBody {
+    inner: Option<Incoming>,
+    remaining: u64,
+    overflow: Overflow,
+}
+
+/// Where a [`CappedBody`] leaves the unread rest of the client's body.
+pub type Overflow = Arc<Mutex<Option<Incoming>>>;
+
+/// The request body passed the limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than the limit")]
+pub struct BodyTooLarge;
+
+impl CappedBody {
+    pub fn new(inner: Incoming, limit: u64) -> (Self, Overflow) {
+        let overflow = Overflow::default();
+        let body = CappedBody {
+            inner: Some(inner),
+            remaining: limit,
+            overflow: overflow.clone(),
+        };
+        (body, overflow)
+    }
+}
+
+impl Body for CappedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(Some(Err(BodyTooLarge.into())));
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if len > this.remaining {
+                    *this.overflow.lock().unwrap_or_else(|e| e.into_inner()) = this.inner.take();
+                    return Poll::Ready(Some(Err(BodyTooLarge.into())));
+                }
+                this.remaining -= len;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_some_and(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(SizeHint::default, |b| b.size_hint())
+    }
+}
+
+/// Reads and discards the rest of a refused body for a short while, so the client can finish
+/// sending and read the refusal; then the connection is closed.
+pub async fn drain(mut body: Incoming, limit: std::time::Duration) {
+    use http_body_util::BodyExt;
+    let _ = tokio::time::timeout(limit, async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
 }

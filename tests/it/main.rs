@@ -8,4 +8,5 @@ mod support;
 mod failures;
 mod lifecycle;
 mod proxying;
+mod revisions;
 mod running;

@@ -121,6 +121,8 @@ pub struct Emulator {
     child: Child,
     pub service: String,
     pub addr: SocketAddr,
+    /// The admin API's address (`emulate deploy` etc. talk to it).
+    pub admin: String,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
 }
@@ -167,6 +169,7 @@ impl Emulator {
             child,
             service: service.to_string(),
             addr: "127.0.0.1:0".parse().unwrap(),
+            admin: String::new(),
             stdout,
             stderr,
         }
@@ -185,6 +188,13 @@ impl Emulator {
                 .and_then(|p| p.trim().parse::<u16>().ok())
             {
                 emulator.addr = SocketAddr::from(([127, 0, 0, 1], port));
+                emulator.admin = emulator
+                    .stderr()
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Admin API: http://"))
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .map(str::to_string)
+                    .unwrap_or_default();
                 return emulator;
             }
             if let Ok(Some(status)) = emulator.child.try_wait() {
@@ -218,6 +228,47 @@ impl Emulator {
     ) -> Finished {
         let mut emulator = Emulator::spawn(service, args, env);
         emulator.wait(limit).await
+    }
+
+    /// Runs a control-plane verb (`deploy ...`, `services ...`) against this emulator.
+    pub async fn cli(&self, args: &[&str]) -> Finished {
+        let admin = self.admin.clone();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let output = Command::new(env!("CARGO_BIN_EXE_emulate"))
+                .args(&args)
+                .env("EMULATE_ADMIN", admin)
+                .env("NO_COLOR", "1")
+                .output()
+                .expect("the emulate binary runs");
+            Finished {
+                status: output.status,
+                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            }
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Like `cli`, asserting success.
+    pub async fn cli_ok(&self, args: &[&str]) -> Finished {
+        let done = self.cli(args).await;
+        assert_eq!(
+            done.status.code(),
+            Some(0),
+            "emulate {args:?} failed:\n{}\n{}",
+            done.stdout,
+            done.stderr
+        );
+        done
+    }
+
+    /// The revision that answers a request for `path` with the given Host header.
+    pub async fn revision_for(&self, host: &str, path: &str) -> String {
+        let reply = request("GET", &self.url(path), &[("host", host)], Vec::new(), false).await;
+        assert_eq!(reply.status, 200, "{host}{path}: {}", reply.body);
+        reply.revision
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -285,6 +336,8 @@ impl Drop for Emulator {
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
+    /// The test app's `x-k-revision` header: which revision answered.
+    pub revision: String,
     pub body: String,
 }
 
@@ -314,9 +367,16 @@ pub async fn request(
         .await
         .unwrap_or_else(|e| panic!("{method} {url} failed: {e:?}"));
     let status = response.status().as_u16();
+    let revision = response
+        .headers()
+        .get("x-k-revision")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     Reply {
         status,
+        revision,
         body: String::from_utf8_lossy(&body).into_owned(),
     }
 }

@@ -27,6 +27,18 @@ static LEAKED: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 /// The size of a page; `/alloc` writes one byte per page to make it resident.
 const PAGE: usize = 4096;
 
+/// `K_REVISION` as a header value, read once.
+fn revision_header() -> Option<&'static HeaderValue> {
+    static REVISION: std::sync::OnceLock<Option<HeaderValue>> = std::sync::OnceLock::new();
+    REVISION
+        .get_or_init(|| {
+            std::env::var("K_REVISION")
+                .ok()
+                .and_then(|r| HeaderValue::from_str(&r).ok())
+        })
+        .as_ref()
+}
+
 /// Dispatches one request on its path.
 pub async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     if req.uri().path() == "/" {
@@ -57,7 +69,12 @@ pub async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible
         }
         _ => Ok(text(StatusCode::NOT_FOUND, "not found\n")),
     };
-    Ok(resp.unwrap_or_else(|failure| text(failure.status, failure.message)))
+    let mut resp = resp.unwrap_or_else(|failure| text(failure.status, failure.message));
+    // Tests of traffic splitting tell revisions apart by this header, on every path but `/`.
+    if let Some(revision) = revision_header() {
+        resp.headers_mut().insert("x-k-revision", revision.clone());
+    }
+    Ok(resp)
 }
 
 /// Why a request could not be served, turned into a plain-text response at the end.

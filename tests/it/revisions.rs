@@ -1,0 +1,497 @@
+//! Revisions, traffic and tags on a running emulator, driven like gcloud: deploy, split,
+//! tag, roll back, and switch revisions under load without failing a request.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::support::*;
+
+/// Revision names of a service, newest first.
+async fn revisions(emulator: &Emulator) -> Vec<String> {
+    let done = emulator
+        .cli_ok(&[
+            "revisions",
+            "list",
+            "--service",
+            &emulator.service,
+            "--format",
+            "json",
+        ])
+        .await;
+    let list: serde_json::Value = serde_json::from_str(&done.stdout).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn host(emulator: &Emulator) -> String {
+    format!("{}.localhost", emulator.service)
+}
+
+#[tokio::test]
+async fn a_50_50_split_reaches_both_revisions() {
+    let emulator = Emulator::start(&service_name("split"), &[testapp_image()]).await;
+    let deployed = emulator
+        .cli_ok(&[
+            "deploy",
+            &emulator.service,
+            "--update-env-vars",
+            "COLOR=blue",
+        ])
+        .await;
+    assert!(
+        deployed
+            .stderr
+            .contains("is serving 100 percent of traffic"),
+        "{}",
+        deployed.stderr
+    );
+    let names = revisions(&emulator).await;
+    let (new, old) = (&names[0], &names[1]);
+    assert!(
+        new.starts_with(&format!("{}-00002-", emulator.service)),
+        "{new}"
+    );
+    let split = format!("{old}=50,{new}=50");
+    emulator
+        .cli_ok(&[
+            "services",
+            "update-traffic",
+            &emulator.service,
+            "--to-revisions",
+            &split,
+        ])
+        .await;
+    let mut on_new = 0;
+    for _ in 0..400 {
+        if emulator.revision_for(&host(&emulator), "/echo").await == *new {
+            on_new += 1;
+        }
+    }
+    // Binomial(400, 0.5): the standard deviation is 10, so this is ±5σ.
+    assert!(
+        (150..=250).contains(&on_new),
+        "{on_new} of 400 went to the new revision"
+    );
+}
+
+#[tokio::test]
+async fn no_traffic_with_a_tag_reaches_the_new_revision_only_at_its_tag_url() {
+    let emulator = Emulator::start(&service_name("tag"), &[testapp_image()]).await;
+    let first = revisions(&emulator).await[0].clone();
+    let done = emulator
+        .cli_ok(&[
+            "deploy",
+            &emulator.service,
+            "--update-env-vars",
+            "COLOR=green",
+            "--no-traffic",
+            "--tag",
+            "candidate",
+        ])
+        .await;
+    assert!(
+        done.stderr.contains("is serving 0 percent of traffic"),
+        "{}",
+        done.stderr
+    );
+    assert!(
+        done.stderr.contains(&format!(
+            "http://candidate---{}.localhost:",
+            emulator.service
+        )),
+        "{}",
+        done.stderr
+    );
+    let candidate = revisions(&emulator).await[0].clone();
+    for _ in 0..30 {
+        assert_eq!(
+            emulator.revision_for(&host(&emulator), "/echo").await,
+            first
+        );
+        assert_eq!(emulator.revision_for("localhost", "/echo").await, first);
+        assert_eq!(
+            emulator
+                .revision_for(&format!("candidate---{}", host(&emulator)), "/echo")
+                .await,
+            candidate
+        );
+    }
+    // An unknown tag is a 404, not someone else's revision.
+    let reply = request(
+        "GET",
+        &emulator.url("/echo"),
+        &[("host", &format!("nope---{}", host(&emulator)))],
+        Vec::new(),
+        false,
+    )
+    .await;
+    assert_eq!(reply.status, 404);
+    // --no-traffic on a new service is gcloud's error.
+    let done = emulator
+        .cli(&[
+            "deploy",
+            "brand-new",
+            "--image",
+            testapp_image(),
+            "--no-traffic",
+        ])
+        .await;
+    assert_eq!(done.status.code(), Some(2));
+    assert!(
+        done.stderr
+            .contains("--no-traffic not supported when creating a new service."),
+        "{}",
+        done.stderr
+    );
+}
+
+#[tokio::test]
+async fn a_failing_revision_leaves_traffic_where_it_was() {
+    let emulator = Emulator::start(&service_name("failing"), &[testapp_image()]).await;
+    let good = revisions(&emulator).await[0].clone();
+    let done = emulator
+        .cli(&[
+            "deploy",
+            &emulator.service,
+            "--update-env-vars",
+            "CRASH_AT_START=4",
+        ])
+        .await;
+    assert_eq!(done.status.code(), Some(3), "{}", done.stderr);
+    assert!(
+        done.stderr.contains("Container called exit(4)."),
+        "{}",
+        done.stderr
+    );
+    assert!(
+        done.stderr
+            .contains("is not ready and cannot serve traffic"),
+        "{}",
+        done.stderr
+    );
+    assert!(
+        done.stderr.contains("crashing at start with code 4"),
+        "the container's last log lines: {}",
+        done.stderr
+    );
+    for _ in 0..20 {
+        assert_eq!(emulator.revision_for(&host(&emulator), "/echo").await, good);
+    }
+    let described = emulator
+        .cli_ok(&[
+            "services",
+            "describe",
+            &emulator.service,
+            "--format",
+            "json",
+        ])
+        .await;
+    let service: serde_json::Value = serde_json::from_str(&described.stdout).unwrap();
+    let status = &service["status"];
+    assert_eq!(status["latestReadyRevisionName"], good.as_str());
+    assert_ne!(status["latestCreatedRevisionName"], good.as_str());
+    assert_eq!(status["conditions"][0]["type"], "Ready");
+    assert_eq!(status["conditions"][0]["status"], "False");
+}
+
+#[tokio::test]
+async fn rollback_moves_traffic_back_and_stops_the_abandoned_revision() {
+    let emulator = Emulator::start(&service_name("rollback"), &[testapp_image()]).await;
+    let first = revisions(&emulator).await[0].clone();
+    emulator
+        .cli_ok(&["deploy", &emulator.service, "--update-env-vars", "V=2"])
+        .await;
+    let second = revisions(&emulator).await[0].clone();
+    assert_eq!(
+        emulator.revision_for(&host(&emulator), "/echo").await,
+        second
+    );
+    // The first revision lost its traffic: drained and stopped, its record kept.
+    wait_for_containers(&emulator, 1).await;
+    let to_first = format!("{first}=100");
+    emulator
+        .cli_ok(&[
+            "services",
+            "update-traffic",
+            &emulator.service,
+            "--to-revisions",
+            &to_first,
+        ])
+        .await;
+    assert_eq!(
+        emulator.revision_for(&host(&emulator), "/echo").await,
+        first
+    );
+    wait_for_containers(&emulator, 1).await;
+    emulator
+        .cli_ok(&[
+            "services",
+            "update-traffic",
+            &emulator.service,
+            "--to-latest",
+        ])
+        .await;
+    assert_eq!(
+        emulator.revision_for(&host(&emulator), "/echo").await,
+        second
+    );
+    // A revision with traffic cannot be deleted; one without can.
+    let done = emulator.cli(&["revisions", "delete", &second]).await;
+    assert_eq!(done.status.code(), Some(1));
+    assert!(
+        done.stderr
+            .contains("cannot be deleted because it receives 100% of the traffic"),
+        "{}",
+        done.stderr
+    );
+    emulator.cli_ok(&["revisions", "delete", &first]).await;
+    assert_eq!(revisions(&emulator).await, [second]);
+}
+
+async fn wait_for_containers(emulator: &Emulator, count: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while containers_of(&emulator.service).len() != count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected {count} containers: {}",
+            emulator.stdout()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_revision_switch_under_load_fails_no_request_and_lets_long_ones_finish() {
+    let emulator = Arc::new(Emulator::start(&service_name("switch"), &[testapp_image()]).await);
+    let old = revisions(&emulator).await[0].clone();
+    let long = {
+        let emulator = emulator.clone();
+        tokio::spawn(async move {
+            request(
+                "GET",
+                &emulator.url("/sleep?ms=4000"),
+                &[],
+                Vec::new(),
+                false,
+            )
+            .await
+        })
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut loaders = Vec::new();
+    for _ in 0..4 {
+        let (emulator, stop, sent, failed) =
+            (emulator.clone(), stop.clone(), sent.clone(), failed.clone());
+        loaders.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let reply = request("GET", &emulator.url("/echo"), &[], Vec::new(), false).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                if reply.status != 200 {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    emulator
+        .cli_ok(&["deploy", &emulator.service, "--update-env-vars", "V=2"])
+        .await;
+    let new = revisions(&emulator).await[0].clone();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(emulator.revision_for("localhost", "/echo").await, new);
+    stop.store(true, Ordering::Relaxed);
+    for loader in loaders {
+        loader.await.unwrap();
+    }
+    let reply = long.await.unwrap();
+    assert_eq!(
+        (reply.status, reply.revision.as_str()),
+        (200, old.as_str()),
+        "the long request must finish on the old revision"
+    );
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(sent > 50, "only {sent} requests were sent");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} requests failed during the switch"
+    );
+}
+
+#[tokio::test]
+async fn describe_then_replace_round_trips_without_a_new_revision() {
+    let emulator = Emulator::start(&service_name("roundtrip"), &[testapp_image()]).await;
+    emulator
+        .cli_ok(&[
+            "deploy",
+            &emulator.service,
+            "--update-env-vars",
+            "A=1",
+            "--no-traffic",
+            "--tag",
+            "blue",
+        ])
+        .await;
+    let before = emulator
+        .cli_ok(&[
+            "services",
+            "describe",
+            &emulator.service,
+            "--format",
+            "yaml",
+        ])
+        .await
+        .stdout;
+    let file = std::env::temp_dir().join(format!("{}.yaml", emulator.service));
+    std::fs::write(&file, &before).unwrap();
+    emulator
+        .cli_ok(&["services", "replace", file.to_str().unwrap()])
+        .await;
+    let after = emulator
+        .cli_ok(&[
+            "services",
+            "describe",
+            &emulator.service,
+            "--format",
+            "yaml",
+        ])
+        .await
+        .stdout;
+    assert_eq!(before, after);
+    assert_eq!(revisions(&emulator).await.len(), 2);
+
+    // A bad field: its path, exit 2, and nothing changes.
+    let bad = before.replace("containerPort: 8080", "containerPort: eighty");
+    std::fs::write(&file, bad).unwrap();
+    let done = emulator
+        .cli(&["services", "replace", file.to_str().unwrap()])
+        .await;
+    assert_eq!(done.status.code(), Some(2));
+    assert!(
+        done.stderr.contains(
+            "spec.template.spec.containers[0].ports[0].containerPort: expected an integer"
+        ),
+        "{}",
+        done.stderr
+    );
+    let bad = before.replace("percent: 100", "percent: 90");
+    std::fs::write(&file, bad).unwrap();
+    let done = emulator
+        .cli(&["services", "replace", file.to_str().unwrap()])
+        .await;
+    assert_eq!(done.status.code(), Some(2));
+    assert!(
+        done.stderr.contains("Traffic targets sum to 90, want 100"),
+        "{}",
+        done.stderr
+    );
+    let unchanged = emulator
+        .cli_ok(&[
+            "services",
+            "describe",
+            &emulator.service,
+            "--format",
+            "yaml",
+        ])
+        .await
+        .stdout;
+    assert_eq!(unchanged, before);
+    std::fs::remove_file(file).unwrap();
+}
+
+#[tokio::test]
+async fn run_takes_a_service_yaml_with_secrets_and_notes() {
+    let service = service_name("yaml");
+    let dir = std::env::temp_dir().join(format!("{service}-secrets"));
+    std::fs::create_dir_all(dir.join("db-pass")).unwrap();
+    std::fs::write(dir.join("db-pass").join("latest"), "hunter2\n").unwrap();
+    let yaml = format!(
+        r#"apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: {service}
+spec:
+  template:
+    metadata:
+      name: {service}-first
+      annotations:
+        run.googleapis.com/vpc-access-connector: my-connector
+    spec:
+      serviceAccountName: sa@project.iam.gserviceaccount.com
+      containerConcurrency: 10
+      containers:
+      - image: {image}
+        ports: [{{containerPort: 9000, name: http1}}]
+        env:
+        - {{name: GREETING, value: hi}}
+        - name: DB_PASS
+          valueFrom: {{secretKeyRef: {{name: db-pass, key: latest}}}}
+"#,
+        image = testapp_image()
+    );
+    let file = dir.join("service.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let emulator = Emulator::start(
+        &service,
+        &[
+            "-f",
+            file.to_str().unwrap(),
+            "--secrets-dir",
+            dir.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let echo = get(&emulator.url("/echo")).await.json();
+    assert_eq!(echo["env"]["DB_PASS"], "hunter2");
+    assert_eq!(echo["env"]["PORT"], "9000");
+    assert_eq!(echo["env"]["K_REVISION"], format!("{service}-first"));
+    let stderr = emulator.stderr();
+    assert!(
+        stderr.contains("note: spec.template.spec.serviceAccountName: accepted"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "note: spec.template.metadata.annotations[run.googleapis.com/vpc-access-connector]"
+        ),
+        "{stderr}"
+    );
+    drop(emulator);
+
+    // A missing secret fails before anything starts, naming the field and where it looked.
+    std::fs::remove_file(dir.join("db-pass").join("latest")).unwrap();
+    let done = Emulator::run_to_exit(
+        &service,
+        &[
+            "-f",
+            file.to_str().unwrap(),
+            "--secrets-dir",
+            dir.to_str().unwrap(),
+        ],
+        &[],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(done.status.code(), Some(2), "{done:?}");
+    assert!(done.stderr.contains("spec.template.spec.containers[0].env[1].valueFrom.secretKeyRef: secret 'db-pass' version 'latest' not found"), "{}", done.stderr);
+    assert!(containers_of(&service).is_empty());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn verbs_without_an_emulator_say_how_to_start_one() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_emulate"))
+        .args(["services", "list", "--admin", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot reach the emulator's admin API at 127.0.0.1:1"),
+        "{stderr}"
+    );
+}
