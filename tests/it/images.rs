@@ -46,7 +46,8 @@ pub fn context(name: &str, files: &[(&str, &[u8], u32)]) -> PathBuf {
     let dir = Path::new(ROOT)
         .join("target")
         .join("it-contexts")
-        .join(name);
+        // Per process: a test run and a benchmark may build at the same time.
+        .join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     for (file, data, mode) in files {

@@ -287,6 +287,8 @@ async fn a_crash_mid_request_is_503_then_a_new_instance_serves() {
     assert_eq!(
         containers_of(&emulator.service).len(),
         1,
-        "the crashed container was not removed"
+        "the crashed container was not removed, or no new one runs:\n{}\n{}",
+        emulator.stdout(),
+        emulator.stderr()
     );
 }
