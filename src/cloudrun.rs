@@ -42,6 +42,10 @@ pub const REQUEST_TOO_LARGE: &str = "Your client issued a request that was too l
 
 /// The reason Cloud Run logs when an instance starts because of traffic.
 pub const REASON_AUTOSCALING: &str = "AUTOSCALING - Instance started due to traffic scaling.";
+/// The reason Cloud Run logs when an instance starts to keep min instances.
+pub const REASON_MIN_INSTANCES: &str = "MANUAL_OR_CUSTOMER_MIN_INSTANCE - Instance started because of customer-configured min-instances or manual scaling.";
+/// Cloud Run keeps an idle instance up to 15 minutes.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// Cloud Run's refusal of an image that is not linux/amd64.
 pub fn unsupported_platform(image: &str, media_type: &str) -> String {

@@ -215,17 +215,13 @@ pub async fn reap_orphans(runtime: &Runtime) -> Result<Vec<ManagedContainer>, Ru
     Ok(reaped)
 }
 
-/// Starts one instance and waits for Cloud Run's default startup probe. On any failure the
-/// container is removed before returning.
-pub async fn start(
+/// Creates (without starting) a container for an instance of the revision. A pool keeps one
+/// created ahead of time, so a cold start only has to start it.
+pub async fn create(
     runtime: &Runtime,
     spec: &RevisionSpec,
     mode: UpstreamMode,
-    printer: &LogPrinter,
-    reason: &str,
-    cancel: &CancellationToken,
-) -> Result<Instance, StartFailure> {
-    printer.system(&spec.revision, &cloudrun::starting_new_instance(reason));
+) -> Result<String, RuntimeError> {
     let container = ContainerSpec {
         name: container_name(&spec.revision, &mut rand::rng()),
         image: spec.image_id.clone(),
@@ -243,10 +239,31 @@ pub async fn start(
         port: spec.port,
         publish_port: mode == UpstreamMode::PublishedPort,
     };
-    let container_id = runtime.create(&container).await.map_err(|e| StartFailure {
-        error: e.into(),
-        last_logs: Vec::new(),
-    })?;
+    runtime.create(&container).await
+}
+
+/// Starts one instance (in `created`, a container made by [`create`], or a new one) and waits
+/// for Cloud Run's default startup probe. On any failure the container is removed before
+/// returning.
+pub async fn start(
+    runtime: &Runtime,
+    spec: &RevisionSpec,
+    mode: UpstreamMode,
+    printer: &LogPrinter,
+    reason: &str,
+    cancel: &CancellationToken,
+    created: Option<String>,
+) -> Result<Instance, StartFailure> {
+    printer.system(&spec.revision, &cloudrun::starting_new_instance(reason));
+    let container_id = match created {
+        Some(id) => id,
+        None => create(runtime, spec, mode)
+            .await
+            .map_err(|e| StartFailure {
+                error: e.into(),
+                last_logs: Vec::new(),
+            })?,
+    };
     match start_created(runtime, spec, mode, printer, &container_id, cancel).await {
         Ok(instance) => Ok(instance),
         Err(error) => {

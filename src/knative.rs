@@ -17,6 +17,10 @@ pub const LABEL_SERVICE: &str = "serving.knative.dev/service";
 pub const LABEL_CONFIGURATION: &str = "serving.knative.dev/configuration";
 pub const ANNOTATION_MIN_SCALE: &str = "autoscaling.knative.dev/minScale";
 pub const ANNOTATION_MAX_SCALE: &str = "autoscaling.knative.dev/maxScale";
+/// How long an idle instance is kept (Knative's name for keeping the last pod; here it applies
+/// to every idle instance). Cloud Run's own value is up to 15 minutes and cannot be set.
+pub const ANNOTATION_IDLE_TIMEOUT: &str =
+    "autoscaling.knative.dev/scale-to-zero-pod-retention-period";
 
 type Extra = BTreeMap<String, serde_json::Value>;
 

@@ -9,13 +9,12 @@ use std::time::{Duration, SystemTime};
 
 use http::header::HOST;
 use http::{HeaderMap, StatusCode, Uri};
-use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::cloudrun;
 use crate::instance::RevisionSpec;
 use crate::knative::{self, Condition, FieldError, ObjectMeta, RevisionTemplate};
-use crate::pool::{InstanceContext, Pool};
+use crate::pool::{InstanceContext, Pool, Scaling};
 use crate::proxy::{Backend, Refusal, Route};
 use crate::runtime::{self, RuntimeError};
 use crate::template::{self, RevisionConfig, Secrets};
@@ -291,7 +290,14 @@ impl Platform {
             cpu_millis: config.cpu_millis,
             startup_budget: config.startup_budget,
         };
-        let pool = Pool::new(spec.clone(), self.inner.ctx.clone());
+        let scaling = Scaling {
+            concurrency: config.concurrency,
+            min_instances: config.min_instances,
+            max_instances: config.max_instances,
+            idle_timeout: config.idle_timeout,
+            request_timeout: config.timeout,
+        };
+        let pool = Pool::new(spec.clone(), scaling, self.inner.ctx.clone());
         let mut frozen = template.clone();
         frozen.metadata.name = Some(name.clone());
         {
@@ -414,10 +420,8 @@ impl Platform {
 
     /// Drains a revision that lost its traffic, then stops its instances, in the background.
     fn retire(&self, pool: Pool) {
-        let drain_limit = cloudrun::MAX_REQUEST_TIMEOUT;
         self.inner.retiring.spawn(async move {
-            pool.retire(drain_limit, "revision no longer receives traffic")
-                .await;
+            pool.retire("revision no longer receives traffic").await;
         });
     }
 
@@ -718,11 +722,11 @@ fn revision_doc(
             observed_generation: Some(1),
             conditions: vec![ready],
             image_digest: Some(revision.image_digest.clone()),
-            instances: Some(serde_json::json!({
-                "trafficPercent": serving,
-                "instances": pool.instances,
-                "requests": pool.requests,
-            })),
+            instances: Some({
+                let mut view = serde_json::to_value(&pool).unwrap_or_default();
+                view["trafficPercent"] = serving.into();
+                view
+            }),
         }),
     }
 }
@@ -910,10 +914,7 @@ impl Backend for Router {
                 )
             })?,
         };
-        let lease = revision
-            .pool
-            .acquire(Instant::now() + revision.timeout)
-            .await?;
+        let lease = revision.pool.acquire().await?;
         Ok(Route {
             authority: lease.authority.clone(),
             http2: revision.http2,

@@ -1,10 +1,14 @@
-//! The instances of one revision and the leases requests hold on them. A request leases an
-//! instance for its whole life (response body, WebSocket tunnel included) and the lease is
-//! returned when dropped, so a revision that loses its traffic can be drained: no new leases,
-//! in-flight ones finish, then its containers get SIGTERM, 10 s, SIGKILL.
+//! The instances of one revision, scaled the way Cloud Run scales them, and the leases
+//! requests hold on them. A request leases a slot on an instance (never more than
+//! `containerConcurrency` per instance) for its whole life (response body and WebSocket tunnel
+//! included); with no free slot it waits while instances start (a cold start at zero), gets 429
+//! after 10 s when max instances are all busy, and is refused at once past the waiting bound.
+//! An autoscaler tick starts instances ahead of demand and removes idle ones after the idle
+//! timeout (down to min instances, or zero). Removal drains first: no new leases, in-flight
+//! requests finish, then SIGTERM, 10 s, SIGKILL.
 
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use http::uri::Authority;
 use http::StatusCode;
@@ -12,11 +16,17 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::autoscaler::{self, Autoscaler};
 use crate::cloudrun;
-use crate::instance::{self, Instance, RevisionSpec, StartFailure, UpstreamMode};
+use crate::instance::{self, Instance, RevisionSpec, StartError, StartFailure, UpstreamMode};
 use crate::logs::LogPrinter;
 use crate::proxy::Refusal;
 use crate::runtime::Runtime;
+
+/// How long a request waits for a free slot when no instance is starting for it.
+pub const NO_CAPACITY_WAIT: Duration = Duration::from_secs(10);
+/// How often the autoscaler looks at the pool.
+const TICK: Duration = Duration::from_secs(1);
 
 /// What every pool needs to start and stop containers.
 #[derive(Clone, Debug)]
@@ -30,6 +40,25 @@ pub struct InstanceContext {
     pub immediate: CancellationToken,
 }
 
+/// A revision's scaling settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scaling {
+    pub concurrency: u32,
+    pub min_instances: u32,
+    pub max_instances: u32,
+    /// An instance with no request for this long is removed (Cloud Run: up to 15 minutes).
+    pub idle_timeout: Duration,
+    /// The request timeout, which also bounds how long a drain waits.
+    pub request_timeout: Duration,
+}
+
+impl Scaling {
+    /// Requests that may wait for a slot: one full load's worth, within sane bounds.
+    fn waiting_bound(&self) -> usize {
+        (self.concurrency as usize * self.max_instances as usize).clamp(10, 10_000)
+    }
+}
+
 /// The instances of one revision. Cheap to clone.
 #[derive(Clone)]
 pub struct Pool {
@@ -38,16 +67,19 @@ pub struct Pool {
 
 struct PoolInner {
     spec: RevisionSpec,
+    scaling: Scaling,
     ctx: InstanceContext,
     state: Mutex<State>,
-    /// Signalled when an instance becomes ready, fails to start, exits, or goes idle.
+    /// Signalled when a slot frees, an instance becomes ready, fails to start, or exits.
     changed: Notify,
 }
 
-#[derive(Default)]
 struct State {
     members: Vec<Member>,
+    /// Instances being started (counted from the decision, so others do not start more).
     starting: usize,
+    /// Requests waiting for a slot.
+    waiters: usize,
     next_key: u64,
     /// While retiring, no instance is started; existing ones are drained then stopped.
     retiring: bool,
@@ -55,7 +87,20 @@ struct State {
     failed_starts: u64,
     consecutive_failures: u32,
     last_failure_at: Option<Instant>,
+    /// A container created ahead of time for the next start.
+    spare: Option<String>,
+    creating_spare: bool,
+    autoscaler: Autoscaler,
+    stats: Stats,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Stats {
     requests: u64,
+    cold_starts: u64,
+    cold_start_total: Duration,
+    last_cold_start: Option<Duration>,
+    rejected: u64,
 }
 
 struct Member {
@@ -63,10 +108,12 @@ struct Member {
     instance: Instance,
     authority: Authority,
     in_flight: u32,
-    created: SystemTime,
+    draining: bool,
+    started: Instant,
+    idle_since: Instant,
 }
 
-/// A request's hold on an instance; dropping it returns the slot.
+/// A request's slot on an instance; dropping it frees the slot.
 pub struct Lease {
     pool: Arc<PoolInner>,
     key: u64,
@@ -77,12 +124,34 @@ pub struct Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         let mut state = self.pool.lock();
-        if let Some(member) = state.members.iter_mut().find(|m| m.key == self.key) {
-            member.in_flight -= 1;
-            if member.in_flight == 0 {
-                drop(state);
-                self.pool.changed.notify_waiters();
-            }
+        let waiters = state.waiters;
+        let Some(member) = state.members.iter_mut().find(|m| m.key == self.key) else {
+            return;
+        };
+        member.in_flight -= 1;
+        if member.in_flight == 0 {
+            member.idle_since = Instant::now();
+        }
+        // Someone may be waiting for this slot, or for this instance to drain.
+        let wake = waiters > 0 || (member.draining && member.in_flight == 0);
+        drop(state);
+        if wake {
+            self.pool.changed.notify_waiters();
+        }
+    }
+}
+
+/// Counts a request among the waiters until it leases a slot or gives up (dropped, say, when
+/// the client goes away).
+struct Waiting {
+    pool: Arc<PoolInner>,
+    counted: bool,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if self.counted {
+            self.pool.lock().waiters -= 1;
         }
     }
 }
@@ -97,12 +166,18 @@ pub struct InstanceStatus {
     pub age_seconds: u64,
 }
 
-/// A pool's counters and instances.
+/// A pool's instances and counters.
 #[derive(Clone, Debug, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolStatus {
     pub instances: Vec<InstanceStatus>,
+    pub waiting: usize,
     pub requests: u64,
+    pub cold_starts: u64,
+    pub last_cold_start_ms: Option<u64>,
+    pub average_cold_start_ms: Option<u64>,
+    /// Requests refused with 429 (no instance available in time, or the waiting bound).
+    pub rejected: u64,
 }
 
 impl PoolInner {
@@ -116,79 +191,176 @@ fn backoff(consecutive_failures: u32) -> Duration {
     Duration::from_secs(1 << consecutive_failures.saturating_sub(1).min(5))
 }
 
+fn unavailable(text: &'static str) -> Refusal {
+    Refusal::new(StatusCode::SERVICE_UNAVAILABLE, text)
+}
+
+fn no_instance() -> Refusal {
+    Refusal::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        cloudrun::NO_AVAILABLE_INSTANCE,
+    )
+}
+
 impl Pool {
-    pub fn new(spec: RevisionSpec, ctx: InstanceContext) -> Self {
-        Pool {
+    /// Makes the pool and starts its autoscaler tick (which ends with the pool).
+    pub fn new(spec: RevisionSpec, scaling: Scaling, ctx: InstanceContext) -> Self {
+        let settings = autoscaler::Settings::new(
+            scaling.concurrency,
+            scaling.min_instances,
+            scaling.max_instances,
+            scaling.idle_timeout,
+        );
+        let pool = Pool {
             inner: Arc::new(PoolInner {
                 spec,
-                ctx,
-                state: Mutex::new(State::default()),
+                scaling,
+                state: Mutex::new(State {
+                    members: Vec::new(),
+                    starting: 0,
+                    waiters: 0,
+                    next_key: 0,
+                    retiring: false,
+                    failed_starts: 0,
+                    consecutive_failures: 0,
+                    last_failure_at: None,
+                    spare: None,
+                    creating_spare: false,
+                    autoscaler: Autoscaler::new(settings),
+                    stats: Stats::default(),
+                }),
                 changed: Notify::new(),
+                ctx,
             }),
-        }
+        };
+        tokio::spawn(tick(Arc::downgrade(&pool.inner)));
+        pool
+    }
+
+    fn from_inner(inner: Arc<PoolInner>) -> Self {
+        Pool { inner }
     }
 
     pub fn spec(&self) -> &RevisionSpec {
         &self.inner.spec
     }
 
-    /// Leases an instance, starting one if none is running (a cold start: the request waits
-    /// for it). Gives up at `deadline` with 429, or with 503 when the start fails.
-    pub async fn acquire(&self, deadline: Instant) -> Result<Lease, Refusal> {
+    /// Leases a slot, starting instances when every slot is taken (a cold start at zero): the
+    /// request waits for them. Gives up with 429 after 10 s when no instance can be started
+    /// (max instances, all busy), at once past the waiting bound, or with 503 when the start
+    /// it waited for failed.
+    pub async fn acquire(&self) -> Result<Lease, Refusal> {
         let inner = &self.inner;
+        let arrived = Instant::now();
+        let mut waiting = Waiting {
+            pool: inner.clone(),
+            counted: false,
+        };
+        let mut failed_before = 0;
         loop {
             let notified = inner.changed.notified();
             tokio::pin!(notified);
-            let failed_before;
-            {
+            let deadline = {
                 let mut state = inner.lock();
-                if let Some(member) = state.members.iter_mut().min_by_key(|m| m.in_flight) {
-                    member.in_flight += 1;
-                    let lease = Lease {
-                        pool: inner.clone(),
-                        key: member.key,
-                        authority: member.authority.clone(),
-                    };
-                    state.requests += 1;
+                if let Some(lease) = self.try_lease(&mut state) {
+                    if waiting.counted {
+                        state.waiters -= 1;
+                        waiting.counted = false;
+                    }
                     return Ok(lease);
                 }
                 if state.retiring {
                     return Err(unavailable(cloudrun::MALFORMED_OR_UNREACHABLE));
                 }
-                if state.starting == 0 {
-                    if let Some(at) = state.last_failure_at {
-                        if at.elapsed() < backoff(state.consecutive_failures) {
-                            return Err(unavailable(cloudrun::INSTANCE_COULD_NOT_START));
-                        }
+                if !waiting.counted {
+                    if state.waiters >= inner.scaling.waiting_bound() {
+                        state.stats.rejected += 1;
+                        return Err(no_instance());
                     }
-                    self.spawn_start(&mut state);
+                    state.waiters += 1;
+                    waiting.counted = true;
+                    failed_before = state.failed_starts;
                 }
-                failed_before = state.failed_starts;
+                self.start_for_waiters(&mut state);
+                let usable = state.members.iter().any(|m| !m.draining);
+                if state.starting == 0 && !usable && state.failed_starts != failed_before {
+                    return Err(unavailable(cloudrun::INSTANCE_COULD_NOT_START));
+                }
                 notified.as_mut().enable();
-            }
+                // While an instance starts for it, a request waits as long as its timeout
+                // allows (a cold start); with none coming, 10 s.
+                if state.starting > 0 {
+                    arrived + inner.scaling.request_timeout
+                } else {
+                    arrived + NO_CAPACITY_WAIT.min(inner.scaling.request_timeout)
+                }
+            };
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(Refusal::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    cloudrun::NO_AVAILABLE_INSTANCE,
-                ));
-            }
-            let state = inner.lock();
-            if state.members.is_empty()
-                && state.starting == 0
-                && state.failed_starts != failed_before
-            {
-                return Err(unavailable(cloudrun::INSTANCE_COULD_NOT_START));
+                let mut state = inner.lock();
+                if let Some(lease) = self.try_lease(&mut state) {
+                    state.waiters -= 1;
+                    waiting.counted = false;
+                    return Ok(lease);
+                }
+                state.stats.rejected += 1;
+                return Err(no_instance());
             }
         }
     }
 
-    fn spawn_start(&self, state: &mut State) {
+    /// The least busy instance with a free slot.
+    fn try_lease(&self, state: &mut State) -> Option<Lease> {
+        let concurrency = self.inner.scaling.concurrency;
+        let member = state
+            .members
+            .iter_mut()
+            .filter(|m| !m.draining && m.in_flight < concurrency)
+            .min_by_key(|m| m.in_flight)?;
+        member.in_flight += 1;
+        let lease = Lease {
+            pool: self.inner.clone(),
+            key: member.key,
+            authority: member.authority.clone(),
+        };
+        state.stats.requests += 1;
+        Some(lease)
+    }
+
+    /// Starts as many instances as the waiting requests need (ceil(waiting / concurrency),
+    /// less those already starting), within max instances.
+    fn start_for_waiters(&self, state: &mut State) {
+        let concurrency = self.inner.scaling.concurrency as usize;
+        let coming = state.starting * concurrency;
+        if state.waiters <= coming {
+            return;
+        }
+        let wanted = (state.waiters - coming).div_ceil(concurrency);
+        let running = state.members.iter().filter(|m| !m.draining).count();
+        let room =
+            (self.inner.scaling.max_instances as usize).saturating_sub(running + state.starting);
+        for _ in 0..wanted.min(room) {
+            self.spawn_start(state, cloudrun::REASON_AUTOSCALING, true);
+        }
+    }
+
+    /// Starts one instance in the background; `cold` when a request is waiting for it.
+    fn spawn_start(&self, state: &mut State, reason: &'static str, cold: bool) {
         state.starting += 1;
+        let delay = match state.last_failure_at {
+            Some(at) if state.consecutive_failures > 0 => {
+                backoff(state.consecutive_failures).saturating_sub(at.elapsed())
+            }
+            _ => Duration::ZERO,
+        };
+        let spare = state.spare.take();
         let pool = self.clone();
         tokio::spawn(async move {
-            let result = pool.start_instance().await;
-            if let Err(failure) = result {
-                if !matches!(failure.error, instance::StartError::Cancelled) {
+            // A crash-looping revision backs off instead of spinning.
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if let Err(failure) = pool.start_instance(reason, cold, spare).await {
+                if !matches!(failure.error, StartError::Cancelled) {
                     eprintln!("ERROR: {}", failure.report(&pool.inner.spec));
                 }
             }
@@ -198,28 +370,37 @@ impl Pool {
     /// Makes sure one instance is ready, starting it here (not in the background) so the
     /// caller gets the failure report: a deploy shows it to the user.
     pub async fn ensure_ready(&self) -> Result<(), StartFailure> {
-        {
+        let spare = {
             let mut state = self.inner.lock();
             state.retiring = false;
-            if !state.members.is_empty() {
+            if state.members.iter().any(|m| !m.draining) {
                 return Ok(());
             }
             state.starting += 1;
-        }
-        self.start_instance().await
+            state.spare.take()
+        };
+        self.start_instance(cloudrun::REASON_AUTOSCALING, false, spare)
+            .await
     }
 
     /// Starts one instance and adds it to the pool; `starting` was counted by the caller.
-    async fn start_instance(&self) -> Result<(), StartFailure> {
+    async fn start_instance(
+        &self,
+        reason: &str,
+        cold: bool,
+        spare: Option<String>,
+    ) -> Result<(), StartFailure> {
         let inner = &self.inner;
         let ctx = &inner.ctx;
+        let began = Instant::now();
         let result = instance::start(
             &ctx.runtime,
             &inner.spec,
             ctx.mode,
             &ctx.printer,
-            cloudrun::REASON_AUTOSCALING,
+            reason,
             &ctx.shutdown,
+            spare,
         )
         .await;
         let mut state = inner.lock();
@@ -230,17 +411,27 @@ impl Pool {
                 state.next_key += 1;
                 state.consecutive_failures = 0;
                 state.last_failure_at = None;
-                let container_id = started.container_id.clone();
+                if cold {
+                    let took = began.elapsed();
+                    state.stats.cold_starts += 1;
+                    state.stats.cold_start_total += took;
+                    state.stats.last_cold_start = Some(took);
+                }
                 let authority = Authority::try_from(started.addr.to_string().as_str())
                     .expect("a socket address is a valid authority");
+                let container_id = started.container_id.clone();
+                let now = Instant::now();
                 state.members.push(Member {
                     key,
                     authority,
                     instance: started,
                     in_flight: 0,
-                    created: SystemTime::now(),
+                    draining: false,
+                    started: now,
+                    idle_since: now,
                 });
                 tokio::spawn(self.clone().watch_exit(key, container_id));
+                self.keep_a_spare(&mut state);
                 Ok(())
             }
             Err(failure) => {
@@ -253,6 +444,41 @@ impl Pool {
         drop(state);
         inner.changed.notify_waiters();
         outcome
+    }
+
+    /// Creates the next instance's container ahead of time, so a cold start skips the create.
+    fn keep_a_spare(&self, state: &mut State) {
+        if state.spare.is_some() || state.creating_spare || state.retiring {
+            return;
+        }
+        state.creating_spare = true;
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let ctx = &pool.inner.ctx;
+            let created = instance::create(&ctx.runtime, &pool.inner.spec, ctx.mode).await;
+            let unwanted = {
+                let mut state = pool.inner.lock();
+                state.creating_spare = false;
+                match created {
+                    Ok(id)
+                        if state.spare.is_none()
+                            && !state.retiring
+                            && !ctx.shutdown.is_cancelled() =>
+                    {
+                        state.spare = Some(id);
+                        None
+                    }
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        tracing::debug!("could not create a spare container: {e}");
+                        None
+                    }
+                }
+            };
+            if let Some(id) = unwanted {
+                let _ = ctx.runtime.remove(&id).await;
+            }
+        });
     }
 
     /// Removes an instance whose container exits by itself (a crash, an OOM kill) and says so
@@ -269,10 +495,7 @@ impl Pool {
             let member = state.members.remove(index);
             // A crash soon after start counts toward the back-off, so a crash loop slows
             // down; an instance that ran a while is simply replaced on the next request.
-            let lived = SystemTime::now()
-                .duration_since(member.created)
-                .unwrap_or_default();
-            if lived < Duration::from_secs(10) {
+            if member.started.elapsed() < Duration::from_secs(10) {
                 state.consecutive_failures += 1;
                 state.last_failure_at = Some(Instant::now());
             }
@@ -286,7 +509,7 @@ impl Pool {
                     ctx.printer.system(
                         revision,
                         &format!(
-                            "Memory limit of {} MiB exceeded; the instance was killed.",
+                            "Memory limit of {} MiB exceeded; the instance was killed by the engine's OOM killer.",
                             self.inner.spec.memory_bytes >> 20
                         ),
                     );
@@ -304,18 +527,80 @@ impl Pool {
         }
     }
 
-    /// Stops serving: waits (up to `drain_limit`) for in-flight requests to finish, then stops
-    /// every instance (SIGTERM, grace, SIGKILL) and removes it. The pool can be started again.
-    pub async fn retire(&self, drain_limit: Duration, reason: &str) {
+    /// One autoscaler decision: observe the load, start what it asks for, drain and stop the
+    /// idle instances it lets go.
+    fn scale(&self) {
         let inner = &self.inner;
-        inner.lock().retiring = true;
-        let deadline = Instant::now() + drain_limit;
+        let mut state = inner.lock();
+        if state.retiring {
+            return;
+        }
+        let now = Instant::now();
+        let load: u32 = state.members.iter().map(|m| m.in_flight).sum();
+        let observed = f64::from(load) + state.waiters as f64;
+        state.autoscaler.observe(now, observed);
+        let active: Vec<usize> = (0..state.members.len())
+            .filter(|&i| !state.members[i].draining)
+            .collect();
+        let view = autoscaler::View {
+            starting: state.starting as u32,
+            idle_for: active
+                .iter()
+                .map(|&i| {
+                    let m = &state.members[i];
+                    (m.in_flight == 0).then(|| now.duration_since(m.idle_since))
+                })
+                .collect(),
+        };
+        let decision = state.autoscaler.decide(now, &view);
+        let reason = if decision.for_min_instances {
+            cloudrun::REASON_MIN_INSTANCES
+        } else {
+            cloudrun::REASON_AUTOSCALING
+        };
+        for _ in 0..decision.start {
+            self.spawn_start(&mut state, reason, false);
+        }
+        let idle_timeout = inner.scaling.idle_timeout;
+        let stopping: Vec<u64> = decision
+            .stop
+            .iter()
+            .filter_map(|&i| active.get(i).copied())
+            .map(|i| {
+                state.members[i].draining = true;
+                state.members[i].key
+            })
+            .collect();
+        drop(state);
+        for key in stopping {
+            let pool = self.clone();
+            tokio::spawn(async move {
+                let reason = format!("idle for {}; scaling down", humantime(idle_timeout));
+                pool.drain_and_stop(Some(key), &reason).await;
+            });
+        }
+    }
+
+    /// Waits until the instance `key` (or every instance, with None) has no request in
+    /// flight, or the request timeout passes, then stops and removes it.
+    async fn drain_and_stop(&self, key: Option<u64>, reason: &str) {
+        let inner = &self.inner;
+        let selected = |m: &Member| key.is_none_or(|k| m.key == k);
+        let deadline = Instant::now() + inner.scaling.request_timeout;
         loop {
             let notified = inner.changed.notified();
             tokio::pin!(notified);
             {
-                let state = inner.lock();
-                if state.members.iter().all(|m| m.in_flight == 0) {
+                let mut state = inner.lock();
+                for m in state.members.iter_mut().filter(|m| selected(m)) {
+                    m.draining = true;
+                }
+                if state
+                    .members
+                    .iter()
+                    .filter(|m| selected(m))
+                    .all(|m| m.in_flight == 0)
+                {
                     break;
                 }
                 notified.as_mut().enable();
@@ -324,12 +609,45 @@ impl Pool {
                 break;
             }
         }
-        self.stop_all(cloudrun::SHUTDOWN_GRACE, reason).await;
+        let members: Vec<Member> = {
+            let mut state = inner.lock();
+            let (taken, kept) = std::mem::take(&mut state.members)
+                .into_iter()
+                .partition(|m| selected(m));
+            state.members = kept;
+            taken
+        };
+        self.stop_members(members, cloudrun::SHUTDOWN_GRACE, reason)
+            .await;
     }
 
-    /// Stops every instance now (no drain), in parallel.
+    /// Stops serving: drains every instance, then stops them and removes the spare. The pool
+    /// can be started again (traffic moved back).
+    pub async fn retire(&self, reason: &str) {
+        self.inner.lock().retiring = true;
+        self.drain_and_stop(None, reason).await;
+        self.remove_spare().await;
+    }
+
+    async fn remove_spare(&self) {
+        let spare = self.inner.lock().spare.take();
+        if let Some(id) = spare {
+            let _ = self.inner.ctx.runtime.remove(&id).await;
+        }
+    }
+
+    /// Stops every instance now (no drain), in parallel, and removes the spare.
     pub async fn stop_all(&self, grace: Duration, reason: &str) {
-        let members: Vec<Member> = std::mem::take(&mut self.inner.lock().members);
+        let members = {
+            let mut state = self.inner.lock();
+            state.retiring = true;
+            std::mem::take(&mut state.members)
+        };
+        self.stop_members(members, grace, reason).await;
+        self.remove_spare().await;
+    }
+
+    async fn stop_members(&self, members: Vec<Member>, grace: Duration, reason: &str) {
         let ctx = &self.inner.ctx;
         let revision = &self.inner.spec.revision;
         let stops = members.into_iter().map(|member| async move {
@@ -373,9 +691,13 @@ impl Pool {
         futures_util::future::join_all(stops).await;
     }
 
-    /// Kills every instance at once (a second Ctrl-C) and removes them.
+    /// Kills every instance at once and removes them (an apply that failed, or an emergency).
     pub async fn kill_all(&self) {
-        let members: Vec<Member> = std::mem::take(&mut self.inner.lock().members);
+        let members = {
+            let mut state = self.inner.lock();
+            state.retiring = true;
+            std::mem::take(&mut state.members)
+        };
         let runtime = &self.inner.ctx.runtime;
         let kills = members.into_iter().map(|m| m.instance.kill(runtime));
         for result in futures_util::future::join_all(kills).await {
@@ -383,19 +705,20 @@ impl Pool {
                 eprintln!("error: {e}");
             }
         }
+        self.remove_spare().await;
     }
 
     pub fn status(&self) -> PoolStatus {
         let state = self.inner.lock();
-        let now = SystemTime::now();
+        let now = Instant::now();
         let mut instances: Vec<InstanceStatus> = state
             .members
             .iter()
             .map(|m| InstanceStatus {
                 id: m.instance.id.clone(),
-                state: "ready",
+                state: if m.draining { "draining" } else { "ready" },
                 in_flight: m.in_flight,
-                age_seconds: now.duration_since(m.created).unwrap_or_default().as_secs(),
+                age_seconds: now.duration_since(m.started).as_secs(),
             })
             .collect();
         instances.extend((0..state.starting).map(|_| InstanceStatus {
@@ -404,15 +727,42 @@ impl Pool {
             in_flight: 0,
             age_seconds: 0,
         }));
+        let stats = &state.stats;
         PoolStatus {
             instances,
-            requests: state.requests,
+            waiting: state.waiters,
+            requests: stats.requests,
+            cold_starts: stats.cold_starts,
+            last_cold_start_ms: stats.last_cold_start.map(|d| d.as_millis() as u64),
+            average_cold_start_ms: (stats.cold_starts > 0)
+                .then(|| (stats.cold_start_total / stats.cold_starts as u32).as_millis() as u64),
+            rejected: stats.rejected,
         }
     }
 }
 
-fn unavailable(text: &'static str) -> Refusal {
-    Refusal::new(StatusCode::SERVICE_UNAVAILABLE, text)
+/// The autoscaler's clock: one decision a second while the pool exists.
+async fn tick(pool: Weak<PoolInner>) {
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(inner) = pool.upgrade() else { return };
+        if inner.ctx.shutdown.is_cancelled() {
+            return;
+        }
+        Pool::from_inner(inner).scale();
+    }
+}
+
+/// `15m`, `30s`, `1m30s`: how people write durations.
+fn humantime(d: Duration) -> String {
+    let secs = d.as_secs();
+    match (secs / 60, secs % 60) {
+        (0, s) => format!("{s}s"),
+        (m, 0) => format!("{m}m"),
+        (m, s) => format!("{m}m{s}s"),
+    }
 }
 
 #[cfg(test)]
@@ -423,5 +773,26 @@ mod tests {
     fn crash_loops_back_off_up_to_32_seconds() {
         let waits: Vec<u64> = (1..=8).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 32, 32]);
+    }
+
+    #[test]
+    fn the_waiting_bound_is_one_full_load() {
+        let scaling = |concurrency, max| Scaling {
+            concurrency,
+            min_instances: 0,
+            max_instances: max,
+            idle_timeout: Duration::from_secs(900),
+            request_timeout: Duration::from_secs(300),
+        };
+        assert_eq!(scaling(1, 1).waiting_bound(), 10);
+        assert_eq!(scaling(80, 100).waiting_bound(), 8000);
+        assert_eq!(scaling(1000, 100).waiting_bound(), 10_000);
+    }
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(humantime(Duration::from_secs(900)), "15m");
+        assert_eq!(humantime(Duration::from_secs(2)), "2s");
+        assert_eq!(humantime(Duration::from_secs(90)), "1m30s");
     }
 }

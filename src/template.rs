@@ -63,6 +63,8 @@ pub struct RevisionConfig {
     pub timeout: Duration,
     pub min_instances: u32,
     pub max_instances: u32,
+    /// How long an instance may sit idle before it is removed.
+    pub idle_timeout: Duration,
     pub startup_budget: Duration,
 }
 
@@ -203,6 +205,21 @@ pub fn resolve(
             format!("max instances ({max_instances}) must be at least 1 and at least min instances ({min_instances})"),
         ));
     }
+    let idle_timeout = match annotations.get(knative::ANNOTATION_IDLE_TIMEOUT) {
+        None => cloudrun::DEFAULT_IDLE_TIMEOUT,
+        Some(v) => config::parse_duration("", v)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                FieldError::new(
+                    format!(
+                        "spec.template.metadata.annotations[{}]",
+                        knative::ANNOTATION_IDLE_TIMEOUT
+                    ),
+                    format!("expected a duration such as 30s or 15m, found '{v}'"),
+                )
+            })?,
+    };
     let startup_budget = match &container.startup_probe {
         None => cloudrun::DEFAULT_STARTUP_BUDGET,
         Some(probe) => {
@@ -244,6 +261,7 @@ pub fn resolve(
         timeout,
         min_instances,
         max_instances,
+        idle_timeout,
         startup_budget,
     })
 }

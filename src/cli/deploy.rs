@@ -51,6 +51,9 @@ pub struct DeployArgs {
     pub cpu: Option<String>,
     #[arg(long)]
     pub min_instances: Option<u32>,
+    /// Remove an instance after it has been idle this long (e.g. 30s; Cloud Run: up to 15m).
+    #[arg(long, value_name = "DURATION")]
+    pub scale_to_zero_after: Option<String>,
     #[arg(long)]
     pub max_instances: Option<u32>,
     /// Replace the entrypoint: `cmd,arg,...`.
@@ -228,6 +231,14 @@ fn apply_flags(service: &mut knative::Service, args: &DeployArgs) -> Result<(), 
     }
     if let Some(n) = args.max_instances {
         annotations.insert(knative::ANNOTATION_MAX_SCALE.to_string(), n.to_string());
+    }
+    if let Some(text) = &args.scale_to_zero_after {
+        let idle =
+            config::parse_duration("--scale-to-zero-after", text).map_err(|e| e.to_string())?;
+        annotations.insert(
+            knative::ANNOTATION_IDLE_TIMEOUT.to_string(),
+            format!("{}s", idle.as_secs().max(1)),
+        );
     }
     let spec = &mut template.spec;
     if let Some(n) = args.concurrency {

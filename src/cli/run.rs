@@ -56,6 +56,19 @@ pub struct RunArgs {
     /// Replace the image's arguments (CMD): `arg,arg,...`.
     #[arg(long, value_name = "ARG,...")]
     pub args: Option<String>,
+    /// Maximum concurrent requests per instance (1 to 1000; Cloud Run's default is 80).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub concurrency: Option<u32>,
+    /// Instances kept running even when idle.
+    #[arg(long)]
+    pub min_instances: Option<u32>,
+    /// At most this many instances (Cloud Run's default is 100).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_instances: Option<u32>,
+    /// Remove an instance after it has been idle this long (Cloud Run keeps idle instances up
+    /// to 15 minutes); e.g. 30s.
+    #[arg(long, value_name = "DURATION")]
+    pub scale_to_zero_after: Option<String>,
     /// Speak HTTP/2 cleartext (h2c) to the container end to end, as with a port named h2c.
     #[arg(long)]
     pub use_http2: bool,
@@ -121,6 +134,10 @@ pub struct RunConfig {
     pub request_timeout: Duration,
     pub startup_budget: Duration,
     pub http2: bool,
+    pub concurrency: Option<u32>,
+    pub min_instances: Option<u32>,
+    pub max_instances: Option<u32>,
+    pub idle_timeout: Option<Duration>,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub files: Vec<PathBuf>,
@@ -182,6 +199,14 @@ impl RunConfig {
             request_timeout,
             startup_budget,
             http2: args.use_http2,
+            concurrency: args.concurrency,
+            min_instances: args.min_instances,
+            max_instances: args.max_instances,
+            idle_timeout: args
+                .scale_to_zero_after
+                .as_deref()
+                .map(|t| config::parse_duration("--scale-to-zero-after", t))
+                .transpose()?,
             listen: parse_listen("--listen", &args.listen)?,
             admin_listen: parse_listen("--admin-listen", &args.admin_listen)?,
             files: args.files,
@@ -482,6 +507,19 @@ fn service_from_flags(config: &RunConfig, image: &str) -> knative::Service {
             ..Default::default()
         });
     }
+    let mut annotations = std::collections::BTreeMap::new();
+    if let Some(n) = config.min_instances {
+        annotations.insert(knative::ANNOTATION_MIN_SCALE.to_string(), n.to_string());
+    }
+    if let Some(n) = config.max_instances {
+        annotations.insert(knative::ANNOTATION_MAX_SCALE.to_string(), n.to_string());
+    }
+    if let Some(idle) = config.idle_timeout {
+        annotations.insert(
+            knative::ANNOTATION_IDLE_TIMEOUT.to_string(),
+            format!("{}s", idle.as_secs().max(1)),
+        );
+    }
     knative::Service {
         api_version: knative::API_VERSION.to_string(),
         kind: "Service".to_string(),
@@ -491,8 +529,12 @@ fn service_from_flags(config: &RunConfig, image: &str) -> knative::Service {
         },
         spec: knative::ServiceSpec {
             template: knative::RevisionTemplate {
-                metadata: Default::default(),
+                metadata: knative::ObjectMeta {
+                    annotations,
+                    ..Default::default()
+                },
                 spec: knative::RevisionSpec {
+                    container_concurrency: config.concurrency,
                     timeout_seconds: Some(config.request_timeout.as_secs().max(1)),
                     containers: vec![container],
                     ..Default::default()

@@ -10,3 +10,4 @@ mod lifecycle;
 mod proxying;
 mod revisions;
 mod running;
+mod scaling;

@@ -285,7 +285,7 @@ async fn a_crash_mid_request_is_503_then_a_new_instance_serves() {
         emulator.stdout()
     );
     assert_eq!(
-        containers_of(&emulator.service).len(),
+        running_containers_of(&emulator.service),
         1,
         "the crashed container was not removed, or no new one runs:\n{}\n{}",
         emulator.stdout(),

@@ -254,7 +254,7 @@ async fn rollback_moves_traffic_back_and_stops_the_abandoned_revision() {
 
 async fn wait_for_containers(emulator: &Emulator, count: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while containers_of(&emulator.service).len() != count {
+    while running_containers_of(&emulator.service) != count {
         assert!(
             std::time::Instant::now() < deadline,
             "expected {count} containers: {}",

@@ -75,7 +75,7 @@ async fn port_flag_sets_port_and_container_gets_limits_and_labels_only() {
         get(&emulator.url("/echo")).await.json()["env"]["PORT"],
         "9000"
     );
-    let ids = containers_of(&service);
+    let ids = running_container_ids(&service);
     assert_eq!(ids.len(), 1);
     let container = inspect(&ids[0]);
     let host = &container["HostConfig"];
@@ -188,7 +188,7 @@ async fn the_published_port_fallback_serves_through_127_0_0_1_only() {
         Emulator::start(&service, &[testapp_image(), "--upstream", "published-port"]).await;
     let reply = get(&emulator.url("/echo")).await;
     assert_eq!(reply.status, 200);
-    let ids = containers_of(&service);
+    let ids = running_container_ids(&service);
     let bindings = &inspect(&ids[0])["HostConfig"]["PortBindings"]["8080/tcp"];
     assert_eq!(bindings[0]["HostIp"], "127.0.0.1", "{bindings}");
 }

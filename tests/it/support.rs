@@ -115,6 +115,21 @@ pub fn containers_of(service: &str) -> Vec<String> {
     out.lines().map(str::to_string).collect()
 }
 
+/// Running containers of a service (not the spare one created ahead of time).
+pub fn running_containers_of(service: &str) -> usize {
+    running_container_ids(service).len()
+}
+
+pub fn running_container_ids(service: &str) -> Vec<String> {
+    let out = run_checked(Command::new("docker").args([
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=dev.emulate.service={service}"),
+    ]));
+    out.lines().map(str::to_string).collect()
+}
+
 /// The real `emulate` binary, running one service. Dropping it kills the process and removes
 /// any container of its service, so a failing test leaves nothing behind.
 pub struct Emulator {
@@ -338,6 +353,9 @@ pub struct Reply {
     pub status: u16,
     /// The test app's `x-k-revision` header: which revision answered.
     pub revision: String,
+    /// The test app's `x-in-flight` header: requests in flight in its instance when this one
+    /// started, itself included.
+    pub in_flight: u32,
     pub body: String,
 }
 
@@ -367,6 +385,11 @@ pub async fn request(
         .await
         .unwrap_or_else(|e| panic!("{method} {url} failed: {e:?}"));
     let status = response.status().as_u16();
+    let in_flight = response
+        .headers()
+        .get("x-in-flight")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
     let revision = response
         .headers()
         .get("x-k-revision")
@@ -377,6 +400,7 @@ pub async fn request(
     Reply {
         status,
         revision,
+        in_flight,
         body: String::from_utf8_lossy(&body).into_owned(),
     }
 }

@@ -24,6 +24,11 @@ impl InFlight {
         IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
         InFlight(())
     }
+
+    /// Requests in flight now, this one included.
+    pub fn count() -> usize {
+        IN_FLIGHT.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for InFlight {

@@ -45,6 +45,8 @@ pub async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible
         return Ok(ok());
     }
     let _in_flight = InFlight::start();
+    // Seen when the request started: tests of concurrency limits check it never exceeds them.
+    let in_flight_at_start = InFlight::count();
     let query = Query::parse(req.uri().query());
     let resp = match req.uri().path() {
         "/echo" => echo(req).await,
@@ -74,6 +76,8 @@ pub async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible
     if let Some(revision) = revision_header() {
         resp.headers_mut().insert("x-k-revision", revision.clone());
     }
+    resp.headers_mut()
+        .insert("x-in-flight", HeaderValue::from(in_flight_at_start));
     Ok(resp)
 }
 

@@ -1,0 +1,258 @@
+//! Autoscaling like Cloud Run: cold starts that hold requests, herds, concurrency limits,
+//! max instances and 429s, min instances, scale to zero, and drains before SIGTERM.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// The revision's status from the admin API (`status.instances` of the Revision).
+async fn pool_status(emulator: &Emulator) -> serde_json::Value {
+    let done = emulator
+        .cli_ok(&[
+            "revisions",
+            "list",
+            "--service",
+            &emulator.service,
+            "--format",
+            "json",
+        ])
+        .await;
+    let list: serde_json::Value = serde_json::from_str(&done.stdout).unwrap();
+    list[0]["status"]["instances"].clone()
+}
+
+async fn wait_until(
+    what: &str,
+    emulator: &Emulator,
+    limit: Duration,
+    mut check: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{}\n{}",
+            emulator.stdout(),
+            emulator.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_idle_service_scales_to_zero_and_the_next_request_cold_starts() {
+    let emulator = Emulator::start(
+        &service_name("zero"),
+        &[testapp_image(), "--scale-to-zero-after", "2s"],
+    )
+    .await;
+    assert_eq!(get(&emulator.url("/echo")).await.status, 200);
+    let service = emulator.service.clone();
+    wait_until("scale to zero", &emulator, Duration::from_secs(20), || {
+        running_containers_of(&service) == 0
+    })
+    .await;
+    assert!(
+        emulator.stdout().contains("idle for 2s; scaling down"),
+        "{}",
+        emulator.stdout()
+    );
+    let status = pool_status(&emulator).await;
+    assert_eq!(status["instances"].as_array().unwrap().len(), 0, "{status}");
+
+    let began = Instant::now();
+    let reply = get(&emulator.url("/echo")).await;
+    assert_eq!(reply.status, 200, "the request at zero is held, not failed");
+    assert!(began.elapsed() < Duration::from_secs(10));
+    assert_eq!(running_containers_of(&service), 1);
+    let status = pool_status(&emulator).await;
+    assert_eq!(status["coldStarts"], 1, "{status}");
+    assert!(status["lastColdStartMs"].as_u64().is_some(), "{status}");
+}
+
+#[tokio::test]
+async fn a_herd_at_zero_starts_ceil_n_over_concurrency_instances() {
+    let emulator = Emulator::start(
+        &service_name("herd"),
+        &[
+            testapp_image(),
+            "--scale-to-zero-after",
+            "1s",
+            "--concurrency",
+            "10",
+        ],
+    )
+    .await;
+    let service = emulator.service.clone();
+    wait_until("scale to zero", &emulator, Duration::from_secs(20), || {
+        running_containers_of(&service) == 0
+    })
+    .await;
+    let url = emulator.url("/sleep?ms=300");
+    let herd: Vec<_> = (0..25)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url).await.status })
+        })
+        .collect();
+    for request in herd {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    let status = pool_status(&emulator).await;
+    assert_eq!(
+        status["coldStarts"], 3,
+        "25 requests at concurrency 10 need 3 instances: {status}"
+    );
+}
+
+#[tokio::test]
+async fn concurrency_1_never_overlaps_requests_in_an_instance() {
+    let emulator = Emulator::start(
+        &service_name("single"),
+        &[
+            testapp_image(),
+            "--concurrency",
+            "1",
+            "--max-instances",
+            "3",
+        ],
+    )
+    .await;
+    let url = emulator.url("/sleep?ms=400");
+    let requests: Vec<_> = (0..9)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    for request in requests {
+        let reply = request.await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(
+            reply.in_flight, 1,
+            "two requests overlapped in one instance"
+        );
+    }
+    assert!(running_containers_of(&emulator.service) <= 3);
+}
+
+#[tokio::test]
+async fn max_instances_all_busy_gives_429_after_10_s_and_at_once_past_the_queue_bound() {
+    let emulator = Emulator::start(
+        &service_name("busy"),
+        &[
+            testapp_image(),
+            "--concurrency",
+            "1",
+            "--max-instances",
+            "1",
+        ],
+    )
+    .await;
+    let busy = {
+        let url = emulator.url("/sleep?ms=14000");
+        tokio::spawn(async move { get(&url).await.status })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let began = Instant::now();
+    let url = emulator.url("/echo");
+    // The waiting bound is 10 for one instance of concurrency 1: the 11th is refused at once.
+    let waiting: Vec<_> = (0..11)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let reply = get(&url).await;
+                (reply.status, reply.body, Instant::now())
+            })
+        })
+        .collect();
+    let mut quick = 0;
+    for request in waiting {
+        let (status, body, at) = request.await.unwrap();
+        assert_eq!(status, 429);
+        assert_eq!(
+            body,
+            "The request was aborted because there was no available instance."
+        );
+        if at.duration_since(began) < Duration::from_secs(2) {
+            quick += 1;
+        } else {
+            assert!(
+                at.duration_since(began) >= Duration::from_secs(9),
+                "a 429 after {:?}",
+                at.duration_since(began)
+            );
+        }
+    }
+    assert_eq!(quick, 1, "exactly one request is past the waiting bound");
+    assert_eq!(busy.await.unwrap(), 200);
+    assert_eq!(pool_status(&emulator).await["rejected"], 11);
+}
+
+#[tokio::test]
+async fn min_instances_are_started_and_kept() {
+    let emulator = Emulator::start(
+        &service_name("min"),
+        &[
+            testapp_image(),
+            "--min-instances",
+            "2",
+            "--scale-to-zero-after",
+            "1s",
+        ],
+    )
+    .await;
+    let service = emulator.service.clone();
+    wait_until("two instances", &emulator, Duration::from_secs(20), || {
+        running_containers_of(&service) == 2
+    })
+    .await;
+    assert!(
+        emulator
+            .stdout()
+            .contains("Reason: MANUAL_OR_CUSTOMER_MIN_INSTANCE"),
+        "{}",
+        emulator.stdout()
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        running_containers_of(&service),
+        2,
+        "min instances must be kept while idle"
+    );
+}
+
+#[tokio::test]
+async fn scaling_down_drains_an_instance_before_sigterm() {
+    let emulator = Emulator::start(
+        &service_name("drainscale"),
+        &[
+            testapp_image(),
+            "--concurrency",
+            "1",
+            "--scale-to-zero-after",
+            "1s",
+        ],
+    )
+    .await;
+    // Two overlapping requests need two instances; the long one keeps its instance busy well
+    // past the idle timeout of the other.
+    let long = {
+        let url = emulator.url("/sleep?ms=4000");
+        tokio::spawn(async move { get(&url).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let short = get(&emulator.url("/sleep?ms=100")).await;
+    assert_eq!(short.status, 200);
+    let reply = long.await.unwrap();
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "slept 4000 ms\n"),
+        "the busy instance must not be stopped under its request"
+    );
+    let service = emulator.service.clone();
+    wait_until("scale to zero", &emulator, Duration::from_secs(20), || {
+        running_containers_of(&service) == 0
+    })
+    .await;
+}
