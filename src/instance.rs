@@ -46,6 +46,7 @@ pub struct RevisionSpec {
     pub memory_bytes: u64,
     pub cpu_millis: u64,
     pub startup_budget: Duration,
+    pub liveness: Option<probe::Liveness>,
 }
 
 impl RevisionSpec {
@@ -515,6 +516,7 @@ mod tests {
             memory_bytes: 512 << 20,
             cpu_millis: 1000,
             startup_budget: Duration::from_secs(240),
+            liveness: None,
         };
         let env = spec.container_env();
         assert_eq!(env[0], ("PORT".into(), "9000".into()));

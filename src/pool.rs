@@ -431,6 +431,18 @@ impl Pool {
                     idle_since: now,
                 });
                 tokio::spawn(self.clone().watch_exit(key, container_id));
+                if let Some(liveness) = &inner.spec.liveness {
+                    // The probe port is the serving port unless the probe names another.
+                    let target = match liveness.port == inner.spec.port {
+                        true => state.members.last().map(|m| m.instance.addr),
+                        false => state.members.last().map(|m| {
+                            std::net::SocketAddr::new(m.instance.addr.ip(), liveness.port)
+                        }),
+                    };
+                    if let Some(target) = target {
+                        tokio::spawn(self.clone().watch_liveness(key, target));
+                    }
+                }
                 self.keep_a_spare(&mut state);
                 Ok(())
             }
@@ -524,6 +536,68 @@ impl Pool {
         }
         if let Err(e) = member.instance.kill(&ctx.runtime).await {
             eprintln!("warning: {e}");
+        }
+    }
+
+    /// Runs the revision's liveness probe against one instance; after `failureThreshold`
+    /// failures in a row the instance is taken out and restarted (replaced on demand).
+    async fn watch_liveness(self, key: u64, target: std::net::SocketAddr) {
+        let Some(liveness) = self.inner.spec.liveness.clone() else {
+            return;
+        };
+        tokio::time::sleep(liveness.initial_delay).await;
+        let mut failures = 0;
+        loop {
+            let serving = self
+                .inner
+                .lock()
+                .members
+                .iter()
+                .any(|m| m.key == key && !m.draining);
+            if !serving {
+                return;
+            }
+            if liveness.probe(target).await {
+                failures = 0;
+            } else {
+                failures += 1;
+            }
+            if failures >= liveness.failure_threshold {
+                break;
+            }
+            tokio::time::sleep(liveness.period).await;
+        }
+        let member = {
+            let mut state = self.inner.lock();
+            let Some(index) = state.members.iter().position(|m| m.key == key) else {
+                return;
+            };
+            state.members.remove(index)
+        };
+        self.inner.changed.notify_waiters();
+        let spec = &self.inner.spec;
+        let what = match &liveness.check {
+            crate::probe::LivenessCheck::Http { path } => {
+                format!("on port {} path {path}", liveness.port)
+            }
+            crate::probe::LivenessCheck::Grpc { .. } => format!("on port {}", liveness.port),
+        };
+        self.inner.ctx.printer.system(
+            &spec.revision,
+            &format!(
+                "LIVENESS {} probe failed {failures} times consecutively for container \"{}\" {what}. The instance {} will be restarted.",
+                liveness.kind(),
+                spec.service,
+                member.instance.id
+            ),
+        );
+        if let Err(e) = member.instance.kill(&self.inner.ctx.runtime).await {
+            eprintln!("warning: {e}");
+        }
+        // Cloud Run restarts the container: keep the revision's capacity.
+        let mut state = self.inner.lock();
+        if !state.retiring && state.members.iter().all(|m| m.draining) && state.starting == 0 {
+            self.spawn_start(&mut state, cloudrun::REASON_AUTOSCALING, false);
         }
     }
 

@@ -33,6 +33,118 @@ pub async fn tcp_connects(addr: SocketAddr, through_port_proxy: bool) -> bool {
     }
 }
 
+/// A liveness probe: HTTP GET (200-399 is alive) or gRPC health check (SERVING is alive),
+/// run every `period` after startup; `failure_threshold` failures in a row restart the instance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Liveness {
+    pub check: LivenessCheck,
+    pub port: u16,
+    pub initial_delay: Duration,
+    pub period: Duration,
+    pub timeout: Duration,
+    pub failure_threshold: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum LivenessCheck {
+    Http { path: String },
+    Grpc { service: String },
+}
+
+impl Liveness {
+    /// `HTTP` or `gRPC`, as Cloud Run names probes in its log lines.
+    pub fn kind(&self) -> &'static str {
+        match self.check {
+            LivenessCheck::Http { .. } => "HTTP",
+            LivenessCheck::Grpc { .. } => "gRPC",
+        }
+    }
+
+    /// One probe of the instance at `addr`; true when it answered alive within the timeout.
+    pub async fn probe(&self, addr: SocketAddr) -> bool {
+        tokio::time::timeout(self.timeout, self.check.run(addr))
+            .await
+            .unwrap_or(false)
+    }
+}
+
+impl LivenessCheck {
+    async fn run(&self, addr: SocketAddr) -> bool {
+        use http_body_util::{BodyExt, Full};
+        let Ok(stream) = TcpStream::connect(addr).await else {
+            return false;
+        };
+        let io = hyper_util::rt::TokioIo::new(stream);
+        match self {
+            LivenessCheck::Http { path } => {
+                let Ok((mut sender, connection)) = hyper::client::conn::http1::handshake(io).await
+                else {
+                    return false;
+                };
+                tokio::spawn(connection);
+                let request = http::Request::get(path.as_str())
+                    .header(http::header::HOST, addr.to_string())
+                    .header(http::header::USER_AGENT, "emulate-liveness-probe")
+                    .body(Full::new(bytes::Bytes::new()));
+                let Ok(request) = request else { return false };
+                match sender.send_request(request).await {
+                    Ok(response) => (200..400).contains(&response.status().as_u16()),
+                    Err(_) => false,
+                }
+            }
+            LivenessCheck::Grpc { service } => {
+                let executor = hyper_util::rt::TokioExecutor::new();
+                let Ok((mut sender, connection)) =
+                    hyper::client::conn::http2::handshake(executor, io).await
+                else {
+                    return false;
+                };
+                tokio::spawn(connection);
+                let request =
+                    http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+                        .header(http::header::CONTENT_TYPE, "application/grpc")
+                        .header(http::header::TE, "trailers")
+                        .body(Full::new(grpc_health_request(service)));
+                let Ok(request) = request else { return false };
+                let Ok(response) = sender.send_request(request).await else {
+                    return false;
+                };
+                if response.status() != http::StatusCode::OK {
+                    return false;
+                }
+                let Ok(collected) = response.into_body().collect().await else {
+                    return false;
+                };
+                let status_ok = collected
+                    .trailers()
+                    .and_then(|t| t.get("grpc-status"))
+                    .is_none_or(|s| s == "0");
+                status_ok && grpc_health_serving(&collected.to_bytes())
+            }
+        }
+    }
+}
+
+/// A `grpc.health.v1.HealthCheckRequest { service }`, length-prefixed as gRPC frames it.
+fn grpc_health_request(service: &str) -> bytes::Bytes {
+    let mut message = Vec::new();
+    if !service.is_empty() {
+        // Field 1, wire type 2 (length-delimited); a service name is far shorter than 128.
+        message.push(0x0a);
+        message.push(service.len().min(127) as u8);
+        message.extend_from_slice(&service.as_bytes()[..service.len().min(127)]);
+    }
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    frame.into()
+}
+
+/// Whether a framed `HealthCheckResponse` says SERVING (field 1 = 1).
+fn grpc_health_serving(frame: &[u8]) -> bool {
+    frame.len() >= 5 && frame[5..].windows(2).any(|w| w == [0x08, 0x01])
+}
+
 /// Why a container is not reachable where Cloud Run sends traffic, when that can be told from
 /// its listening sockets.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,6 +271,17 @@ mod tests {
             v6,
             vec!["[::1]:8080".parse().unwrap(), "[::]:80".parse().unwrap()]
         );
+    }
+
+    #[test]
+    fn grpc_health_messages_are_framed() {
+        assert_eq!(&grpc_health_request("")[..], &[0, 0, 0, 0, 0]);
+        assert_eq!(
+            &grpc_health_request("a")[..],
+            &[0, 0, 0, 0, 3, 0x0a, 1, b'a']
+        );
+        assert!(grpc_health_serving(&[0, 0, 0, 0, 2, 0x08, 0x01]));
+        assert!(!grpc_health_serving(&[0, 0, 0, 0, 2, 0x08, 0x02]));
     }
 
     #[test]

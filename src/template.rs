@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::cloudrun;
 use crate::config;
 use crate::knative::{self, FieldError, RevisionTemplate};
+use crate::probe::{Liveness, LivenessCheck};
 
 /// Cloud Run's default maximum number of instances.
 pub const DEFAULT_MAX_INSTANCES: u32 = 100;
@@ -66,6 +67,7 @@ pub struct RevisionConfig {
     /// How long an instance may sit idle before it is removed.
     pub idle_timeout: Duration,
     pub startup_budget: Duration,
+    pub liveness: Option<Liveness>,
 }
 
 /// Checks a template and resolves it. `notes` collects one-line notes about settings that
@@ -233,11 +235,10 @@ pub fn resolve(
             Duration::from_secs((delay + period.max(timeout) * failures).clamp(1, 3600))
         }
     };
-    if container.liveness_probe.is_some() {
-        notes.push(format!(
-            "{at}.livenessProbe: accepted; liveness probes are not run by this emulator yet"
-        ));
-    }
+    let liveness = match &container.liveness_probe {
+        None => None,
+        Some(probe) => Some(liveness(probe, port, &format!("{at}.livenessProbe"))?),
+    };
     if spec.service_account_name.is_some() {
         notes.push(format!("{SPEC}.serviceAccountName: accepted; it has no local effect (the container gets no Google credentials)"));
     }
@@ -263,6 +264,41 @@ pub fn resolve(
         max_instances,
         idle_timeout,
         startup_budget,
+        liveness,
+    })
+}
+
+/// A liveness probe with Cloud Run's field defaults (period 10 s, timeout 1 s, 3 failures).
+fn liveness(probe: &knative::Probe, port: u16, at: &str) -> Result<Liveness, FieldError> {
+    let (check, probe_port) = match (&probe.http_get, &probe.grpc, &probe.tcp_socket) {
+        (Some(http), None, None) => (
+            LivenessCheck::Http {
+                path: http.path.clone().unwrap_or_else(|| "/".to_string()),
+            },
+            http.port,
+        ),
+        (None, Some(grpc), None) => (
+            LivenessCheck::Grpc {
+                service: grpc.service.clone().unwrap_or_default(),
+            },
+            grpc.port,
+        ),
+        (None, None, Some(_)) => {
+            return Err(FieldError::new(
+                format!("{at}.tcpSocket"),
+                "Cloud Run liveness probes are httpGet or grpc",
+            ))
+        }
+        _ => return Err(FieldError::new(at, "set exactly one of httpGet or grpc")),
+    };
+    let seconds = |v: Option<u64>, default: u64| Duration::from_secs(v.unwrap_or(default));
+    Ok(Liveness {
+        check,
+        port: probe_port.unwrap_or(port),
+        initial_delay: seconds(probe.initial_delay_seconds, 0),
+        period: seconds(probe.period_seconds, 10).max(Duration::from_secs(1)),
+        timeout: seconds(probe.timeout_seconds, 1).max(Duration::from_secs(1)),
+        failure_threshold: probe.failure_threshold.unwrap_or(3).max(1),
     })
 }
 

@@ -256,3 +256,53 @@ async fn scaling_down_drains_an_instance_before_sigterm() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn failing_liveness_probes_restart_the_instance() {
+    for (kind, probe) in [("HTTP", "httpGet: {path: /healthz}"), ("gRPC", "grpc: {}")] {
+        let service = service_name("liveness");
+        let yaml = format!(
+            r#"apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {{name: {service}}}
+spec:
+  template:
+    spec:
+      containers:
+      - image: {image}
+        livenessProbe:
+          {probe}
+          periodSeconds: 1
+          failureThreshold: 2
+"#,
+            image = testapp_image()
+        );
+        let file = std::env::temp_dir().join(format!("{service}.yaml"));
+        std::fs::write(&file, yaml).unwrap();
+        let emulator = Emulator::start(&service, &["-f", file.to_str().unwrap()]).await;
+        let first = running_container_ids(&service);
+        assert_eq!(first.len(), 1);
+        // Healthy instances are left alone.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(running_container_ids(&service), first);
+        assert_eq!(get(&emulator.url("/sick")).await.status, 200);
+        wait_until("a restart", &emulator, Duration::from_secs(30), || {
+            let now = running_container_ids(&service);
+            now.len() == 1 && now != first
+        })
+        .await;
+        let stdout = emulator.stdout();
+        assert!(
+            stdout.contains(&format!(
+                "LIVENESS {kind} probe failed 2 times consecutively"
+            )),
+            "{stdout}"
+        );
+        assert_eq!(
+            get(&emulator.url("/healthz")).await.body,
+            "healthy\n",
+            "the new instance is healthy"
+        );
+        std::fs::remove_file(file).unwrap();
+    }
+}

@@ -24,6 +24,10 @@ pub type Body = Either<Full<Bytes>, UnsyncBoxBody<Bytes, Infallible>>;
 /// Memory handed out by `/alloc`, kept here forever so it stays resident.
 static LEAKED: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
+/// Set by `/sick`: from then on `/healthz` and the gRPC health check fail, so tests can watch
+/// liveness probes restart the instance.
+static SICK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The size of a page; `/alloc` writes one byte per page to make it resident.
 const PAGE: usize = 4096;
 
@@ -60,6 +64,15 @@ pub async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible
         "/status" => status(&query),
         "/crash" => crash(&query),
         "/upload" => upload(req).await,
+        "/healthz" if SICK.load(std::sync::atomic::Ordering::SeqCst) => {
+            Ok(text(StatusCode::SERVICE_UNAVAILABLE, "sick\n"))
+        }
+        "/healthz" => Ok(text(StatusCode::OK, "healthy\n")),
+        "/sick" => {
+            SICK.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(text(StatusCode::OK, "sick from now on\n"))
+        }
+        "/grpc.health.v1.Health/Check" => Ok(grpc_health()),
         "/log" => {
             let severity = query.get("severity").unwrap_or("INFO");
             output::json(severity, query.get("message").unwrap_or(""));
@@ -220,6 +233,29 @@ fn ticker(
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(resp)
+}
+
+/// `grpc.health.v1.Health/Check`: SERVING (1), or NOT_SERVING (2) once `/sick` was called,
+/// as a length-prefixed gRPC message followed by `grpc-status: 0` trailers.
+fn grpc_health() -> Response<Body> {
+    let status = if SICK.load(std::sync::atomic::Ordering::SeqCst) {
+        2
+    } else {
+        1
+    };
+    let mut trailers = hyper::HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let frames = vec![
+        Ok::<_, Infallible>(Frame::data(Bytes::from(vec![0, 0, 0, 0, 2, 0x08, status]))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let body = StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
+    let mut resp = Response::new(Either::Right(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    resp
 }
 
 /// Grows the process's resident memory by `mib` MiB for good, to test memory limits.
