@@ -6,6 +6,7 @@ pub mod deploy;
 pub mod revisions;
 pub mod run;
 pub mod services;
+pub mod smoke;
 
 use std::process::ExitCode;
 
@@ -31,6 +32,10 @@ pub enum Command {
     /// Manage revisions of the running emulator, as `gcloud run revisions`.
     #[command(subcommand)]
     Revisions(revisions::RevisionsCommand),
+    /// Smoke-test an image before `gcloud run deploy`: fails where Cloud Run would.
+    /// Exit codes: 0 passed, 1 a check failed, 2 bad usage or input, 3 the service never
+    /// became ready, 4 Docker unavailable, 130 interrupted.
+    Smoke(smoke::SmokeArgs),
 }
 
 /// Exit codes, the same for every command.
@@ -82,6 +87,7 @@ pub fn main() -> ExitCode {
             Command::Deploy(args) => deploy::run(args).await,
             Command::Services(command) => services::run(command).await,
             Command::Revisions(command) => revisions::run(command).await,
+            Command::Smoke(args) => smoke::run(args).await,
         }
     });
     // Tasks still running (log followers of removed containers) must not hold the exit.

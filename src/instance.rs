@@ -435,6 +435,10 @@ pub struct StopReport {
     /// True when it ignored SIGTERM for the whole grace period and was SIGKILLed.
     pub killed: bool,
     pub took: Duration,
+    /// It had already exited by itself (a crash the exit watcher had not reported yet), and
+    /// whether the engine had OOM-killed it.
+    pub already_exited: bool,
+    pub oom_killed: bool,
 }
 
 impl Instance {
@@ -444,20 +448,21 @@ impl Instance {
         runtime: &Runtime,
         grace: Duration,
     ) -> Result<StopReport, RuntimeError> {
+        let before = runtime.inspect(&self.container_id).await.ok();
+        let already_exited = before.as_ref().is_some_and(|i| !i.running);
         let began = Instant::now();
         let stopped = runtime.stop(&self.container_id, grace).await;
         let took = began.elapsed();
-        let exit_code = runtime
-            .inspect(&self.container_id)
-            .await
-            .ok()
-            .and_then(|i| i.exit_code);
+        let after = runtime.inspect(&self.container_id).await.ok();
+        let exit_code = after.as_ref().and_then(|i| i.exit_code);
         self.finish(runtime).await?;
         stopped?;
         Ok(StopReport {
             exit_code,
-            killed: took >= grace && exit_code == Some(137),
+            killed: !already_exited && took >= grace && exit_code == Some(137),
             took,
+            already_exited,
+            oom_killed: after.is_some_and(|i| i.oom_killed),
         })
     }
 

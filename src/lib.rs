@@ -16,5 +16,6 @@ pub mod proxy;
 pub mod runtime;
 pub mod sample;
 pub mod shutdown;
+pub mod smoke;
 pub mod template;
 pub mod traffic;

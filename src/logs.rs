@@ -41,13 +41,28 @@ pub fn parse_line(line: &str) -> Entry {
 #[derive(Clone, Debug)]
 pub struct LogPrinter {
     color: bool,
+    /// Logs go to stderr when stdout carries a result (`emulate smoke`).
+    stderr: bool,
 }
 
 impl LogPrinter {
     pub fn stdout() -> Self {
         LogPrinter {
-            color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            color: Self::stdout_is_colored(),
+            stderr: false,
         }
+    }
+
+    pub fn stderr() -> Self {
+        LogPrinter {
+            color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            stderr: true,
+        }
+    }
+
+    /// Colour only on a terminal, and never with NO_COLOR set.
+    pub fn stdout_is_colored() -> bool {
+        std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
     }
 
     /// A line the emulator writes in Cloud Run's name (instance started, probe succeeded...).
@@ -83,9 +98,14 @@ impl LogPrinter {
     }
 
     fn write(&self, line: &str) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
+        if self.stderr {
+            let mut out = std::io::stderr().lock();
+            let _ = writeln!(out, "{line}");
+        } else {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
     }
 }
 

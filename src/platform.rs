@@ -647,6 +647,33 @@ impl Platform {
         self.inner.retiring.wait().await;
     }
 
+    /// The pools of a service's revisions that receive traffic (by percent or tag).
+    pub fn serving_pools(&self, service: &str) -> Vec<Pool> {
+        let state = self.state();
+        let Some(record) = state.get(service) else {
+            return Vec::new();
+        };
+        record
+            .revisions
+            .iter()
+            .filter(|r| {
+                record.traffic.iter().any(|t| match &t.key {
+                    TargetKey::Latest => record.latest_ready.as_deref() == Some(r.name.as_str()),
+                    TargetKey::Revision(name) => *name == r.name,
+                })
+            })
+            .map(|r| r.pool.clone())
+            .collect()
+    }
+
+    /// Every pool, for totals at the end of a run.
+    pub fn all_pools(&self) -> Vec<Pool> {
+        self.state()
+            .values()
+            .flat_map(|s| s.revisions.iter().map(|r| r.pool.clone()))
+            .collect()
+    }
+
     /// The front end's view: a cheap handle that routes requests.
     pub fn router(&self) -> Router {
         Router {

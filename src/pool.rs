@@ -101,6 +101,13 @@ struct Stats {
     cold_start_total: Duration,
     last_cold_start: Option<Duration>,
     rejected: u64,
+    /// From container start to a passed startup probe, for the last instance that started.
+    last_startup: Option<Duration>,
+    /// Instances that exited by themselves, and how many of them the engine OOM-killed.
+    crashes: u64,
+    oom_kills: u64,
+    /// Instances that ignored SIGTERM for the whole grace period and were SIGKILLed.
+    killed_after_grace: u64,
 }
 
 struct Member {
@@ -109,8 +116,18 @@ struct Member {
     authority: Authority,
     in_flight: u32,
     draining: bool,
+    /// A request could not reach it: no new leases until Docker says it still runs (its
+    /// address may soon belong to another container).
+    suspect: bool,
     started: Instant,
     idle_since: Instant,
+}
+
+impl Member {
+    /// Whether new requests may go to it.
+    fn usable(&self) -> bool {
+        !self.draining && !self.suspect
+    }
 }
 
 /// A request's slot on an instance; dropping it frees the slot.
@@ -138,6 +155,26 @@ impl Drop for Lease {
         if wake {
             self.pool.changed.notify_waiters();
         }
+    }
+}
+
+impl Lease {
+    /// The request could not reach the instance (refused, reset, closed early). It gets no
+    /// new requests until Docker confirms it still runs: if it died, its address is free and
+    /// may soon belong to another container, which must never receive this revision's traffic.
+    pub fn unreachable(&self) {
+        {
+            let mut state = self.pool.lock();
+            let Some(member) = state.members.iter_mut().find(|m| m.key == self.key) else {
+                return;
+            };
+            if member.suspect {
+                return;
+            }
+            member.suspect = true;
+        }
+        let (pool, key) = (Pool::from_inner(self.pool.clone()), self.key);
+        tokio::spawn(async move { pool.recheck(key).await });
     }
 }
 
@@ -178,6 +215,10 @@ pub struct PoolStatus {
     pub average_cold_start_ms: Option<u64>,
     /// Requests refused with 429 (no instance available in time, or the waiting bound).
     pub rejected: u64,
+    pub last_startup_ms: Option<u64>,
+    pub crashes: u64,
+    pub oom_kills: u64,
+    pub killed_after_grace: u64,
 }
 
 impl PoolInner {
@@ -282,7 +323,7 @@ impl Pool {
                     failed_before = state.failed_starts;
                 }
                 self.start_for_waiters(&mut state);
-                let usable = state.members.iter().any(|m| !m.draining);
+                let usable = state.members.iter().any(Member::usable);
                 if state.starting == 0 && !usable && state.failed_starts != failed_before {
                     return Err(unavailable(cloudrun::INSTANCE_COULD_NOT_START));
                 }
@@ -314,7 +355,7 @@ impl Pool {
         let member = state
             .members
             .iter_mut()
-            .filter(|m| !m.draining && m.in_flight < concurrency)
+            .filter(|m| m.usable() && m.in_flight < concurrency)
             .min_by_key(|m| m.in_flight)?;
         member.in_flight += 1;
         let lease = Lease {
@@ -335,7 +376,7 @@ impl Pool {
             return;
         }
         let wanted = (state.waiters - coming).div_ceil(concurrency);
-        let running = state.members.iter().filter(|m| !m.draining).count();
+        let running = state.members.iter().filter(|m| m.usable()).count();
         let room =
             (self.inner.scaling.max_instances as usize).saturating_sub(running + state.starting);
         for _ in 0..wanted.min(room) {
@@ -411,6 +452,7 @@ impl Pool {
                 state.next_key += 1;
                 state.consecutive_failures = 0;
                 state.last_failure_at = None;
+                state.stats.last_startup = Some(started.startup);
                 if cold {
                     let took = began.elapsed();
                     state.stats.cold_starts += 1;
@@ -427,6 +469,7 @@ impl Pool {
                     instance: started,
                     in_flight: 0,
                     draining: false,
+                    suspect: false,
                     started: now,
                     idle_since: now,
                 });
@@ -505,6 +548,10 @@ impl Pool {
                 return;
             };
             let member = state.members.remove(index);
+            state.stats.crashes += 1;
+            if matches!(exited, Ok((_, true))) {
+                state.stats.oom_kills += 1;
+            }
             // A crash soon after start counts toward the back-off, so a crash loop slows
             // down; an instance that ran a while is simply replaced on the next request.
             if member.started.elapsed() < Duration::from_secs(10) {
@@ -598,6 +645,31 @@ impl Pool {
         let mut state = self.inner.lock();
         if !state.retiring && state.members.iter().all(|m| m.draining) && state.starting == 0 {
             self.spawn_start(&mut state, cloudrun::REASON_AUTOSCALING, false);
+        }
+    }
+
+    /// Clears a suspicion when the instance's container still runs; a dead one is removed by
+    /// its exit watcher.
+    async fn recheck(&self, key: u64) {
+        let container_id = {
+            let state = self.inner.lock();
+            match state.members.iter().find(|m| m.key == key) {
+                Some(m) => m.instance.container_id.clone(),
+                None => return,
+            }
+        };
+        let running = self
+            .inner
+            .ctx
+            .runtime
+            .inspect(&container_id)
+            .await
+            .is_ok_and(|info| info.running);
+        if running {
+            if let Some(m) = self.inner.lock().members.iter_mut().find(|m| m.key == key) {
+                m.suspect = false;
+            }
+            self.inner.changed.notify_waiters();
         }
     }
 
@@ -703,6 +775,12 @@ impl Pool {
         self.remove_spare().await;
     }
 
+    /// Drains and stops every instance but keeps serving: the next request cold-starts. For a
+    /// smoke test's cold-start check.
+    pub async fn scale_to_zero(&self, reason: &str) {
+        self.drain_and_stop(None, reason).await;
+    }
+
     async fn remove_spare(&self) {
         let spare = self.inner.lock().spare.take();
         if let Some(id) = spare {
@@ -741,7 +819,29 @@ impl Pool {
                     return;
                 }
             };
+            if let Ok(report) = &stopped {
+                let mut state = self.inner.lock();
+                state.stats.killed_after_grace += u64::from(report.killed);
+                // It died before the stop; the exit watcher had not caught up yet.
+                state.stats.crashes += u64::from(report.already_exited);
+                state.stats.oom_kills += u64::from(report.already_exited && report.oom_killed);
+            }
             match stopped {
+                Ok(report) if report.already_exited => {
+                    if report.oom_killed {
+                        ctx.printer.system(
+                            revision,
+                            &format!(
+                                "Memory limit of {} MiB exceeded; the instance was killed by the engine's OOM killer.",
+                                self.inner.spec.memory_bytes >> 20
+                            ),
+                        );
+                    }
+                    ctx.printer.system(
+                        revision,
+                        &cloudrun::container_called_exit(report.exit_code.unwrap_or(-1)),
+                    );
+                }
                 Ok(report) if report.killed => ctx.printer.system(
                     revision,
                     &format!("Instance {id} stopped ({reason}): it did not exit within {} s of SIGTERM and was sent SIGKILL.", grace.as_secs()),
@@ -811,6 +911,10 @@ impl Pool {
             average_cold_start_ms: (stats.cold_starts > 0)
                 .then(|| (stats.cold_start_total / stats.cold_starts as u32).as_millis() as u64),
             rejected: stats.rejected,
+            last_startup_ms: stats.last_startup.map(|d| d.as_millis() as u64),
+            crashes: stats.crashes,
+            oom_kills: stats.oom_kills,
+            killed_after_grace: stats.killed_after_grace,
         }
     }
 }

@@ -279,6 +279,12 @@ impl<B: Backend> Proxy<B> {
             }
             Err(e) => {
                 tracing::debug!("forwarding to {} failed: {e:?}", route.authority);
+                if e.is_connect()
+                    || caused_by::<std::io::Error>(&e)
+                    || caused_by::<hyper::Error>(&e)
+                {
+                    route.lease.unreachable();
+                }
                 return refusal(
                     StatusCode::SERVICE_UNAVAILABLE,
                     cloudrun::MALFORMED_OR_UNREACHABLE,

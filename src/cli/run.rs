@@ -266,36 +266,15 @@ pub async fn run(args: RunArgs) -> Exit {
         }
     };
     // Service files are read and checked before anything starts.
-    let mut documents = Vec::new();
-    for path in &config.files {
-        match read_service_file(path) {
-            Ok(doc) => documents.push(doc),
-            Err(message) => {
-                eprintln!("error: {message}");
-                return Exit::Usage;
-            }
-        }
-    }
-    let signals = Signals::install();
-    let runtime = match Runtime::connect().await {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Exit::DockerUnavailable;
-        }
+    let mut documents = match read_service_files(&config.files) {
+        Ok(documents) => documents,
+        Err(exit) => return exit,
     };
-    match instance::reap_orphans(&runtime).await {
-        Ok(reaped) if !reaped.is_empty() => {
-            let names: Vec<&str> = reaped.iter().map(|c| c.name.as_str()).collect();
-            eprintln!(
-                "Removed {} container(s) left behind by an emulator that was killed: {}",
-                reaped.len(),
-                names.join(", ")
-            );
-        }
-        Ok(_) => {}
-        Err(e) => eprintln!("warning: could not look for leftover containers: {e}"),
-    }
+    let signals = Signals::install();
+    let runtime = match connect_and_reap().await {
+        Ok(runtime) => runtime,
+        Err(exit) => return exit,
+    };
     // Bind before starting anything, so a busy port fails fast and leaves nothing behind.
     let listener = match bind("--listen", config.listen).await {
         Ok(listener) => listener,
@@ -315,14 +294,7 @@ pub async fn run(args: RunArgs) -> Exit {
         };
         documents.push(service_from_flags(&config, &image));
     }
-    let mode = match config.upstream {
-        UpstreamChoice::ContainerIp => UpstreamMode::ContainerIp,
-        UpstreamChoice::PublishedPort => UpstreamMode::PublishedPort,
-        UpstreamChoice::Auto => match runtime.is_docker_desktop().await {
-            Ok(true) => UpstreamMode::PublishedPort,
-            _ => UpstreamMode::ContainerIp,
-        },
-    };
+    let mode = upstream_mode(&runtime, config.upstream).await;
     let platform = Platform::new(
         InstanceContext {
             runtime: runtime.clone(),
@@ -418,9 +390,55 @@ pub async fn run(args: RunArgs) -> Exit {
     Exit::Success
 }
 
+/// Reads and checks service files, naming the file and field of any error (exit 2).
+pub(crate) fn read_service_files(paths: &[PathBuf]) -> Result<Vec<knative::Service>, Exit> {
+    paths
+        .iter()
+        .map(|path| {
+            read_service_file(path).map_err(|message| {
+                eprintln!("error: {message}");
+                Exit::Usage
+            })
+        })
+        .collect()
+}
+
+/// Reaches Docker (exit 4 if it cannot) and removes containers a killed emulator left behind.
+pub(crate) async fn connect_and_reap() -> Result<Runtime, Exit> {
+    let runtime = Runtime::connect().await.map_err(|e| {
+        eprintln!("error: {e}");
+        Exit::DockerUnavailable
+    })?;
+    match instance::reap_orphans(&runtime).await {
+        Ok(reaped) if !reaped.is_empty() => {
+            let names: Vec<&str> = reaped.iter().map(|c| c.name.as_str()).collect();
+            eprintln!(
+                "Removed {} container(s) left behind by an emulator that was killed: {}",
+                reaped.len(),
+                names.join(", ")
+            );
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: could not look for leftover containers: {e}"),
+    }
+    Ok(runtime)
+}
+
+/// How to reach containers: the choice, or for `auto` what the engine allows.
+pub(crate) async fn upstream_mode(runtime: &Runtime, choice: UpstreamChoice) -> UpstreamMode {
+    match choice {
+        UpstreamChoice::ContainerIp => UpstreamMode::ContainerIp,
+        UpstreamChoice::PublishedPort => UpstreamMode::PublishedPort,
+        UpstreamChoice::Auto => match runtime.is_docker_desktop().await {
+            Ok(true) => UpstreamMode::PublishedPort,
+            _ => UpstreamMode::ContainerIp,
+        },
+    }
+}
+
 /// Exit code for a failed apply: the user's input (2), the revision never ready (3), or
 /// anything else (1).
-fn apply_exit(error: &ApplyError) -> Exit {
+pub(crate) fn apply_exit(error: &ApplyError) -> Exit {
     match error {
         ApplyError::Invalid(_) | ApplyError::Traffic(_) => Exit::Usage,
         ApplyError::NotReady(_) | ApplyError::Unsupported(_) => Exit::NotReady,
@@ -428,7 +446,7 @@ fn apply_exit(error: &ApplyError) -> Exit {
     }
 }
 
-async fn bind(flag: &str, addr: SocketAddr) -> Result<TcpListener, Exit> {
+pub(crate) async fn bind(flag: &str, addr: SocketAddr) -> Result<TcpListener, Exit> {
     TcpListener::bind(addr).await.map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
             format!(
@@ -450,7 +468,10 @@ pub fn read_service_file(path: &std::path::Path) -> Result<knative::Service, Str
 }
 
 /// The built-in sample is built here; a named image is left to the platform to find or pull.
-async fn resolve_image_flag(runtime: &Runtime, choice: &ImageChoice) -> Result<String, Exit> {
+pub(crate) async fn resolve_image_flag(
+    runtime: &Runtime,
+    choice: &ImageChoice,
+) -> Result<String, Exit> {
     match choice {
         ImageChoice::User(image) => Ok(image.clone()),
         ImageChoice::Sample => {
@@ -464,7 +485,7 @@ async fn resolve_image_flag(runtime: &Runtime, choice: &ImageChoice) -> Result<S
 }
 
 /// The Service document `emulate run IMAGE --flags` describes, as gcloud would build it.
-fn service_from_flags(config: &RunConfig, image: &str) -> knative::Service {
+pub(crate) fn service_from_flags(config: &RunConfig, image: &str) -> knative::Service {
     let mut container = knative::Container {
         image: image.to_string(),
         command: config.command.clone(),

@@ -115,12 +115,13 @@ async fn a_listener_on_another_port_is_diagnosed() {
 #[tokio::test]
 async fn a_crash_at_start_fails_at_once_with_its_exit_code() {
     let service = service_name("crash");
+    let image = testapp_image();
     let began = Instant::now();
     // A long budget: the exit must end the wait, not the budget.
     let done = fails(
         &service,
         &[
-            testapp_image(),
+            image,
             "--set-env-vars",
             "CRASH_AT_START=3",
             "--startup-timeout",

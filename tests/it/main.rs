@@ -11,3 +11,4 @@ mod proxying;
 mod revisions;
 mod running;
 mod scaling;
+mod smoke;

@@ -338,7 +338,24 @@ impl Emulator {
 }
 
 impl Drop for Emulator {
+    /// Stops the emulator the way a user would (Ctrl-C, then a second one if it lingers), so
+    /// it removes what it started; then removes anything of its service still there.
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let pid = self.child.id().to_string();
+            let interrupt = |_: ()| {
+                let _ = Command::new("kill").arg("-INT").arg(&pid).status();
+            };
+            interrupt(());
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if matches!(self.child.try_wait(), Ok(None)) {
+                interrupt(());
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         for id in containers_of(&self.service) {

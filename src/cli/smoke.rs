@@ -1,0 +1,737 @@
+//! `emulate smoke`: a pre-deploy smoke test for CI. It runs the image (or service.yaml) in an
+//! emulator of its own on a free loopback port, reports Cloud Run's preflight findings and the
+//! requested checks one line each, writes JSON or JUnit for machines, removes everything it
+//! started on every path, and exits with a code that says what went wrong.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::run::{self, RunArgs, RunConfig};
+use super::Exit;
+use crate::cloudrun;
+use crate::knative;
+use crate::logs::LogPrinter;
+use crate::platform::{ApplyError, Platform, PlatformConfig};
+use crate::pool::{InstanceContext, Pool};
+use crate::proxy::{Proxy, ProxyConfig};
+use crate::shutdown::Signals;
+use crate::smoke::checks::{self, Check, Expect, Observed, RequestSpec, Scenario, StatusExpect};
+use crate::smoke::report::{CheckResult, Outcome, Report, CHECKS, PREFLIGHT};
+use crate::template::Secrets;
+
+#[derive(Debug, Args)]
+pub struct SmokeArgs {
+    /// The service to test: IMAGE or -f service.yaml, with `emulate run`'s flags.
+    #[command(flatten)]
+    pub service: RunArgs,
+    /// A checks file (YAML): named requests with expectations, and scenarios (cold start,
+    /// concurrent requests, a revision switch). See the README for the format.
+    #[arg(long, value_name = "FILE")]
+    pub checks: Option<PathBuf>,
+    /// A request to check, 'METHOD /path' or '/path' (repeatable). Default: GET /.
+    #[arg(long = "request", value_name = "'METHOD /path'")]
+    pub requests: Vec<String>,
+    /// Expected status of --request checks: a code (200) or a class (2xx). Default: below 500.
+    #[arg(long, value_name = "STATUS")]
+    pub expect_status: Option<String>,
+    /// Text the body of --request checks must contain (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    pub expect_body_contains: Vec<String>,
+    /// A header --request checks must return: 'Name: value' (repeatable).
+    #[arg(long, value_name = "'Name: value'")]
+    pub expect_header: Vec<String>,
+    /// A header to send with --request checks: 'Name: value' (repeatable).
+    #[arg(long, value_name = "'Name: value'")]
+    pub header: Vec<String>,
+    /// A body to send with --request checks.
+    #[arg(long, value_name = "BODY")]
+    pub data: Option<String>,
+    /// How to print the verdict.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+    /// Also write the results as JUnit XML (for GitHub Actions and GitLab test reports).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
+}
+
+/// The checks to run: from the checks file, else from the quick flags, else the default
+/// (GET / answers below 500).
+fn build_checks(args: &SmokeArgs) -> Result<Vec<Check>, String> {
+    if let Some(path) = &args.checks {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--checks: {}: {e}", path.display()))?;
+        let file = checks::parse_checks_file(&text)
+            .map_err(|e| format!("--checks: {}: {e}", path.display()))?;
+        for (i, check) in file.checks.iter().enumerate() {
+            if let Some(tag) = &check.request.tag {
+                crate::traffic::validate_tag(tag).map_err(|e| {
+                    format!("--checks: {}: checks[{i}].request.tag: {e}", path.display())
+                })?;
+            }
+        }
+        return Ok(file.checks);
+    }
+    let mut expect = Expect::default();
+    if let Some(status) = &args.expect_status {
+        expect.status = StatusExpect::parse(status).map_err(|e| format!("--expect-status: {e}"))?;
+    }
+    expect.body_contains = args.expect_body_contains.clone();
+    for header in &args.expect_header {
+        expect
+            .headers
+            .push(checks::parse_header_line(header).map_err(|e| format!("--expect-header: {e}"))?);
+    }
+    let mut headers = Vec::new();
+    for header in &args.header {
+        let (name, value) =
+            checks::parse_header_line(header).map_err(|e| format!("--header: {e}"))?;
+        let value = http::HeaderValue::from_str(&value)
+            .map_err(|_| format!("--header: '{header}' has an invalid value"))?;
+        headers.push((name, value));
+    }
+    let lines = if args.requests.is_empty() {
+        vec!["GET /".to_string()]
+    } else {
+        args.requests.clone()
+    };
+    lines
+        .iter()
+        .map(|line| {
+            let (method, path) =
+                checks::parse_request_line(line).map_err(|e| format!("--request: {e}"))?;
+            Ok(Check {
+                name: format!("{method} {path}"),
+                scenario: Scenario::Request,
+                request: RequestSpec {
+                    method,
+                    path,
+                    headers: headers.clone(),
+                    body: args.data.clone(),
+                    tag: None,
+                },
+                expect: expect.clone(),
+            })
+        })
+        .collect()
+}
+
+pub async fn run(mut args: SmokeArgs) -> Exit {
+    let began = Instant::now();
+    let checks = match build_checks(&args) {
+        Ok(checks) => checks,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Exit::Usage;
+        }
+    };
+    // Its own emulator on free loopback ports, so parallel CI jobs never collide.
+    args.service.listen = "127.0.0.1:0".to_string();
+    args.service.admin_listen = "127.0.0.1:0".to_string();
+    let target = match (&args.service.image, args.service.files.first()) {
+        (Some(image), _) => image.clone(),
+        (None, Some(file)) => file.display().to_string(),
+        (None, None) => "the built-in hello sample".to_string(),
+    };
+    let mut smoke = Smoke {
+        report: Report {
+            target,
+            results: Vec::new(),
+            total: Duration::ZERO,
+            exit_code: 0,
+            failure_text: None,
+        },
+        format: args.format,
+        junit: args.junit.clone(),
+        began,
+    };
+    let config = match RunConfig::from_args(args.service) {
+        Ok(config) => config,
+        // A reserved name is one of Cloud Run's preflight findings, not a usage error.
+        Err(e) if e.message.contains("is reserved") => {
+            smoke.fail(
+                PREFLIGHT,
+                "no reserved env names",
+                Duration::ZERO,
+                e.to_string(),
+                Vec::new(),
+            );
+            return smoke.finish(Exit::Failure);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Exit::Usage;
+        }
+    };
+    let mut documents = match run::read_service_files(&config.files) {
+        Ok(documents) => documents,
+        Err(exit) => return exit,
+    };
+    let reserved = reserved_env_names(&documents);
+    if !reserved.is_empty() {
+        smoke.fail(
+            PREFLIGHT,
+            "no reserved env names",
+            Duration::ZERO,
+            format!(
+                "the env var names {} are reserved: Cloud Run sets {} itself",
+                reserved.join(", "),
+                cloudrun::RESERVED_ENV.join(", ")
+            ),
+            Vec::new(),
+        );
+        return smoke.finish(Exit::Failure);
+    }
+    let signals = Signals::install();
+    let runtime = match run::connect_and_reap().await {
+        Ok(runtime) => runtime,
+        Err(exit) => return exit,
+    };
+    let Ok(listener) = run::bind("--listen", config.listen).await else {
+        return Exit::Failure;
+    };
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    if documents.is_empty() {
+        match run::resolve_image_flag(&runtime, &config.image).await {
+            Ok(image) => documents.push(run::service_from_flags(&config, &image)),
+            Err(exit) => return exit,
+        }
+    }
+    let platform = Platform::new(
+        InstanceContext {
+            runtime: runtime.clone(),
+            mode: run::upstream_mode(&runtime, config.upstream).await,
+            printer: LogPrinter::stderr(),
+            shutdown: signals.graceful.clone(),
+            immediate: signals.immediate.clone(),
+        },
+        PlatformConfig {
+            port,
+            secrets: Secrets {
+                dir: config.secrets_dir.clone(),
+            },
+            default_service: None,
+        },
+    );
+    let stop_accepting = CancellationToken::new();
+    let proxy = Proxy::new(Arc::new(platform.router()), ProxyConfig::default());
+    let serving = tokio::spawn(proxy.serve(listener, stop_accepting.clone()));
+
+    let exit = tokio::select! {
+        exit = smoke.deploy_and_check(&platform, &documents, &checks, port) => exit,
+        _ = signals.graceful.cancelled() => {
+            eprintln!("Interrupted: removing everything this smoke test started.");
+            stop_accepting.cancel();
+            platform.shutdown(true).await;
+            return Exit::Interrupted;
+        }
+    };
+    stop_accepting.cancel();
+    let _ = serving.await;
+    smoke.shut_down(&platform).await;
+    smoke.finish(exit)
+}
+
+/// Env names in the documents that Cloud Run reserves.
+fn reserved_env_names(documents: &[knative::Service]) -> Vec<String> {
+    documents
+        .iter()
+        .flat_map(|d| &d.spec.template.spec.containers)
+        .flat_map(|c| &c.env)
+        .filter(|e| cloudrun::RESERVED_ENV.contains(&e.name.as_str()))
+        .map(|e| e.name.clone())
+        .collect()
+}
+
+struct Smoke {
+    report: Report,
+    format: ReportFormat,
+    junit: Option<PathBuf>,
+    began: Instant,
+}
+
+impl Smoke {
+    fn record(&mut self, group: &'static str, name: &str, duration: Duration, outcome: Outcome) {
+        self.report.results.push(CheckResult {
+            name: name.to_string(),
+            group,
+            outcome,
+            duration,
+        });
+    }
+
+    fn pass(&mut self, group: &'static str, name: &str, duration: Duration) {
+        self.record(group, name, duration, Outcome::Passed);
+    }
+
+    fn fail(
+        &mut self,
+        group: &'static str,
+        name: &str,
+        duration: Duration,
+        message: String,
+        details: Vec<String>,
+    ) {
+        self.record(group, name, duration, Outcome::Failed { message, details });
+    }
+
+    /// Deploys the services, then runs the checks against the first one.
+    async fn deploy_and_check(
+        &mut self,
+        platform: &Platform,
+        documents: &[knative::Service],
+        checks: &[Check],
+        port: u16,
+    ) -> Exit {
+        let deploying = Instant::now();
+        for document in documents {
+            match platform.apply(document.clone()).await {
+                Ok(applied) => {
+                    for note in &applied.notes {
+                        eprintln!("note: {note}");
+                    }
+                }
+                Err(error) => return self.not_ready(error, deploying.elapsed()),
+            }
+        }
+        let service = documents[0].metadata.name.clone().unwrap_or_default();
+        self.pass(PREFLIGHT, "image is linux/amd64", Duration::ZERO);
+        self.pass(PREFLIGHT, "no reserved env names", Duration::ZERO);
+        let startup = platform
+            .serving_pools(&service)
+            .first()
+            .and_then(|p| p.status().last_startup_ms)
+            .map(Duration::from_millis)
+            .unwrap_or_else(|| deploying.elapsed());
+        self.pass(PREFLIGHT, "listens on 0.0.0.0:$PORT", startup);
+        self.record(
+            PREFLIGHT,
+            "starts within the startup probe's budget",
+            startup,
+            Outcome::Passed,
+        );
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let probe = Prober {
+            client,
+            port,
+            service: service.clone(),
+        };
+        let mut failed = false;
+        for check in checks {
+            let began = Instant::now();
+            let outcome = self.run_check(platform, &probe, documents, check).await;
+            failed |= matches!(outcome, Outcome::Failed { .. });
+            self.record(CHECKS, &check.name, began.elapsed(), outcome);
+        }
+        if failed {
+            Exit::Failure
+        } else {
+            Exit::Success
+        }
+    }
+
+    /// The deploy failed: which preflight finding that is, and Cloud Run's text.
+    fn not_ready(&mut self, error: ApplyError, took: Duration) -> Exit {
+        let text = error.to_string();
+        let headline = text.lines().next().unwrap_or("").to_string();
+        match &error {
+            ApplyError::Unsupported(_) => {
+                self.fail(
+                    PREFLIGHT,
+                    "image is linux/amd64",
+                    took,
+                    headline,
+                    Vec::new(),
+                );
+            }
+            ApplyError::NotReady(report) => {
+                self.pass(PREFLIGHT, "image is linux/amd64", Duration::ZERO);
+                self.pass(PREFLIGHT, "no reserved env names", Duration::ZERO);
+                let diagnosis: Vec<String> = report
+                    .lines()
+                    .filter(|l| l.starts_with("Diagnosis:"))
+                    .map(str::to_string)
+                    .collect();
+                let crashed = report.contains("Container called exit(");
+                let timed_out = report.contains("STARTUP TCP probe failed");
+                self.fail(
+                    PREFLIGHT,
+                    "listens on 0.0.0.0:$PORT",
+                    took,
+                    headline,
+                    diagnosis,
+                );
+                if timed_out {
+                    self.fail(
+                        PREFLIGHT,
+                        "starts within the startup probe's budget",
+                        took,
+                        "the startup probe's budget ran out".to_string(),
+                        Vec::new(),
+                    );
+                }
+                if crashed {
+                    self.fail(
+                        PREFLIGHT,
+                        "no crash or OOM kill",
+                        took,
+                        report
+                            .lines()
+                            .find(|l| l.contains("Container called exit("))
+                            .unwrap_or("")
+                            .to_string(),
+                        Vec::new(),
+                    );
+                }
+            }
+            ApplyError::Invalid(_) | ApplyError::Traffic(_) => {
+                eprintln!("error: {text}");
+                return Exit::Usage;
+            }
+            _ => {
+                self.fail(
+                    PREFLIGHT,
+                    "the image can be run",
+                    took,
+                    headline,
+                    Vec::new(),
+                );
+            }
+        }
+        self.report.failure_text = Some(text);
+        Exit::NotReady
+    }
+
+    async fn run_check(
+        &mut self,
+        platform: &Platform,
+        probe: &Prober,
+        documents: &[knative::Service],
+        check: &Check,
+    ) -> Outcome {
+        match &check.scenario {
+            Scenario::Request => verdict(&check.expect, probe.send(&check.request).await),
+            Scenario::ColdStart { .. } => {
+                for pool in platform.serving_pools(&probe.service) {
+                    pool.scale_to_zero("scaled to zero for a cold-start check")
+                        .await;
+                }
+                // Check::verify also holds the first byte to `firstByteBelow`.
+                match probe.send(&check.request).await {
+                    Err(message) => Outcome::Failed {
+                        message,
+                        details: Vec::new(),
+                    },
+                    Ok(observed) => problems_outcome(check.verify(&observed)),
+                }
+            }
+            Scenario::Concurrent { requests } => {
+                let all = futures_util::future::join_all(
+                    (0..*requests).map(|_| probe.send(&check.request)),
+                )
+                .await;
+                let failures: Vec<String> = all
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(i, observed)| match verdict(&check.expect, observed) {
+                        Outcome::Failed { message, details } => Some(format!(
+                            "request {}: {message}{}",
+                            i + 1,
+                            details
+                                .first()
+                                .map(|d| format!(" ({d})"))
+                                .unwrap_or_default()
+                        )),
+                        _ => None,
+                    })
+                    .collect();
+                if failures.is_empty() {
+                    Outcome::Passed
+                } else {
+                    Outcome::Failed {
+                        message: format!(
+                            "{} of {requests} concurrent requests failed",
+                            failures.len()
+                        ),
+                        details: failures.into_iter().take(5).collect(),
+                    }
+                }
+            }
+            Scenario::RevisionSwitch {
+                image,
+                requests_per_second,
+            } => {
+                self.revision_switch(
+                    platform,
+                    probe,
+                    documents,
+                    check,
+                    image,
+                    *requests_per_second,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Deploys a second revision with `image` while requests flow at a steady rate; none may
+    /// fail, and the new revision must serve afterwards.
+    async fn revision_switch(
+        &mut self,
+        platform: &Platform,
+        probe: &Prober,
+        documents: &[knative::Service],
+        check: &Check,
+        image: &str,
+        rate: u32,
+    ) -> Outcome {
+        let Some(mut document) = documents.first().cloned() else {
+            return Outcome::Skipped {
+                reason: "no service".to_string(),
+            };
+        };
+        if let Some(container) = document.spec.template.spec.containers.first_mut() {
+            container.image = image.to_string();
+        }
+        document.spec.template.metadata.name = None;
+        // A changed template makes a new revision even when the image is the same one.
+        document
+            .spec
+            .template
+            .metadata
+            .annotations
+            .insert("emulate.dev/smoke-switch".to_string(), "second".to_string());
+        let stop = CancellationToken::new();
+        let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let first_failure = Arc::new(std::sync::Mutex::new(None::<String>));
+        let load = {
+            let (stop, sent, failed, first_failure) = (
+                stop.clone(),
+                sent.clone(),
+                failed.clone(),
+                first_failure.clone(),
+            );
+            let (probe, request, expect) =
+                (probe.clone(), check.request.clone(), check.expect.clone());
+            let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+            async move {
+                let mut tick = tokio::time::interval(period);
+                let mut in_flight = tokio::task::JoinSet::new();
+                while !stop.is_cancelled() {
+                    tick.tick().await;
+                    let (probe, request, expect, sent, failed, first_failure) = (
+                        probe.clone(),
+                        request.clone(),
+                        expect.clone(),
+                        sent.clone(),
+                        failed.clone(),
+                        first_failure.clone(),
+                    );
+                    in_flight.spawn(async move {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        if let Outcome::Failed { message, .. } =
+                            verdict(&expect, probe.send(&request).await)
+                        {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            first_failure
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert(message);
+                        }
+                    });
+                }
+                while in_flight.join_next().await.is_some() {}
+            }
+        };
+        let load = tokio::spawn(load);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let applied = platform.apply(document).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.cancel();
+        let _ = load.await;
+        let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+        match applied {
+            Err(e) => Outcome::Failed {
+                message: format!(
+                    "the second revision did not become ready: {}",
+                    e.to_string().lines().next().unwrap_or("")
+                ),
+                details: Vec::new(),
+            },
+            Ok(_) if failed > 0 => Outcome::Failed {
+                message: format!("{failed} of {sent} requests failed during the switch"),
+                details: first_failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .into_iter()
+                    .collect(),
+            },
+            Ok(_) => Outcome::Passed,
+        }
+    }
+
+    /// Stops everything (SIGTERM, 10 s, SIGKILL) and reports the crash and shutdown findings.
+    async fn shut_down(&mut self, platform: &Platform) {
+        let pools: Vec<Pool> = platform.all_pools();
+        let began = Instant::now();
+        platform.shutdown(false).await;
+        if self.report.failure_text.is_some() {
+            return;
+        }
+        let (crashes, ooms, killed) = pools
+            .iter()
+            .map(|p| p.status())
+            .fold((0, 0, 0), |(c, o, k), s| {
+                (c + s.crashes, o + s.oom_kills, k + s.killed_after_grace)
+            });
+        if crashes == 0 {
+            self.pass(PREFLIGHT, "no crash or OOM kill", Duration::ZERO);
+        } else {
+            let message = if ooms > 0 {
+                format!("{crashes} instance(s) exited during the run, {ooms} killed for exceeding the memory limit")
+            } else {
+                format!("{crashes} instance(s) exited during the run (Container called exit)")
+            };
+            self.fail(
+                PREFLIGHT,
+                "no crash or OOM kill",
+                Duration::ZERO,
+                message,
+                Vec::new(),
+            );
+        }
+        if killed == 0 {
+            self.pass(
+                PREFLIGHT,
+                "shuts down within 10 s of SIGTERM",
+                began.elapsed(),
+            );
+        } else {
+            self.record(
+                PREFLIGHT,
+                "shuts down within 10 s of SIGTERM",
+                began.elapsed(),
+                Outcome::Warning {
+                    message: format!("{killed} instance(s) ignored SIGTERM for 10 s and were SIGKILLed, as Cloud Run would; handle SIGTERM to shut down cleanly"),
+                },
+            );
+        }
+    }
+
+    /// Prints the verdict, writes JUnit, and picks the exit code (a failed check is 1 unless
+    /// something worse happened).
+    fn finish(mut self, exit: Exit) -> Exit {
+        let exit = if exit == Exit::Success && self.report.failed() > 0 {
+            Exit::Failure
+        } else {
+            exit
+        };
+        self.report.exit_code = exit as u8;
+        self.report.total = self.began.elapsed();
+        match self.format {
+            ReportFormat::Text => print!(
+                "{}",
+                self.report.render_text(LogPrinter::stdout_is_colored())
+            ),
+            ReportFormat::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&self.report.to_json()).unwrap_or_default()
+            ),
+        }
+        if let Some(path) = &self.junit {
+            if let Err(e) = std::fs::write(path, self.report.to_junit()) {
+                eprintln!("error: --junit: cannot write {}: {e}", path.display());
+            }
+        }
+        exit
+    }
+}
+
+fn verdict(expect: &Expect, observed: Result<Observed, String>) -> Outcome {
+    match observed {
+        Err(message) => Outcome::Failed {
+            message,
+            details: Vec::new(),
+        },
+        Ok(observed) => problems_outcome(expect.verify(&observed)),
+    }
+}
+
+/// No problems is a pass; otherwise the first is the message and the rest are details.
+fn problems_outcome(problems: Vec<String>) -> Outcome {
+    match problems.split_first() {
+        None => Outcome::Passed,
+        Some((first, rest)) => Outcome::Failed {
+            message: first.clone(),
+            details: rest.to_vec(),
+        },
+    }
+}
+
+/// Sends check requests to the smoke emulator's front end.
+#[derive(Clone)]
+struct Prober {
+    client: Client<HttpConnector, Full<Bytes>>,
+    port: u16,
+    service: String,
+}
+
+impl Prober {
+    async fn send(&self, spec: &RequestSpec) -> Result<Observed, String> {
+        let host = match &spec.tag {
+            Some(tag) => format!("{tag}---{}.localhost:{}", self.service, self.port),
+            None => format!("{}.localhost:{}", self.service, self.port),
+        };
+        let mut builder = http::Request::builder()
+            .method(spec.method.clone())
+            .uri(format!("http://127.0.0.1:{}{}", self.port, spec.path))
+            .header(http::header::HOST, host);
+        for (name, value) in &spec.headers {
+            builder = builder.header(name, value);
+        }
+        let body = Full::new(Bytes::from(spec.body.clone().unwrap_or_default()));
+        let request = builder
+            .body(body)
+            .map_err(|e| format!("cannot build the request: {e}"))?;
+        let began = Instant::now();
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| format!("the request failed: {e}"))?;
+        let first_byte = began.elapsed();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("the response body failed: {e}"))?
+            .to_bytes();
+        Ok(Observed {
+            status,
+            headers,
+            body,
+            latency: began.elapsed(),
+            first_byte,
+        })
+    }
+}

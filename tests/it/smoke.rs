@@ -1,0 +1,375 @@
+//! `emulate smoke`: every exit code and preflight finding, the checks file, JSON and JUnit
+//! output, and nothing left behind.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+/// Runs `emulate smoke ARGS` to completion.
+async fn smoke(args: &[&str], env: &[(&str, &str)]) -> Finished {
+    require_docker();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_emulate"));
+    command.arg("smoke").args(args).env("NO_COLOR", "1");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::task::spawn_blocking(move || command.output().unwrap()),
+    )
+    .await
+    .expect("emulate smoke finished within 2 minutes")
+    .unwrap();
+    Finished {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn assert_line(done: &Finished, line: &str) {
+    assert!(
+        done.stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with(line)),
+        "no line starting with {line:?} in:\n{}\n{}",
+        done.stdout,
+        done.stderr
+    );
+}
+
+fn nothing_left(service: &str) {
+    assert!(
+        containers_of(service).is_empty(),
+        "emulate smoke left containers of {service} behind"
+    );
+}
+
+#[tokio::test]
+async fn a_good_image_passes_with_exit_0_and_a_junit_report() {
+    let service = service_name("smokeok");
+    let junit = std::env::temp_dir().join(format!("{service}.xml"));
+    let done = smoke(
+        &[
+            testapp_image(),
+            "--service",
+            &service,
+            "--request",
+            "GET /echo",
+            "--request",
+            "/status?code=204",
+            "--expect-status",
+            "2xx",
+            "--junit",
+            junit.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}\n{}",
+        done.stdout,
+        done.stderr
+    );
+    for check in [
+        "PASS image is linux/amd64",
+        "PASS no reserved env names",
+        "PASS listens on 0.0.0.0:$PORT",
+        "PASS starts within the startup probe's budget",
+        "PASS no crash or OOM kill",
+        "PASS shuts down within 10 s of SIGTERM",
+        "PASS GET /echo",
+        "PASS GET /status?code=204",
+    ] {
+        assert_line(&done, check);
+    }
+    assert!(
+        done.stdout.contains("8 passed, 0 failed"),
+        "{}",
+        done.stdout
+    );
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let doc = roxmltree::Document::parse(&xml).expect("the JUnit file is XML");
+    let suite = doc
+        .descendants()
+        .find(|n| n.has_tag_name("testsuite"))
+        .unwrap();
+    assert_eq!(suite.attribute("tests"), Some("8"));
+    assert_eq!(suite.attribute("failures"), Some("0"));
+    let cases: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testcase"))
+        .filter_map(|n| n.attribute("name"))
+        .collect();
+    assert!(cases.contains(&"GET /echo"), "{cases:?}");
+    std::fs::remove_file(junit).unwrap();
+    nothing_left(&service);
+}
+
+#[tokio::test]
+async fn a_failing_check_exits_1_with_its_reason_in_json_and_junit() {
+    let service = service_name("smoke500");
+    let junit = std::env::temp_dir().join(format!("{service}.xml"));
+    let done = smoke(
+        &[
+            testapp_image(),
+            "--service",
+            &service,
+            "--request",
+            "/status?code=500",
+            "--format",
+            "json",
+            "--junit",
+            junit.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        done.status.code(),
+        Some(1),
+        "{}\n{}",
+        done.stdout,
+        done.stderr
+    );
+    let report: serde_json::Value = serde_json::from_str(&done.stdout).unwrap();
+    assert_eq!(report["exitCode"], 1);
+    assert_eq!(report["failed"], 1);
+    let check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "GET /status?code=500")
+        .unwrap();
+    assert_eq!(check["outcome"], "failed");
+    assert!(
+        check["message"].as_str().unwrap().contains("500"),
+        "{check}"
+    );
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let failures: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("failure"))
+        .collect();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(
+        failures[0].parent().unwrap().attribute("name"),
+        Some("GET /status?code=500")
+    );
+    std::fs::remove_file(junit).unwrap();
+    nothing_left(&service);
+}
+
+#[tokio::test]
+async fn preflight_findings_fail_with_cloud_runs_words() {
+    struct Case {
+        args: Vec<&'static str>,
+        exit: i32,
+        line: &'static str,
+        text: &'static str,
+    }
+    let cases = [
+        Case {
+            args: vec![arm64_labelled_image()],
+            exit: 3,
+            line: "FAIL image is linux/amd64",
+            text: "must support amd64/linux",
+        },
+        Case {
+            args: vec![testapp_image(), "--set-env-vars", "K_SERVICE=x"],
+            exit: 1,
+            line: "FAIL no reserved env names",
+            text: "'K_SERVICE' is reserved",
+        },
+        Case {
+            args: vec![
+                testapp_image(),
+                "--set-env-vars",
+                "LISTEN_HOST=127.0.0.1",
+                "--startup-timeout",
+                "2s",
+            ],
+            exit: 3,
+            line: "FAIL listens on 0.0.0.0:$PORT",
+            text: "The app listens on 127.0.0.1:8080",
+        },
+        Case {
+            args: vec![testapp_image(), "--set-env-vars", "CRASH_AT_START=5"],
+            exit: 3,
+            line: "FAIL no crash or OOM kill",
+            text: "Container called exit(5).",
+        },
+        Case {
+            args: vec![
+                testapp_image(),
+                "--set-env-vars",
+                "STARTUP_DELAY_MS=6000",
+                "--startup-timeout",
+                "2s",
+            ],
+            exit: 3,
+            line: "FAIL starts within the startup probe's budget",
+            text: "is not ready and cannot serve traffic",
+        },
+        Case {
+            args: vec![
+                testapp_image(),
+                "--memory",
+                "128Mi",
+                "--request",
+                "/alloc?mib=400",
+            ],
+            exit: 1,
+            line: "FAIL no crash or OOM kill",
+            text: "killed for exceeding the memory limit",
+        },
+    ];
+    for case in cases {
+        let service = service_name("preflight");
+        let mut args = case.args.clone();
+        args.extend(["--service", service.as_str()]);
+        let done = smoke(&args, &[]).await;
+        assert_eq!(
+            done.status.code(),
+            Some(case.exit),
+            "{args:?}\n{}\n{}",
+            done.stdout,
+            done.stderr
+        );
+        assert_line(&done, case.line);
+        assert!(
+            done.stdout.contains(case.text),
+            "{args:?}: no {:?} in\n{}",
+            case.text,
+            done.stdout
+        );
+        nothing_left(&service);
+    }
+}
+
+#[tokio::test]
+async fn ignoring_sigterm_is_a_warning_not_a_failure() {
+    let service = service_name("smoketerm");
+    let done = smoke(
+        &[
+            testapp_image(),
+            "--service",
+            &service,
+            "--set-env-vars",
+            "IGNORE_SIGTERM=1",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}\n{}",
+        done.stdout,
+        done.stderr
+    );
+    assert_line(&done, "WARN shuts down within 10 s of SIGTERM");
+    assert!(done.stdout.contains("were SIGKILLed"), "{}", done.stdout);
+    nothing_left(&service);
+}
+
+#[tokio::test]
+async fn a_checks_file_runs_requests_and_scenarios() {
+    let service = service_name("smokefile");
+    let file = std::env::temp_dir().join(format!("{service}-checks.yaml"));
+    let image = testapp_image();
+    std::fs::write(
+        &file,
+        format!(
+            r#"checks:
+  - name: echo knows the service
+    request: {{path: /echo, headers: {{X-Test: yes}}}}
+    expect:
+      status: 200
+      json: {{"$.env.K_SERVICE": "{service}", "$.headers.x-test[0]": "yes"}}
+      headers: {{Content-Type: application/json}}
+      bodyMatches: 'K_REVISION'
+      latencyBelow: 5s
+  - name: cold start
+    coldStart: {{firstByteBelow: 10s}}
+    request: {{path: /echo}}
+  - name: burst
+    concurrent: {{requests: 30}}
+    request: {{path: /sleep?ms=50}}
+    expect: {{status: 2xx, bodyContains: slept}}
+  - name: survives a revision switch
+    revisionSwitch: {{image: {image}, requestsPerSecond: 40}}
+    request: {{path: /echo}}
+    expect: {{status: 200}}
+"#
+        ),
+    )
+    .unwrap();
+    let done = smoke(
+        &[
+            image,
+            "--service",
+            &service,
+            "--checks",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}\n{}",
+        done.stdout,
+        done.stderr
+    );
+    for check in [
+        "PASS echo knows the service",
+        "PASS cold start",
+        "PASS burst",
+        "PASS survives a revision switch",
+    ] {
+        assert_line(&done, check);
+    }
+    nothing_left(&service);
+
+    // A bad field in the checks file: its path, exit 2, nothing started.
+    std::fs::write(&file, "checks:\n  - name: x\n    expect: {status: 2xz}\n").unwrap();
+    let done = smoke(
+        &[
+            image,
+            "--service",
+            &service,
+            "--checks",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(done.status.code(), Some(2), "{}", done.stderr);
+    assert!(
+        done.stderr.contains("checks[0].expect.status"),
+        "{}",
+        done.stderr
+    );
+    nothing_left(&service);
+    std::fs::remove_file(file).unwrap();
+}
+
+#[tokio::test]
+async fn docker_unavailable_exits_4() {
+    let done = smoke(
+        &["some-image"],
+        &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+    )
+    .await;
+    assert_eq!(done.status.code(), Some(4), "{}", done.stderr);
+    assert!(
+        done.stderr.contains("Cannot reach the Docker engine"),
+        "{}",
+        done.stderr
+    );
+}
