@@ -59,6 +59,20 @@ pub fn print_notes(notes: &[String]) {
     }
 }
 
+/// ✔ ready, ✘ failed, … not known yet: a resource's `Ready` condition at a glance.
+pub fn ready_mark(conditions: &[crate::knative::Condition]) -> String {
+    match conditions
+        .iter()
+        .find(|c| c.kind == "Ready")
+        .map(|c| c.status.as_str())
+    {
+        Some("True") => "✔",
+        Some("False") => "✘",
+        _ => "…",
+    }
+    .to_string()
+}
+
 /// Prints rows as aligned columns, the first row being the header.
 pub fn print_table(rows: &[Vec<String>]) {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);

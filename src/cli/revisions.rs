@@ -61,17 +61,7 @@ async fn list(service: Option<&str>, format: Format, target: &Target) -> Result<
         control::print_document(format, &revisions);
         return Ok(());
     }
-    let mut rows = vec![vec![
-        "REVISION",
-        "READY",
-        "TRAFFIC",
-        "INSTANCES",
-        "SERVICE",
-        "DEPLOYED",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect()];
+    let mut rows = vec![header()];
     for revision in &revisions {
         rows.push(row(revision));
     }
@@ -79,23 +69,27 @@ async fn list(service: Option<&str>, format: Format, target: &Target) -> Result<
     Ok(())
 }
 
+fn header() -> Vec<String> {
+    [
+        "REVISION",
+        "READY",
+        "TRAFFIC",
+        "INSTANCES",
+        "SERVICE",
+        "DEPLOYED",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 fn row(revision: &knative::Revision) -> Vec<String> {
     let status = revision.status.clone().unwrap_or_default();
-    let ready = match status
-        .conditions
-        .iter()
-        .find(|c| c.kind == "Ready")
-        .map(|c| c.status.as_str())
-    {
-        Some("True") => "✔",
-        Some("False") => "✘",
-        _ => "…",
-    };
+    let ready = control::ready_mark(&status.conditions);
     let view = status.instances.unwrap_or_default();
     let instances = view["instances"].as_array().map_or(0, Vec::len);
     vec![
         revision.metadata.name.clone().unwrap_or_default(),
-        ready.to_string(),
+        ready,
         format!("{}%", view["trafficPercent"].as_u64().unwrap_or(0)),
         instances.to_string(),
         revision
@@ -120,17 +114,7 @@ async fn describe(name: &str, format: Format, target: &Target) -> Result<(), Exi
         .await
         .map_err(|e| control::fail(&e))?;
     if format == Format::Table {
-        let mut rows = vec![vec![
-            "REVISION",
-            "READY",
-            "TRAFFIC",
-            "INSTANCES",
-            "SERVICE",
-            "DEPLOYED",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect()];
+        let mut rows = vec![header()];
         rows.push(row(&revision));
         control::print_table(&rows);
     } else {

@@ -114,7 +114,7 @@ async fn list(format: Format, target: &Target) -> Result<(), Exit> {
         let status = service.status.clone().unwrap_or_default();
         rows.push(vec![
             service.metadata.name.clone().unwrap_or_default(),
-            ready_mark(&status.conditions),
+            control::ready_mark(&status.conditions),
             status.url.clone().unwrap_or_default(),
             status
                 .latest_ready_revision_name
@@ -125,19 +125,6 @@ async fn list(format: Format, target: &Target) -> Result<(), Exit> {
     }
     control::print_table(&rows);
     Ok(())
-}
-
-fn ready_mark(conditions: &[knative::Condition]) -> String {
-    match conditions
-        .iter()
-        .find(|c| c.kind == "Ready")
-        .map(|c| c.status.as_str())
-    {
-        Some("True") => "✔",
-        Some("False") => "✘",
-        _ => "…",
-    }
-    .to_string()
 }
 
 fn traffic_summary(traffic: &[knative::TrafficTarget]) -> String {
@@ -179,7 +166,7 @@ async fn describe(name: &str, format: Format, target: &Target) -> Result<(), Exi
     let status = service.status.clone().unwrap_or_default();
     println!(
         "{} Service {name} (emulated)",
-        ready_mark(&status.conditions)
+        control::ready_mark(&status.conditions)
     );
     println!("URL:     {}", status.url.as_deref().unwrap_or("-"));
     if let Some(failed) = status
