@@ -339,8 +339,8 @@ pub async fn run(args: RunArgs) -> Exit {
     for service in &deployed {
         print_deployed(service);
     }
-    if deployed.len() == 1 {
-        // Plain localhost reaches the only service.
+    if deployed.len() == 1 || config.default_service.is_some() {
+        // Plain localhost reaches the only service, or the default one.
         eprintln!("Service URL: {}", service_url(listen));
     }
     eprintln!("Admin API: http://{admin} (emulate services list, emulate deploy ... find it by themselves)");

@@ -495,3 +495,65 @@ async fn verbs_without_an_emulator_say_how_to_start_one() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn several_services_run_in_one_emulator_and_route_by_host() {
+    let (first, second) = (service_name("multi-a"), service_name("multi-b"));
+    let dir = std::env::temp_dir();
+    let file = |name: &str| {
+        let path = dir.join(format!("{name}.yaml"));
+        let yaml = format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  template:\n    spec:\n      containers:\n      - image: {}\n",
+            testapp_image()
+        );
+        std::fs::write(&path, yaml).unwrap();
+        path
+    };
+    let (a, b) = (file(&first), file(&second));
+    let emulator = Emulator::start(
+        &first,
+        &[
+            "-f",
+            a.to_str().unwrap(),
+            "-f",
+            b.to_str().unwrap(),
+            "--default-service",
+            &second,
+        ],
+    )
+    .await;
+    for name in [&first, &second] {
+        let revision = emulator
+            .revision_for(&format!("{name}.localhost"), "/echo")
+            .await;
+        assert!(
+            revision.starts_with(name.as_str()),
+            "{name}.localhost reached {revision}"
+        );
+    }
+    // Plain localhost reaches the default service when several run.
+    assert!(emulator
+        .revision_for("localhost", "/echo")
+        .await
+        .starts_with(second.as_str()));
+    let listed = emulator.cli_ok(&["services", "list"]).await.stdout;
+    assert!(
+        listed.contains(&first) && listed.contains(&second),
+        "{listed}"
+    );
+    // A new service can be deployed into the running emulator too.
+    let third = service_name("multi-c");
+    emulator
+        .cli_ok(&["deploy", &third, "--image", testapp_image()])
+        .await;
+    let revision = emulator
+        .revision_for(&format!("{third}.localhost"), "/echo")
+        .await;
+    assert!(revision.starts_with(third.as_str()), "{revision}");
+    drop(emulator);
+    for name in [&first, &second, &third] {
+        assert!(containers_of(name).is_empty(), "{name} left containers");
+    }
+    std::fs::remove_file(a).unwrap();
+    std::fs::remove_file(b).unwrap();
+}
