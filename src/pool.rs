@@ -513,7 +513,6 @@ impl Pool {
             let created = instance::create(&ctx.runtime, &pool.inner.spec, ctx.mode).await;
             let unwanted = {
                 let mut state = pool.inner.lock();
-                state.creating_spare = false;
                 match created {
                     Ok(id)
                         if state.spare.is_none()
@@ -533,6 +532,8 @@ impl Pool {
             if let Some(id) = unwanted {
                 let _ = ctx.runtime.remove(&id).await;
             }
+            // Cleared only now: a shutdown waits on it, so no spare outlives the emulator.
+            pool.inner.lock().creating_spare = false;
         });
     }
 
@@ -782,6 +783,11 @@ impl Pool {
     }
 
     async fn remove_spare(&self) {
+        // A spare being created right now would appear after this and be left behind.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.inner.lock().creating_spare && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let spare = self.inner.lock().spare.take();
         if let Some(id) = spare {
             let _ = self.inner.ctx.runtime.remove(&id).await;
