@@ -9,19 +9,9 @@ use crate::support::*;
 
 /// Revision names of a service, newest first.
 async fn revisions(emulator: &Emulator) -> Vec<String> {
-    let done = emulator
-        .cli_ok(&[
-            "revisions",
-            "list",
-            "--service",
-            &emulator.service,
-            "--format",
-            "json",
-        ])
-        .await;
-    let list: serde_json::Value = serde_json::from_str(&done.stdout).unwrap();
-    list.as_array()
-        .unwrap()
+    emulator
+        .revision_list()
+        .await
         .iter()
         .map(|r| r["metadata"]["name"].as_str().unwrap().to_string())
         .collect()

@@ -7,18 +7,7 @@ use crate::support::*;
 
 /// The revision's status from the admin API (`status.instances` of the Revision).
 async fn pool_status(emulator: &Emulator) -> serde_json::Value {
-    let done = emulator
-        .cli_ok(&[
-            "revisions",
-            "list",
-            "--service",
-            &emulator.service,
-            "--format",
-            "json",
-        ])
-        .await;
-    let list: serde_json::Value = serde_json::from_str(&done.stdout).unwrap();
-    list[0]["status"]["instances"].clone()
+    emulator.revision_list().await[0]["status"]["instances"].clone()
 }
 
 async fn wait_until(

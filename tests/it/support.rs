@@ -279,6 +279,23 @@ impl Emulator {
         done
     }
 
+    /// `emulate revisions list --service SERVICE --format json`: the service's Revision
+    /// documents, newest first.
+    pub async fn revision_list(&self) -> Vec<serde_json::Value> {
+        let done = self
+            .cli_ok(&[
+                "revisions",
+                "list",
+                "--service",
+                &self.service,
+                "--format",
+                "json",
+            ])
+            .await;
+        let list: serde_json::Value = serde_json::from_str(&done.stdout).unwrap();
+        list.as_array().cloned().unwrap_or_default()
+    }
+
     /// The revision that answers a request for `path` with the given Host header.
     pub async fn revision_for(&self, host: &str, path: &str) -> String {
         let reply = request("GET", &self.url(path), &[("host", host)], Vec::new(), false).await;
