@@ -562,20 +562,9 @@ impl Pool {
             member
         };
         self.inner.changed.notify_waiters();
-        let revision = &self.inner.spec.revision;
         match exited {
             Ok((code, oom_killed)) => {
-                if oom_killed {
-                    ctx.printer.system(
-                        revision,
-                        &format!(
-                            "Memory limit of {} MiB exceeded; the instance was killed by the engine's OOM killer.",
-                            self.inner.spec.memory_bytes >> 20
-                        ),
-                    );
-                }
-                ctx.printer
-                    .system(revision, &cloudrun::container_called_exit(code));
+                self.report_exit(code, oom_killed);
             }
             Err(e) => eprintln!(
                 "warning: lost track of instance {}: {e}",
@@ -672,6 +661,22 @@ impl Pool {
             }
             self.inner.changed.notify_waiters();
         }
+    }
+
+    /// Cloud Run's lines for an instance that exited by itself: the memory limit when the
+    /// engine OOM-killed it, then `Container called exit(N).`
+    fn report_exit(&self, code: i64, oom_killed: bool) {
+        let (printer, revision) = (&self.inner.ctx.printer, &self.inner.spec.revision);
+        if oom_killed {
+            printer.system(
+                revision,
+                &format!(
+                    "Memory limit of {} MiB exceeded; the instance was killed by the engine's OOM killer.",
+                    self.inner.spec.memory_bytes >> 20
+                ),
+            );
+        }
+        printer.system(revision, &cloudrun::container_called_exit(code));
     }
 
     /// One autoscaler decision: observe the load, start what it asks for, drain and stop the
@@ -834,19 +839,7 @@ impl Pool {
             }
             match stopped {
                 Ok(report) if report.already_exited => {
-                    if report.oom_killed {
-                        ctx.printer.system(
-                            revision,
-                            &format!(
-                                "Memory limit of {} MiB exceeded; the instance was killed by the engine's OOM killer.",
-                                self.inner.spec.memory_bytes >> 20
-                            ),
-                        );
-                    }
-                    ctx.printer.system(
-                        revision,
-                        &cloudrun::container_called_exit(report.exit_code.unwrap_or(-1)),
-                    );
+                    self.report_exit(report.exit_code.unwrap_or(-1), report.oom_killed);
                 }
                 Ok(report) if report.killed => ctx.printer.system(
                     revision,
