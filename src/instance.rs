@@ -368,7 +368,7 @@ async fn probe_until_ready(
             code = &mut exit => {
                 // Exited before listening (or the container could not be waited on).
                 let code = code?;
-                let oom_killed = runtime.inspect(container_id).await.map(|i| i.oom_killed).unwrap_or(false);
+                let oom_killed = runtime.oom_killed(container_id, Some(code)).await;
                 return Err(StartError::Exited { code, oom_killed });
             }
             _ = cancel.cancelled() => return Err(StartError::Cancelled),
@@ -453,8 +453,15 @@ impl Instance {
         let began = Instant::now();
         let stopped = runtime.stop(&self.container_id, grace).await;
         let took = began.elapsed();
-        let after = runtime.inspect(&self.container_id).await.ok();
-        let exit_code = after.as_ref().and_then(|i| i.exit_code);
+        let exit_code = runtime
+            .inspect(&self.container_id)
+            .await
+            .ok()
+            .and_then(|i| i.exit_code);
+        // A SIGKILL before the grace ran out was not ours: the engine's view of a container
+        // the OOM killer just hit can lag behind, so it looked running a moment ago.
+        let oom_killed = runtime.oom_killed(&self.container_id, exit_code).await;
+        let already_exited = already_exited || (oom_killed && took < grace);
         self.finish(runtime).await?;
         stopped?;
         Ok(StopReport {
@@ -462,7 +469,7 @@ impl Instance {
             killed: !already_exited && took >= grace && exit_code == Some(137),
             took,
             already_exited,
-            oom_killed: after.is_some_and(|i| i.oom_killed),
+            oom_killed,
         })
     }
 
@@ -485,12 +492,7 @@ impl Instance {
         container_id: &str,
     ) -> Result<(i64, bool), RuntimeError> {
         let code = runtime.wait_exit(container_id).await?;
-        let oom = runtime
-            .inspect(container_id)
-            .await
-            .map(|i| i.oom_killed)
-            .unwrap_or(false);
-        Ok((code, oom))
+        Ok((code, runtime.oom_killed(container_id, Some(code)).await))
     }
 }
 

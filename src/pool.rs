@@ -668,13 +668,11 @@ impl Pool {
     fn report_exit(&self, code: i64, oom_killed: bool) {
         let (printer, revision) = (&self.inner.ctx.printer, &self.inner.spec.revision);
         if oom_killed {
-            printer.system(
-                revision,
-                &format!(
-                    "Memory limit of {} MiB exceeded; the instance was killed by the engine's OOM killer.",
-                    self.inner.spec.memory_bytes >> 20
-                ),
-            );
+            // The kernel kills when the cgroup's usage reaches the limit and nothing more can
+            // be reclaimed, so the usage at the kill is the limit (the engine keeps no peak
+            // after the container is gone).
+            let limit = self.inner.spec.memory_bytes >> 20;
+            printer.system(revision, &cloudrun::memory_limit_exceeded(limit, limit));
         }
         printer.system(revision, &cloudrun::container_called_exit(code));
     }

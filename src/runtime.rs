@@ -9,8 +9,8 @@ use std::time::Duration;
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 use bollard::query_parameters::{
-    BuildImageOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions,
-    ListContainersOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
+    BuildImageOptions, CreateContainerOptions, CreateImageOptions, EventsOptions,
+    KillContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
     WaitContainerOptions,
 };
 use bollard::Docker;
@@ -329,6 +329,36 @@ impl Runtime {
             oom_killed: state.oom_killed.unwrap_or(false),
             error: state.error.filter(|e| !e.is_empty()),
         })
+    }
+
+    /// Whether the engine OOM-killed a container that exited with `exit_code`. The OOMKilled
+    /// flag alone is not enough: on cgroup v1 the engine sets it only when the kernel's OOM
+    /// notice reaches it before the exit, which it often does not. Its `oom` event is never
+    /// lost, so a SIGKILL exit (137) nobody here sent is checked against the recent events,
+    /// waiting a moment for one still on its way.
+    pub async fn oom_killed(&self, id: &str, exit_code: Option<i64>) -> bool {
+        const EVENT_WAIT: Duration = Duration::from_millis(750);
+        if self.inspect(id).await.is_ok_and(|i| i.oom_killed) {
+            return true;
+        }
+        if exit_code != Some(137) {
+            return false;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let options = EventsOptions {
+            since: Some((now.as_secs() - 60).to_string()),
+            until: Some(format!("{:.3}", (now + EVENT_WAIT).as_secs_f64())),
+            filters: Some(HashMap::from([
+                ("type".to_string(), vec!["container".to_string()]),
+                ("container".to_string(), vec![id.to_string()]),
+                ("event".to_string(), vec!["oom".to_string()]),
+            ])),
+        };
+        let mut events = self.docker.events(Some(options));
+        let first = tokio::time::timeout(EVENT_WAIT * 2, events.next()).await;
+        matches!(first, Ok(Some(Ok(_))))
     }
 
     /// Resolves when the container has exited, with its exit code.

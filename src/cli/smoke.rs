@@ -606,7 +606,14 @@ impl Smoke {
             self.pass(PREFLIGHT, "no crash or OOM kill", Duration::ZERO);
         } else {
             let message = if ooms > 0 {
-                format!("{crashes} instance(s) exited during the run, {ooms} killed for exceeding the memory limit")
+                let limit = pools
+                    .iter()
+                    .find(|p| p.status().oom_kills > 0)
+                    .map_or(0, |p| p.spec().memory_bytes >> 20);
+                format!(
+                    "{crashes} instance(s) exited during the run, {ooms} killed for exceeding the memory limit: {} Raise --memory, or use less.",
+                    cloudrun::memory_limit_exceeded(limit, limit)
+                )
             } else {
                 format!("{crashes} instance(s) exited during the run (Container called exit)")
             };

@@ -149,7 +149,7 @@ async fn an_instance_over_its_memory_limit_is_reported_and_replaced() {
     }
     let stdout = emulator.stdout();
     assert!(
-        stdout.contains("Memory limit of 128 MiB exceeded"),
+        stdout.contains("Memory limit of 128 MiB exceeded with 128 MiB used."),
         "{stdout}"
     );
     assert!(stdout.contains("Container called exit(137)."), "{stdout}");

@@ -224,7 +224,7 @@ async fn preflight_findings_fail_with_cloud_runs_words() {
             ],
             exit: 1,
             line: "FAIL no crash or OOM kill",
-            text: "killed for exceeding the memory limit",
+            text: "killed for exceeding the memory limit: Memory limit of 128 MiB exceeded with 128 MiB used.",
         },
     ];
     for case in cases {
