@@ -88,6 +88,14 @@ impl Settings {
         self.panic_window.min(self.stable()).max(MIN_WINDOW)
     }
 
+    /// The window over which demand must last before the metrics alone start an instance:
+    /// the panic window even when a short idle timeout has shrunk the others, so that a
+    /// one-second burst is left to the on-demand starts for its waiting requests
+    /// (ceil(waiting / concurrency), the pool's job) instead of also buying headroom.
+    fn sustained(&self) -> Duration {
+        self.panic_window.max(self.stable())
+    }
+
     /// The concurrency one instance is aimed at. At least one request, since
     /// an instance cannot serve 0.7 of a request.
     fn per_instance(&self) -> f64 {
@@ -225,7 +233,10 @@ impl Autoscaler {
         let min = settings.min_instances;
         let desired = unclamped.min(settings.max_instances.max(min)).max(min);
 
-        let start = desired.saturating_sub(current);
+        let desired_sustained = settings.instances_for(self.average(now, settings.sustained()));
+        let start = desired
+            .min(desired_sustained.max(min))
+            .saturating_sub(current);
         let for_min_instances = unclamped < min && start > 0;
 
         let stop = if panicking || ready <= desired {
@@ -277,7 +288,7 @@ impl Autoscaler {
     /// Drops buckets that have left the stable window, which bounds memory to
     /// about one bucket per second of the window.
     fn forget_before(&mut self, now: Instant) {
-        let window = self.settings.stable();
+        let window = self.settings.sustained();
         while let Some(first) = self.buckets.front() {
             if now.saturating_duration_since(first.at) < window {
                 break;
@@ -350,6 +361,25 @@ mod tests {
                 for_min_instances: false,
             }
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_idle_timeout_does_not_turn_a_burst_into_extra_instances() {
+        // The herd: idle at zero, then 100 requests at once with concurrency 10. The pool
+        // starts ceil(100 / 10) = 10 for the waiting requests; the metrics add none.
+        let mut scaler = Autoscaler::new(Settings::new(10, 0, 100, SECOND));
+        run(&mut scaler, 0.0, 5).await;
+        run(&mut scaler, 100.0, 1).await;
+        let view = View {
+            starting: 10,
+            idle_for: vec![],
+        };
+        assert_eq!(decide(&mut scaler, &view).start, 0);
+        // The same demand lasting the panic window is lasting demand: 70% of 10 per
+        // instance asks for ceil(100 / 7) = 15.
+        run(&mut scaler, 100.0, 6).await;
+        let busy = ready(&[None; 10]);
+        assert_eq!(decide(&mut scaler, &busy).start, 5);
     }
 
     #[tokio::test(start_paused = true)]
@@ -537,12 +567,16 @@ mod tests {
         let mut scaler = Autoscaler::new(Settings::new(80, 0, 100, FIFTEEN_MINUTES));
         scaler.observe(Instant::now(), 1000.0);
         assert_eq!(decide(&mut scaler, &View::default()).desired, 18);
-        // The 18 never came up (say they failed to start); the peak still holds.
+        // The 18 came up and the burst is over: the peak holds, none is stopped, yet none
+        // is started either, as the demand did not last.
         run(&mut scaler, 0.0, 10).await;
-        let decision = decide(&mut scaler, &View::default());
+        let decision = decide(&mut scaler, &ready(&[idle(10); 18]));
         assert!(decision.panicking);
         assert_eq!(decision.desired, 18);
-        assert_eq!(decision.start, 18);
+        assert!(decision.stop.is_empty());
+        let decision = decide(&mut scaler, &ready(&[idle(10); 10]));
+        assert_eq!(decision.desired, 18);
+        assert_eq!(decision.start, 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -89,6 +89,13 @@ async fn a_herd_at_zero_starts_ceil_n_over_concurrency_instances() {
         status["coldStarts"], 3,
         "25 requests at concurrency 10 need 3 instances: {status}"
     );
+    // And the autoscaler added none for headroom on top: one start at deploy, three for the herd.
+    let stdout = emulator.stdout();
+    assert_eq!(
+        stdout.matches("Starting new instance").count(),
+        4,
+        "{stdout}"
+    );
 }
 
 #[tokio::test]
