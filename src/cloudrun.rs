@@ -78,6 +78,28 @@ pub fn startup_probe_failed(container: &str, port: u16) -> String {
     format!("Default STARTUP TCP probe failed 1 time consecutively for container \"{container}\" on port {port}. The instance was not started.")
 }
 
+/// The success line of a user's startup probe, after the default probe's pattern; `target` is
+/// `on port 8080 path /ready` or `on port 8080`.
+pub fn user_startup_probe_succeeded(
+    kind: &str,
+    attempts: u32,
+    container: &str,
+    target: &str,
+) -> String {
+    let noun = if attempts == 1 { "attempt" } else { "attempts" };
+    format!("STARTUP {kind} probe succeeded after {attempts} {noun} for container \"{container}\" {target}.")
+}
+
+pub fn user_startup_probe_failed(
+    kind: &str,
+    failures: u32,
+    container: &str,
+    target: &str,
+) -> String {
+    let noun = if failures == 1 { "time" } else { "times" };
+    format!("STARTUP {kind} probe failed {failures} {noun} consecutively for container \"{container}\" {target}. The instance was not started.")
+}
+
 pub fn memory_limit_exceeded(limit_mib: u64, used_mib: u64) -> String {
     format!("Memory limit of {limit_mib} MiB exceeded with {used_mib} MiB used.")
 }

@@ -46,7 +46,9 @@ pub struct RevisionSpec {
     pub memory_bytes: u64,
     pub cpu_millis: u64,
     pub startup_budget: Duration,
-    pub liveness: Option<probe::Liveness>,
+    /// A user's HTTP or gRPC startup probe, run once the port accepts connections.
+    pub startup_probe: Option<probe::HealthProbe>,
+    pub liveness: Option<probe::HealthProbe>,
 }
 
 impl RevisionSpec {
@@ -90,7 +92,12 @@ pub enum StartError {
     #[error("{}", cloudrun::container_called_exit(*code))]
     Exited { code: i64, oom_killed: bool },
     #[error("the startup probe timed out")]
-    NotReady { diagnosis: Option<ListenDiagnosis> },
+    NotReady {
+        diagnosis: Option<ListenDiagnosis>,
+        /// With a user's HTTP or gRPC startup probe on an app that listens: why its last
+        /// attempt failed.
+        probe_failure: Option<String>,
+    },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error("interrupted before the instance was ready")]
@@ -114,6 +121,20 @@ impl StartFailure {
             StartError::Exited { code, .. } => {
                 out.push_str(&cloudrun::container_called_exit(*code));
                 out.push('\n');
+            }
+            StartError::NotReady {
+                probe_failure: Some(_),
+                ..
+            } => {
+                if let Some(startup) = &spec.startup_probe {
+                    out.push_str(&cloudrun::user_startup_probe_failed(
+                        startup.kind(),
+                        startup.failure_threshold,
+                        spec.container_display_name(),
+                        &startup.target(),
+                    ));
+                    out.push('\n');
+                }
             }
             StartError::NotReady { .. } => {
                 out.push_str(&cloudrun::startup_probe_failed(
@@ -149,8 +170,27 @@ impl StartFailure {
                 "the container exited with code {code} before listening on port {}. Its last log lines above usually say why; reproduce with: docker run --rm -e PORT={} {}",
                 spec.port, spec.port, spec.image
             )),
-            StartError::NotReady { diagnosis: Some(d) } => out.push_str(&d.explain(spec.port)),
-            StartError::NotReady { diagnosis: None } => out.push_str(&format!(
+            StartError::NotReady {
+                probe_failure: Some(why),
+                ..
+            } => {
+                if let Some(startup) = &spec.startup_probe {
+                    out.push_str(&format!(
+                        "the app listens on port {}, but its {} startup probe {} never passed: the last attempt {why}. It passes on {}; fix the endpoint, or point startupProbe at one that answers once the app is ready.",
+                        spec.port,
+                        startup.kind(),
+                        startup.target(),
+                        match startup.check {
+                            probe::HealthCheck::Http { .. } => "HTTP 200-399",
+                            probe::HealthCheck::Grpc { .. } => "a SERVING health check",
+                        }
+                    ));
+                }
+            }
+            StartError::NotReady {
+                diagnosis: Some(d), ..
+            } => out.push_str(&d.explain(spec.port)),
+            StartError::NotReady { diagnosis: None, .. } => out.push_str(&format!(
                 "nothing answered on port {} within {:?}. Check that the app listens on 0.0.0.0:$PORT; if it only starts slowly, raise --startup-timeout.",
                 spec.port, spec.startup_budget
             )),
@@ -313,17 +353,23 @@ async fn start_created(
         printer.clone(),
     ));
     let result = probe_until_ready(runtime, spec, mode, container_id, cancel).await;
-    let addr = match result {
-        Ok(addr) => addr,
+    let (addr, attempts) = match result {
+        Ok(ready) => ready,
         Err(e) => {
             log_task.abort();
             return Err(e);
         }
     };
-    printer.system(
-        &spec.revision,
-        &cloudrun::startup_probe_succeeded(1, spec.container_display_name(), spec.port),
-    );
+    let line = match &spec.startup_probe {
+        None => cloudrun::startup_probe_succeeded(1, spec.container_display_name(), spec.port),
+        Some(startup) => cloudrun::user_startup_probe_succeeded(
+            startup.kind(),
+            attempts,
+            spec.container_display_name(),
+            &startup.target(),
+        ),
+    };
+    printer.system(&spec.revision, &line);
     Ok(Instance {
         container_id: container_id.to_string(),
         id,
@@ -338,13 +384,18 @@ async fn start_created(
 /// (240 s), carried out here by dialling every few milliseconds. Meanwhile the container is
 /// watched: an exit fails the probe at once, and a certain misconfiguration (listening on
 /// loopback or another port) is reported as a warning without waiting out the budget.
+///
+/// A user's HTTP or gRPC startup probe is tried once the port accepts connections, after its
+/// initial delay, then every [`STARTUP_RETRY`] (more often than Cloud Run's periodSeconds, so
+/// a local start is never slower) until it passes or the budget (Cloud Run's last attempt)
+/// runs out. Returns the address and the attempt Cloud Run would have passed on.
 async fn probe_until_ready(
     runtime: &Runtime,
     spec: &RevisionSpec,
     mode: UpstreamMode,
     container_id: &str,
     cancel: &CancellationToken,
-) -> Result<SocketAddr, StartError> {
+) -> Result<(SocketAddr, u32), StartError> {
     let info = runtime.inspect(container_id).await?;
     let exit = runtime.wait_exit(container_id);
     tokio::pin!(exit);
@@ -356,12 +407,33 @@ async fn probe_until_ready(
     };
     let deadline = Instant::now() + spec.startup_budget;
     let mut next_check = Instant::now() + Duration::from_millis(300);
+    let mut next_attempt = Instant::now()
+        + spec
+            .startup_probe
+            .as_ref()
+            .map_or(Duration::ZERO, |p| p.initial_delay);
+    let began = Instant::now();
+    let mut probe_failure: Option<String> = None;
     let mut last_diagnosis: Option<ListenDiagnosis> = None;
     let mut warned = false;
     loop {
         if let Some(addr) = addr {
             if probe::tcp_connects(addr, mode == UpstreamMode::PublishedPort).await {
-                return Ok(addr);
+                let Some(startup) = &spec.startup_probe else {
+                    return Ok((addr, 1));
+                };
+                if Instant::now() >= next_attempt {
+                    // Only the serving port is published; elsewhere the probe's own port.
+                    let target = match mode {
+                        UpstreamMode::ContainerIp => SocketAddr::new(addr.ip(), startup.port),
+                        UpstreamMode::PublishedPort => addr,
+                    };
+                    match startup.check(target).await {
+                        Ok(()) => return Ok((addr, startup.attempt_at(began.elapsed()))),
+                        Err(why) => probe_failure = Some(why),
+                    }
+                    next_attempt = Instant::now() + STARTUP_RETRY;
+                }
             }
         }
         tokio::select! {
@@ -380,7 +452,10 @@ async fn probe_until_ready(
                 .pid
                 .and_then(probe::listening_sockets)
                 .and_then(|s| probe::diagnose(&s, spec.port));
-            return Err(StartError::NotReady { diagnosis });
+            return Err(StartError::NotReady {
+                diagnosis,
+                probe_failure,
+            });
         }
         if !warned && now >= next_check {
             next_check = now + Duration::from_millis(500);
@@ -406,6 +481,9 @@ async fn probe_until_ready(
         }
     }
 }
+
+/// How often a failing user startup probe is tried again.
+const STARTUP_RETRY: Duration = Duration::from_millis(100);
 
 /// Streams the container's output into the log until the container stops.
 async fn follow_logs(
@@ -523,6 +601,7 @@ mod tests {
             memory_bytes: 512 << 20,
             cpu_millis: 1000,
             startup_budget: Duration::from_secs(240),
+            startup_probe: None,
             liveness: None,
         };
         let env = spec.container_env();

@@ -289,6 +289,7 @@ impl Platform {
             memory_bytes: config.memory_bytes,
             cpu_millis: config.cpu_millis,
             startup_budget: config.startup_budget,
+            startup_probe: config.startup_probe.clone(),
             liveness: config.liveness.clone(),
         };
         let scaling = Scaling {

@@ -618,12 +618,7 @@ impl Pool {
         };
         self.inner.changed.notify_waiters();
         let spec = &self.inner.spec;
-        let what = match &liveness.check {
-            crate::probe::LivenessCheck::Http { path } => {
-                format!("on port {} path {path}", liveness.port)
-            }
-            crate::probe::LivenessCheck::Grpc { .. } => format!("on port {}", liveness.port),
-        };
+        let what = liveness.target();
         self.inner.ctx.printer.system(
             &spec.revision,
             &format!(

@@ -33,11 +33,12 @@ pub async fn tcp_connects(addr: SocketAddr, through_port_proxy: bool) -> bool {
     }
 }
 
-/// A liveness probe: HTTP GET (200-399 is alive) or gRPC health check (SERVING is alive),
-/// run every `period` after startup; `failure_threshold` failures in a row restart the instance.
+/// A user's HTTP GET (200-399 passes) or gRPC health check (SERVING passes) probe. As a
+/// liveness probe it runs every `period` after startup and `failure_threshold` failures in a
+/// row restart the instance; as a startup probe it must pass before the instance gets traffic.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Liveness {
-    pub check: LivenessCheck,
+pub struct HealthProbe {
+    pub check: HealthCheck,
     pub port: u16,
     pub initial_delay: Duration,
     pub period: Duration,
@@ -46,80 +47,119 @@ pub struct Liveness {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub enum LivenessCheck {
+pub enum HealthCheck {
     Http { path: String },
     Grpc { service: String },
 }
 
-impl Liveness {
+impl HealthProbe {
     /// `HTTP` or `gRPC`, as Cloud Run names probes in its log lines.
     pub fn kind(&self) -> &'static str {
         match self.check {
-            LivenessCheck::Http { .. } => "HTTP",
-            LivenessCheck::Grpc { .. } => "gRPC",
+            HealthCheck::Http { .. } => "HTTP",
+            HealthCheck::Grpc { .. } => "gRPC",
+        }
+    }
+
+    /// Which of Cloud Run's attempts (1-based, at the initial delay and then every period)
+    /// would be the first to see an app that became healthy `elapsed` after its start.
+    pub fn attempt_at(&self, elapsed: Duration) -> u32 {
+        let after_delay = elapsed.saturating_sub(self.initial_delay);
+        let periods = after_delay
+            .as_nanos()
+            .div_ceil(self.period.as_nanos().max(1));
+        u32::try_from(periods)
+            .unwrap_or(u32::MAX)
+            .saturating_add(1)
+            .min(self.failure_threshold.max(1))
+    }
+
+    /// Where it probes, as Cloud Run's probe lines say it: `on port 8080 path /healthz`.
+    pub fn target(&self) -> String {
+        match &self.check {
+            HealthCheck::Http { path } => format!("on port {} path {path}", self.port),
+            HealthCheck::Grpc { .. } => format!("on port {}", self.port),
         }
     }
 
     /// One probe of the instance at `addr`; true when it answered alive within the timeout.
     pub async fn probe(&self, addr: SocketAddr) -> bool {
+        self.check(addr).await.is_ok()
+    }
+
+    /// One probe of the instance at `addr`, or what went wrong (`answered 503`, ...).
+    pub async fn check(&self, addr: SocketAddr) -> Result<(), String> {
         tokio::time::timeout(self.timeout, self.check.run(addr))
             .await
-            .unwrap_or(false)
+            .unwrap_or_else(|_| Err(format!("no answer within {} s", self.timeout.as_secs())))
     }
 }
 
-impl LivenessCheck {
-    async fn run(&self, addr: SocketAddr) -> bool {
+impl HealthCheck {
+    async fn run(&self, addr: SocketAddr) -> Result<(), String> {
         use http_body_util::{BodyExt, Full};
-        let Ok(stream) = TcpStream::connect(addr).await else {
-            return false;
-        };
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("could not connect ({e})"))?;
         let io = hyper_util::rt::TokioIo::new(stream);
         match self {
-            LivenessCheck::Http { path } => {
-                let Ok((mut sender, connection)) = hyper::client::conn::http1::handshake(io).await
-                else {
-                    return false;
-                };
+            HealthCheck::Http { path } => {
+                let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+                    .await
+                    .map_err(|e| format!("HTTP/1 failed ({e})"))?;
                 tokio::spawn(connection);
                 let request = http::Request::get(path.as_str())
                     .header(http::header::HOST, addr.to_string())
-                    .header(http::header::USER_AGENT, "emulate-liveness-probe")
-                    .body(Full::new(bytes::Bytes::new()));
-                let Ok(request) = request else { return false };
-                match sender.send_request(request).await {
-                    Ok(response) => (200..400).contains(&response.status().as_u16()),
-                    Err(_) => false,
+                    .header(http::header::USER_AGENT, "emulate-probe")
+                    .body(Full::new(bytes::Bytes::new()))
+                    .map_err(|e| format!("invalid path ({e})"))?;
+                let response = sender
+                    .send_request(request)
+                    .await
+                    .map_err(|e| format!("no HTTP response ({e})"))?;
+                let status = response.status();
+                match (200..400).contains(&status.as_u16()) {
+                    true => Ok(()),
+                    false => Err(format!("answered {status}")),
                 }
             }
-            LivenessCheck::Grpc { service } => {
+            HealthCheck::Grpc { service } => {
                 let executor = hyper_util::rt::TokioExecutor::new();
-                let Ok((mut sender, connection)) =
-                    hyper::client::conn::http2::handshake(executor, io).await
-                else {
-                    return false;
-                };
+                let (mut sender, connection) = hyper::client::conn::http2::handshake(executor, io)
+                    .await
+                    .map_err(|e| format!("HTTP/2 failed ({e}); gRPC needs h2c"))?;
                 tokio::spawn(connection);
                 let request =
                     http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
                         .header(http::header::CONTENT_TYPE, "application/grpc")
                         .header(http::header::TE, "trailers")
-                        .body(Full::new(grpc_health_request(service)));
-                let Ok(request) = request else { return false };
-                let Ok(response) = sender.send_request(request).await else {
-                    return false;
-                };
+                        .body(Full::new(grpc_health_request(service)))
+                        .map_err(|e| format!("invalid request ({e})"))?;
+                let response = sender
+                    .send_request(request)
+                    .await
+                    .map_err(|e| format!("no gRPC response ({e})"))?;
                 if response.status() != http::StatusCode::OK {
-                    return false;
+                    return Err(format!("answered HTTP {}", response.status()));
                 }
-                let Ok(collected) = response.into_body().collect().await else {
-                    return false;
-                };
-                let status_ok = collected
+                let collected = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| format!("the response broke off ({e})"))?;
+                let grpc_status = collected
                     .trailers()
                     .and_then(|t| t.get("grpc-status"))
-                    .is_none_or(|s| s == "0");
-                status_ok && grpc_health_serving(&collected.to_bytes())
+                    .and_then(|s| s.to_str().ok())
+                    .unwrap_or("0")
+                    .to_string();
+                if grpc_status != "0" {
+                    return Err(format!("answered grpc-status {grpc_status}"));
+                }
+                match grpc_health_serving(&collected.to_bytes()) {
+                    true => Ok(()),
+                    false => Err("answered NOT_SERVING".to_string()),
+                }
             }
         }
     }
@@ -308,5 +348,28 @@ mod tests {
         }
         .explain(8080);
         assert!(text.contains("0.0.0.0:8080"), "{text}");
+    }
+
+    #[test]
+    fn a_startup_pass_is_credited_to_cloud_runs_next_attempt() {
+        let probe = HealthProbe {
+            check: HealthCheck::Http {
+                path: "/ready".into(),
+            },
+            port: 8080,
+            initial_delay: Duration::from_secs(2),
+            period: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+            failure_threshold: 3,
+        };
+        let at = |ms| probe.attempt_at(Duration::from_millis(ms));
+        // Attempts at 2 s, 12 s and 22 s.
+        assert_eq!(at(500), 1);
+        assert_eq!(at(2_000), 1);
+        assert_eq!(at(2_001), 2);
+        assert_eq!(at(12_000), 2);
+        assert_eq!(at(15_000), 3);
+        assert_eq!(at(40_000), 3, "never past the failure threshold");
+        assert_eq!(probe.target(), "on port 8080 path /ready");
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::cloudrun;
 use crate::config;
 use crate::knative::{self, FieldError, RevisionTemplate};
-use crate::probe::{Liveness, LivenessCheck};
+use crate::probe::{HealthCheck, HealthProbe};
 
 /// Cloud Run's default maximum number of instances.
 pub const DEFAULT_MAX_INSTANCES: u32 = 100;
@@ -67,7 +67,9 @@ pub struct RevisionConfig {
     /// How long an instance may sit idle before it is removed.
     pub idle_timeout: Duration,
     pub startup_budget: Duration,
-    pub liveness: Option<Liveness>,
+    /// A user's HTTP or gRPC startup probe; None is a TCP connect (the default, or tcpSocket).
+    pub startup_probe: Option<HealthProbe>,
+    pub liveness: Option<HealthProbe>,
 }
 
 /// Checks a template and resolves it. `notes` collects one-line notes about settings that
@@ -222,22 +224,25 @@ pub fn resolve(
                 )
             })?,
     };
+    let startup_probe = match &container.startup_probe {
+        None => None,
+        Some(probe) => health_probe(probe, port, &format!("{at}.startupProbe"), true)?,
+    };
     let startup_budget = match &container.startup_probe {
         None => cloudrun::DEFAULT_STARTUP_BUDGET,
         Some(probe) => {
-            if probe.http_get.is_some() || probe.grpc.is_some() {
-                notes.push(format!("{at}.startupProbe: HTTP and gRPC startup probes are checked as TCP connects by this emulator"));
-            }
             let delay = probe.initial_delay_seconds.unwrap_or(0);
             let period = probe.period_seconds.unwrap_or(10);
-            let failures = u64::from(probe.failure_threshold.unwrap_or(3));
+            let failures = u64::from(probe.failure_threshold.unwrap_or(3).max(1));
             let timeout = probe.timeout_seconds.unwrap_or(1);
-            Duration::from_secs((delay + period.max(timeout) * failures).clamp(1, 3600))
+            // Cloud Run's last attempt starts after the delay and failures - 1 periods, and
+            // may take its timeout.
+            Duration::from_secs((delay + period * (failures - 1) + timeout).clamp(1, 3600))
         }
     };
     let liveness = match &container.liveness_probe {
         None => None,
-        Some(probe) => Some(liveness(probe, port, &format!("{at}.livenessProbe"))?),
+        Some(probe) => health_probe(probe, port, &format!("{at}.livenessProbe"), false)?,
     };
     if spec.service_account_name.is_some() {
         notes.push(format!("{SPEC}.serviceAccountName: accepted; it has no local effect (the container gets no Google credentials)"));
@@ -264,42 +269,56 @@ pub fn resolve(
         max_instances,
         idle_timeout,
         startup_budget,
+        startup_probe,
         liveness,
     })
 }
 
-/// A liveness probe with Cloud Run's field defaults (period 10 s, timeout 1 s, 3 failures).
-fn liveness(probe: &knative::Probe, port: u16, at: &str) -> Result<Liveness, FieldError> {
+/// An HTTP or gRPC probe with Cloud Run's field defaults (period 10 s, timeout 1 s, 3
+/// failures). A startup probe may also be `tcpSocket`, which is the default probe's kind: None.
+fn health_probe(
+    probe: &knative::Probe,
+    port: u16,
+    at: &str,
+    startup: bool,
+) -> Result<Option<HealthProbe>, FieldError> {
     let (check, probe_port) = match (&probe.http_get, &probe.grpc, &probe.tcp_socket) {
         (Some(http), None, None) => (
-            LivenessCheck::Http {
+            HealthCheck::Http {
                 path: http.path.clone().unwrap_or_else(|| "/".to_string()),
             },
             http.port,
         ),
         (None, Some(grpc), None) => (
-            LivenessCheck::Grpc {
+            HealthCheck::Grpc {
                 service: grpc.service.clone().unwrap_or_default(),
             },
             grpc.port,
         ),
+        (None, None, Some(_)) if startup => return Ok(None),
         (None, None, Some(_)) => {
             return Err(FieldError::new(
                 format!("{at}.tcpSocket"),
                 "Cloud Run liveness probes are httpGet or grpc",
             ))
         }
+        _ if startup => {
+            return Err(FieldError::new(
+                at,
+                "set exactly one of httpGet, grpc or tcpSocket",
+            ))
+        }
         _ => return Err(FieldError::new(at, "set exactly one of httpGet or grpc")),
     };
     let seconds = |v: Option<u64>, default: u64| Duration::from_secs(v.unwrap_or(default));
-    Ok(Liveness {
+    Ok(Some(HealthProbe {
         check,
         port: probe_port.unwrap_or(port),
         initial_delay: seconds(probe.initial_delay_seconds, 0),
         period: seconds(probe.period_seconds, 10).max(Duration::from_secs(1)),
         timeout: seconds(probe.timeout_seconds, 1).max(Duration::from_secs(1)),
         failure_threshold: probe.failure_threshold.unwrap_or(3).max(1),
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -320,6 +339,30 @@ mod tests {
 
     fn resolve_err(t: &RevisionTemplate) -> FieldError {
         resolve(t, &Secrets::default(), &mut Vec::new()).unwrap_err()
+    }
+
+    #[test]
+    fn startup_probes_keep_their_kind_and_cloud_runs_budget() {
+        let http = resolve_ok(&template(
+            "        startupProbe:\n          httpGet: {path: /ready}\n          initialDelaySeconds: 2\n          periodSeconds: 5\n          failureThreshold: 3\n",
+            "",
+        ));
+        let probe = http.startup_probe.expect("an HTTP startup probe");
+        assert_eq!(probe.kind(), "HTTP");
+        assert_eq!(probe.target(), "on port 8080 path /ready");
+        // Attempts at 2, 7 and 12 s, the last allowed its 1 s timeout.
+        assert_eq!(http.startup_budget, Duration::from_secs(13));
+        let tcp = resolve_ok(&template(
+            "        startupProbe:\n          tcpSocket: {port: 8080}\n          periodSeconds: 240\n          timeoutSeconds: 240\n          failureThreshold: 1\n",
+            "",
+        ));
+        assert_eq!(tcp.startup_probe, None, "TCP is the default probe's kind");
+        assert_eq!(tcp.startup_budget, Duration::from_secs(240));
+        let both = resolve_err(&template(
+            "        startupProbe:\n          httpGet: {path: /}\n          grpc: {}\n",
+            "",
+        ));
+        assert!(both.to_string().contains("startupProbe"), "{both}");
     }
 
     #[test]

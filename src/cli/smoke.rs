@@ -370,20 +370,30 @@ impl Smoke {
                     .map(str::to_string)
                     .collect();
                 let crashed = report.contains("Container called exit(");
-                let timed_out = report.contains("STARTUP TCP probe failed");
-                self.fail(
-                    PREFLIGHT,
-                    "listens on 0.0.0.0:$PORT",
-                    took,
-                    headline,
-                    diagnosis,
-                );
+                // A user's HTTP or gRPC startup probe that never passed, on an app that listens.
+                let probe_line = report
+                    .lines()
+                    .find(|l| l.starts_with("STARTUP ") && l.contains(" probe failed "));
+                let timed_out = probe_line.is_some() || report.contains("STARTUP TCP probe failed");
+                if probe_line.is_some() {
+                    self.pass(PREFLIGHT, "listens on 0.0.0.0:$PORT", took);
+                } else {
+                    self.fail(
+                        PREFLIGHT,
+                        "listens on 0.0.0.0:$PORT",
+                        took,
+                        headline,
+                        diagnosis,
+                    );
+                }
                 if timed_out {
                     self.fail(
                         PREFLIGHT,
                         "starts within the startup probe's budget",
                         took,
-                        "the startup probe's budget ran out".to_string(),
+                        probe_line
+                            .unwrap_or("the startup probe's budget ran out")
+                            .to_string(),
                         Vec::new(),
                     );
                 }

@@ -373,3 +373,68 @@ async fn docker_unavailable_exits_4() {
         done.stderr
     );
 }
+
+#[tokio::test]
+async fn an_http_startup_probe_must_pass_before_traffic() {
+    for (path, exit) in [("/healthz", 0), ("/status?code=503", 3)] {
+        let service = service_name("startupprobe");
+        let yaml = format!(
+            r#"apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {{name: {service}}}
+spec:
+  template:
+    spec:
+      containers:
+      - image: {image}
+        startupProbe:
+          httpGet: {{path: "{path}"}}
+          periodSeconds: 1
+          failureThreshold: 2
+"#,
+            image = testapp_image()
+        );
+        let file = std::env::temp_dir().join(format!("{service}.yaml"));
+        std::fs::write(&file, yaml).unwrap();
+        let done = smoke(&["-f", file.to_str().unwrap()], &[]).await;
+        assert_eq!(
+            done.status.code(),
+            Some(exit),
+            "{path}\n{}\n{}",
+            done.stdout,
+            done.stderr
+        );
+        if exit == 0 {
+            // Cloud Run's first attempt is at start, before the app listens, so it is
+            // credited to the first or the second, 1 s later.
+            let line = done
+                .stderr
+                .lines()
+                .find(|l| l.contains("STARTUP HTTP probe succeeded after"))
+                .unwrap_or_else(|| panic!("no probe line in\n{}", done.stderr));
+            assert!(
+                line.ends_with(&format!(
+                    "for container \"{service}\" on port 8080 path {path}."
+                )),
+                "{line}"
+            );
+        } else {
+            // The app listens; it is the probe that never passed, twice at 1 s apart.
+            assert_line(&done, "PASS listens on 0.0.0.0:$PORT");
+            assert_line(&done, "FAIL starts within the startup probe's budget");
+            for text in [
+                "STARTUP HTTP probe failed 2 times consecutively",
+                "is not ready and cannot serve traffic",
+                "the last attempt answered 503 Service Unavailable",
+            ] {
+                assert!(
+                    done.stdout.contains(text),
+                    "no {text:?} in\n{}",
+                    done.stdout
+                );
+            }
+        }
+        std::fs::remove_file(file).unwrap();
+        nothing_left(&service);
+    }
+}
