@@ -254,24 +254,10 @@ async fn scaling_down_drains_an_instance_before_sigterm() {
 async fn failing_liveness_probes_restart_the_instance() {
     for (kind, probe) in [("HTTP", "httpGet: {path: /healthz}"), ("gRPC", "grpc: {}")] {
         let service = service_name("liveness");
-        let yaml = format!(
-            r#"apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {{name: {service}}}
-spec:
-  template:
-    spec:
-      containers:
-      - image: {image}
-        livenessProbe:
-          {probe}
-          periodSeconds: 1
-          failureThreshold: 2
-"#,
-            image = testapp_image()
+        let file = service_yaml(
+            &service,
+            &format!("        livenessProbe:\n          {probe}\n          periodSeconds: 1\n          failureThreshold: 2\n"),
         );
-        let file = std::env::temp_dir().join(format!("{service}.yaml"));
-        std::fs::write(&file, yaml).unwrap();
         let emulator = Emulator::start(&service, &["-f", file.to_str().unwrap()]).await;
         let first = running_container_ids(&service);
         assert_eq!(first.len(), 1);

@@ -378,24 +378,10 @@ async fn docker_unavailable_exits_4() {
 async fn an_http_startup_probe_must_pass_before_traffic() {
     for (path, exit) in [("/healthz", 0), ("/status?code=503", 3)] {
         let service = service_name("startupprobe");
-        let yaml = format!(
-            r#"apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {{name: {service}}}
-spec:
-  template:
-    spec:
-      containers:
-      - image: {image}
-        startupProbe:
-          httpGet: {{path: "{path}"}}
-          periodSeconds: 1
-          failureThreshold: 2
-"#,
-            image = testapp_image()
+        let file = service_yaml(
+            &service,
+            &format!("        startupProbe:\n          httpGet: {{path: \"{path}\"}}\n          periodSeconds: 1\n          failureThreshold: 2\n"),
         );
-        let file = std::env::temp_dir().join(format!("{service}.yaml"));
-        std::fs::write(&file, yaml).unwrap();
         let done = smoke(&["-f", file.to_str().unwrap()], &[]).await;
         assert_eq!(
             done.status.code(),

@@ -448,3 +448,15 @@ pub fn inspect(id: &str) -> serde_json::Value {
     let out = run_checked(Command::new("docker").args(["inspect", id]));
     serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone()
 }
+
+/// Writes a service.yaml running the test app as `service`, with `container` (YAML lines at
+/// the container's indentation, e.g. a probe) added to the container; returns its path.
+pub fn service_yaml(service: &str, container: &str) -> std::path::PathBuf {
+    let yaml = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {{name: {service}}}\nspec:\n  template:\n    spec:\n      containers:\n      - image: {}\n{container}",
+        testapp_image()
+    );
+    let file = std::env::temp_dir().join(format!("{service}.yaml"));
+    std::fs::write(&file, yaml).unwrap();
+    file
+}
