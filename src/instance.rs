@@ -538,7 +538,8 @@ impl Instance {
             .and_then(|i| i.exit_code);
         // A SIGKILL before the grace ran out was not ours: the engine's view of a container
         // the OOM killer just hit can lag behind, so it looked running a moment ago.
-        let oom_killed = runtime.oom_killed(&self.container_id, exit_code).await;
+        // Past the grace period it was our SIGKILL; the engine need not be asked.
+        let oom_killed = took < grace && runtime.oom_killed(&self.container_id, exit_code).await;
         let already_exited = already_exited || (oom_killed && took < grace);
         self.finish(runtime).await?;
         stopped?;
