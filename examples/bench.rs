@@ -712,6 +712,36 @@ async fn cold(
 
 /// The `coldStarts` counter of a service's newest revision, from `emulate revisions list`.
 async fn cold_starts(emulate: &std::path::Path, emulator: &Emulator) -> anyhow::Result<u64> {
+    let json = instances_status(emulate, emulator).await?;
+    json["coldStarts"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("no [0].status.instances.coldStarts in {json}"))
+}
+
+/// Waits until no instance of the emulator's revision is starting: a start still under way
+/// when the last response arrived counts too.
+async fn wait_for_starts(emulate: &std::path::Path, emulator: &Emulator) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let json = instances_status(emulate, emulator).await?;
+        let starting = json["instances"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|i| i["state"] == "starting"));
+        if !starting {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("instances still starting after 30 s: {json}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `status.instances` of the emulator's (only) revision, from `emulate revisions list`.
+async fn instances_status(
+    emulate: &std::path::Path,
+    emulator: &Emulator,
+) -> anyhow::Result<serde_json::Value> {
     let output = tokio::process::Command::new(emulate)
         .args([
             "revisions",
@@ -735,9 +765,7 @@ async fn cold_starts(emulate: &std::path::Path, emulator: &Emulator) -> anyhow::
     }
     let json: serde_json::Value =
         serde_json::from_slice(&output.stdout).context("emulate revisions list printed no JSON")?;
-    json[0]["status"]["instances"]["coldStarts"]
-        .as_u64()
-        .ok_or_else(|| anyhow!("no [0].status.instances.coldStarts in {json}"))
+    Ok(json[0]["status"]["instances"].clone())
 }
 
 /// The `herd` measurement: 100 concurrent `GET /sleep?ms=200` at zero instances with a
@@ -797,6 +825,7 @@ async fn herd(
         }
     }
     let wall = start.elapsed();
+    wait_for_starts(emulate, &emulator).await?;
     let after = cold_starts(emulate, &emulator).await?;
     tokio::task::block_in_place(|| cleanup.stop_emulator(emulator.pid));
 

@@ -320,14 +320,14 @@ impl Pool {
                     }
                     state.waiters += 1;
                     waiting.counted = true;
+                    tracing::debug!(
+                        waiters = state.waiters,
+                        starting = state.starting,
+                        "a request waits for an instance"
+                    );
                     failed_before = state.failed_starts;
                 }
                 self.start_for_waiters(&mut state);
-                tracing::debug!(
-                    waiters = state.waiters,
-                    starting = state.starting,
-                    "a request waits for an instance"
-                );
                 let usable = state.members.iter().any(Member::usable);
                 if state.starting == 0 && !usable && state.failed_starts != failed_before {
                     return Err(unavailable(cloudrun::INSTANCE_COULD_NOT_START));
