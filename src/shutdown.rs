@@ -1,5 +1,6 @@
-//! Ctrl-C and SIGTERM: the first asks for a graceful stop (drain, SIGTERM the containers),
-//! the second for an immediate one (SIGKILL); containers are removed either way.
+//! Ctrl-C, SIGTERM and SIGHUP (the terminal closed): the first asks for a graceful stop
+//! (drain, SIGTERM the containers), the second for an immediate one (SIGKILL); containers are
+//! removed either way.
 
 use tokio_util::sync::CancellationToken;
 
@@ -17,22 +18,22 @@ impl Signals {
         let signals = Signals::default();
         let tokens = signals.clone();
         tokio::spawn(async move {
-            let mut sigterm = match terminate_signal() {
-                Some(s) => s,
-                None => return,
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut sigterm), Ok(mut sighup)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
+            ) else {
+                return;
             };
             for token in [&tokens.graceful, &tokens.immediate] {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = sigterm.recv() => {}
+                    _ = sighup.recv() => {}
                 }
                 token.cancel();
             }
         });
         signals
     }
-}
-
-fn terminate_signal() -> Option<tokio::signal::unix::Signal> {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok()
 }

@@ -154,3 +154,53 @@ async fn an_instance_over_its_memory_limit_is_reported_and_replaced() {
     );
     assert!(stdout.contains("Container called exit(137)."), "{stdout}");
 }
+
+#[tokio::test]
+async fn a_hangup_with_its_output_closed_still_removes_the_container() {
+    use std::io::BufRead;
+    require_docker();
+    let service = service_name("hangup");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_emulate"))
+        .args(["run", testapp_image(), "--service", &service])
+        .args(["--listen", "127.0.0.1:0"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .env("NO_COLOR", "1")
+        .spawn()
+        .unwrap();
+    let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    // Read until it serves, then close both pipes, as `emulate run IMAGE 2>&1 | head` does.
+    let served = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.starts_with("Admin API:"))
+    });
+    let served = tokio::time::timeout(Duration::from_secs(60), served).await;
+    assert!(matches!(served, Ok(Ok(true))), "emulate did not serve");
+    drop(stdout);
+    assert_eq!(running_containers_of(&service), 1);
+    // The terminal it ran in closes: SIGHUP, and every line it writes now fails.
+    let hangup = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hangup.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "emulate did not exit after SIGHUP"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_ne!(status.code(), Some(101), "emulate panicked");
+    assert!(
+        containers_of(&service).is_empty(),
+        "the container was left behind"
+    );
+}
