@@ -211,18 +211,16 @@ pub fn resolve(
     }
     let idle_timeout = match annotations.get(knative::ANNOTATION_IDLE_TIMEOUT) {
         None => cloudrun::DEFAULT_IDLE_TIMEOUT,
-        Some(v) => config::parse_duration("", v)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                FieldError::new(
-                    format!(
-                        "spec.template.metadata.annotations[{}]",
-                        knative::ANNOTATION_IDLE_TIMEOUT
-                    ),
-                    format!("expected a duration such as 30s or 15m, found '{v}'"),
-                )
-            })?,
+        // "0s" is Knative's own default: an idle instance goes at the next decision.
+        Some(v) => config::parse_duration("", v).ok().ok_or_else(|| {
+            FieldError::new(
+                format!(
+                    "spec.template.metadata.annotations[{}]",
+                    knative::ANNOTATION_IDLE_TIMEOUT
+                ),
+                format!("expected a duration such as 30s or 15m, found '{v}'"),
+            )
+        })?,
     };
     let startup_probe = match &container.startup_probe {
         None => None,
