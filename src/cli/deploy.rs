@@ -226,6 +226,13 @@ fn new_service(name: &str, image: &str) -> knative::Service {
 fn apply_flags(service: &mut knative::Service, args: &DeployArgs) -> Result<(), String> {
     let template = &mut service.spec.template;
     let annotations = &mut template.metadata.annotations;
+    if let (Some(min), Some(max)) = (args.min_instances, args.max_instances) {
+        if min > max {
+            return Err(format!(
+                "--min-instances: {min} is more than --max-instances {max}"
+            ));
+        }
+    }
     if let Some(n) = args.min_instances {
         annotations.insert(knative::ANNOTATION_MIN_SCALE.to_string(), n.to_string());
     }

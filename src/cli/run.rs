@@ -180,6 +180,14 @@ impl RunConfig {
         if startup_budget.is_zero() {
             return Err(invalid("--startup-timeout", "must be more than zero"));
         }
+        if let (Some(min), Some(max)) = (args.min_instances, args.max_instances) {
+            if min > max {
+                return Err(invalid(
+                    "--min-instances",
+                    format!("{min} is more than --max-instances {max}"),
+                ));
+            }
+        }
         let command = args.command.as_deref().map(config::split_list);
         if command
             .as_ref()
@@ -635,7 +643,7 @@ mod tests {
 
     #[test]
     fn bad_flags_name_the_flag() {
-        let cases: [(&[&str], &str); 7] = [
+        let cases: [(&[&str], &str); 8] = [
             (&["img", "--memory", "lots"], "--memory:"),
             (&["img", "--timeout", "2h"], "--timeout:"),
             (&["img", "--set-env-vars", "PORT=1"], "--set-env-vars:"),
@@ -643,6 +651,10 @@ mod tests {
             (&["img", "--listen", "nowhere"], "--listen:"),
             (&["img", "--cpu", "100"], "--cpu:"),
             (&["img", "--startup-timeout", "0"], "--startup-timeout:"),
+            (
+                &["img", "--min-instances", "3", "--max-instances", "2"],
+                "--min-instances:",
+            ),
         ];
         for (args, field) in cases {
             let error = config(args).unwrap_err().to_string();
