@@ -398,17 +398,31 @@ pub async fn run(args: RunArgs) -> Exit {
     Exit::Success
 }
 
-/// Reads and checks service files, naming the file and field of any error (exit 2).
+/// Reads and checks the `-f` service files, naming the file and field of any error, and a
+/// service that two files both define (exit 2).
 pub(crate) fn read_service_files(paths: &[PathBuf]) -> Result<Vec<knative::Service>, Exit> {
-    paths
-        .iter()
-        .map(|path| {
-            read_service_file(path).map_err(|message| {
-                eprintln!("error: {message}");
-                Exit::Usage
-            })
-        })
-        .collect()
+    let usage = |message: String| {
+        eprintln!("error: -f: {message}");
+        Exit::Usage
+    };
+    let mut documents: Vec<(&PathBuf, knative::Service)> = Vec::new();
+    for path in paths {
+        let document = read_service_file(path).map_err(usage)?;
+        let name = document.metadata.name.as_deref();
+        if let Some((first, _)) = documents
+            .iter()
+            .find(|(_, d)| name.is_some() && d.metadata.name.as_deref() == name)
+        {
+            return Err(usage(format!(
+                "{} and {} both define service '{}'; give each service one file",
+                first.display(),
+                path.display(),
+                name.unwrap_or_default()
+            )));
+        }
+        documents.push((path, document));
+    }
+    Ok(documents.into_iter().map(|(_, d)| d).collect())
 }
 
 /// Reaches Docker (exit 4 if it cannot) and removes containers a killed emulator left behind.
