@@ -141,6 +141,21 @@ pub async fn run(mut args: SmokeArgs) -> Exit {
             return Exit::Usage;
         }
     };
+    // A report that cannot be written is found out now, not after the run.
+    if let Some(path) = &args.junit {
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => std::path::Path::new("."),
+        };
+        if !dir.is_dir() {
+            eprintln!(
+                "error: --junit: cannot write {}: the directory {} does not exist",
+                path.display(),
+                dir.display()
+            );
+            return Exit::Usage;
+        }
+    }
     // Its own emulator on free loopback ports, so parallel CI jobs never collide.
     args.service.listen = "127.0.0.1:0".to_string();
     args.service.admin_listen = "127.0.0.1:0".to_string();
@@ -676,6 +691,10 @@ impl Smoke {
         if let Some(path) = &self.junit {
             if let Err(e) = std::fs::write(path, self.report.to_junit()) {
                 eprintln!("error: --junit: cannot write {}: {e}", path.display());
+                // CI must not read a pass without the report it was asked for.
+                if matches!(exit, Exit::Success) {
+                    return Exit::Failure;
+                }
             }
         }
         exit

@@ -424,3 +424,27 @@ async fn an_http_startup_probe_must_pass_before_traffic() {
         nothing_left(&service);
     }
 }
+
+#[tokio::test]
+async fn a_junit_file_that_cannot_be_written_is_refused_before_the_run() {
+    let service = service_name("smokejunit");
+    let done = smoke(
+        &[
+            testapp_image(),
+            "--service",
+            &service,
+            "--junit",
+            "/nonexistent-emulate-dir/report.xml",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(done.status.code(), Some(2), "{done:?}");
+    assert!(
+        done.stderr
+            .contains("--junit: cannot write /nonexistent-emulate-dir/report.xml"),
+        "{}",
+        done.stderr
+    );
+    nothing_left(&service);
+}
