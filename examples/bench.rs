@@ -394,25 +394,7 @@ async fn proxy(
     let emulator_direct = SocketAddr::new(container_ip(&emulator.container).await?, APP_PORT);
 
     eprintln!("Starting a second container with a published port...");
-    cleanup.sweep_label = true;
-    let published_container = docker(&[
-        "run",
-        "-d",
-        "--rm=false",
-        "--memory",
-        "512m",
-        "--cpus",
-        "1",
-        "-p",
-        "127.0.0.1::8080",
-        "-e",
-        "PORT=8080",
-        "--label",
-        BENCH_LABEL,
-        image,
-    ])
-    .await?;
-    cleanup.containers.push(published_container.clone());
+    let published_container = docker_run(image, &["-p", "127.0.0.1::8080"], cleanup).await?;
     let published_direct = SocketAddr::new(container_ip(&published_container).await?, APP_PORT);
     let published = published_port(&published_container).await?;
     wait_until_serving(published_direct).await?;
@@ -570,11 +552,11 @@ fn rounds_ms(values: &[f64]) -> String {
     values.join(" ")
 }
 
-/// Starts a bare test app container (512 MiB, 1 CPU, `PORT=8080`) with the benchmark's label
-/// and records it in `cleanup`; its ID.
-async fn docker_run(image: &str, cleanup: &mut Cleanup) -> anyhow::Result<String> {
+/// Starts a bare test app container (512 MiB, 1 CPU, `PORT=8080`, plus `extra` flags) with the
+/// benchmark's label and records it in `cleanup`; its ID.
+async fn docker_run(image: &str, extra: &[&str], cleanup: &mut Cleanup) -> anyhow::Result<String> {
     cleanup.sweep_label = true;
-    let id = docker(&[
+    let mut args = vec![
         "run",
         "-d",
         "--memory",
@@ -585,9 +567,10 @@ async fn docker_run(image: &str, cleanup: &mut Cleanup) -> anyhow::Result<String
         "PORT=8080",
         "--label",
         BENCH_LABEL,
-        image,
-    ])
-    .await?;
+    ];
+    args.extend_from_slice(extra);
+    args.push(image);
+    let id = docker(&args).await?;
     cleanup.containers.push(id.clone());
     Ok(id)
 }
@@ -654,7 +637,7 @@ async fn cold(
 
         // The bare container starts while emulate's instance idles towards zero again.
         let started = Instant::now();
-        let id = docker_run(image, cleanup).await?;
+        let id = docker_run(image, &[], cleanup).await?;
         let ip = container_ip(&id).await?;
         ip_known.push(ms(started.elapsed()));
         poll_until_answer(SocketAddr::new(ip, APP_PORT), |_| true).await?;
@@ -992,7 +975,7 @@ async fn smoke(
             .join(" | ");
 
         let started = Instant::now();
-        let id = docker_run(image, cleanup).await?;
+        let id = docker_run(image, &[], cleanup).await?;
         let ip = container_ip(&id).await?;
         poll_until_answer(SocketAddr::new(ip, APP_PORT), |s| s.as_u16() < 500).await?;
         docker(&["stop", "-t", "10", &id]).await?;

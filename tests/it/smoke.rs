@@ -27,6 +27,17 @@ async fn smoke(args: &[&str], env: &[(&str, &str)]) -> Finished {
     }
 }
 
+/// Asserts the exit code, showing `context` and all the output when it differs.
+fn assert_exit(done: &Finished, code: i32, context: &str) {
+    assert_eq!(
+        done.status.code(),
+        Some(code),
+        "{context}\n{}\n{}",
+        done.stdout,
+        done.stderr
+    );
+}
+
 fn assert_line(done: &Finished, line: &str) {
     assert!(
         done.stdout
@@ -66,13 +77,7 @@ async fn a_good_image_passes_with_exit_0_and_a_junit_report() {
         &[],
     )
     .await;
-    assert_eq!(
-        done.status.code(),
-        Some(0),
-        "{}\n{}",
-        done.stdout,
-        done.stderr
-    );
+    assert_exit(&done, 0, "");
     for check in [
         "PASS image is linux/amd64",
         "PASS no reserved env names",
@@ -127,13 +132,7 @@ async fn a_failing_check_exits_1_with_its_reason_in_json_and_junit() {
         &[],
     )
     .await;
-    assert_eq!(
-        done.status.code(),
-        Some(1),
-        "{}\n{}",
-        done.stdout,
-        done.stderr
-    );
+    assert_exit(&done, 1, "");
     let report: serde_json::Value = serde_json::from_str(&done.stdout).unwrap();
     assert_eq!(report["exitCode"], 1);
     assert_eq!(report["failed"], 1);
@@ -232,13 +231,7 @@ async fn preflight_findings_fail_with_cloud_runs_words() {
         let mut args = case.args.clone();
         args.extend(["--service", service.as_str()]);
         let done = smoke(&args, &[]).await;
-        assert_eq!(
-            done.status.code(),
-            Some(case.exit),
-            "{args:?}\n{}\n{}",
-            done.stdout,
-            done.stderr
-        );
+        assert_exit(&done, case.exit, &format!("{args:?}"));
         assert_line(&done, case.line);
         assert!(
             done.stdout.contains(case.text),
@@ -264,13 +257,7 @@ async fn ignoring_sigterm_is_a_warning_not_a_failure() {
         &[],
     )
     .await;
-    assert_eq!(
-        done.status.code(),
-        Some(0),
-        "{}\n{}",
-        done.stdout,
-        done.stderr
-    );
+    assert_exit(&done, 0, "");
     assert_line(&done, "WARN shuts down within 10 s of SIGTERM");
     assert!(done.stdout.contains("were SIGKILLed"), "{}", done.stdout);
     nothing_left(&service);
@@ -319,13 +306,7 @@ async fn a_checks_file_runs_requests_and_scenarios() {
         &[],
     )
     .await;
-    assert_eq!(
-        done.status.code(),
-        Some(0),
-        "{}\n{}",
-        done.stdout,
-        done.stderr
-    );
+    assert_exit(&done, 0, "");
     for check in [
         "PASS echo knows the service",
         "PASS cold start",
@@ -383,13 +364,7 @@ async fn an_http_startup_probe_must_pass_before_traffic() {
             &format!("        startupProbe:\n          httpGet: {{path: \"{path}\"}}\n          periodSeconds: 1\n          failureThreshold: 2\n"),
         );
         let done = smoke(&["-f", file.to_str().unwrap()], &[]).await;
-        assert_eq!(
-            done.status.code(),
-            Some(exit),
-            "{path}\n{}\n{}",
-            done.stdout,
-            done.stderr
-        );
+        assert_exit(&done, exit, path);
         if exit == 0 {
             // Cloud Run's first attempt is at start, before the app listens, so it is
             // credited to the first or the second, 1 s later.
