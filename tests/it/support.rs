@@ -140,9 +140,17 @@ pub struct Emulator {
     pub admin: String,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
+    /// The threads reading stdout and stderr: they end when the process closes its pipes.
+    readers: Vec<std::thread::JoinHandle<()>>,
+    /// Whether the test sent SIGKILL: such an emulator cannot clean up, and its containers are
+    /// left for the next one to reap.
+    killed: std::sync::atomic::AtomicBool,
 }
 
-fn collect(stream: impl std::io::Read + Send + 'static, sink: Arc<Mutex<String>>) {
+fn collect(
+    stream: impl std::io::Read + Send + 'static,
+    sink: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
@@ -150,7 +158,7 @@ fn collect(stream: impl std::io::Read + Send + 'static, sink: Arc<Mutex<String>>
             sink.push_str(&line);
             sink.push('\n');
         }
-    });
+    })
 }
 
 /// What a finished emulator printed.
@@ -178,8 +186,10 @@ impl Emulator {
         let mut child = command.spawn().expect("the emulate binary runs");
         let stdout = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
-        collect(child.stdout.take().unwrap(), stdout.clone());
-        collect(child.stderr.take().unwrap(), stderr.clone());
+        let readers = vec![
+            collect(child.stdout.take().unwrap(), stdout.clone()),
+            collect(child.stderr.take().unwrap(), stderr.clone()),
+        ];
         Emulator {
             child,
             service: service.to_string(),
@@ -187,29 +197,30 @@ impl Emulator {
             admin: String::new(),
             stdout,
             stderr,
+            readers,
+            killed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// Starts `emulate run` and waits until it serves.
+    /// Starts `emulate run` and waits until it serves and has announced its admin API (which
+    /// it prints after the service URL).
     pub async fn start(service: &str, args: &[&str]) -> Emulator {
         require_docker();
         let mut emulator = Emulator::spawn(service, args, &[]);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(port) = emulator
-                .stderr()
+            let stderr = emulator.stderr();
+            let port = stderr
                 .lines()
                 .find_map(|l| l.strip_prefix("Service URL: http://localhost:"))
-                .and_then(|p| p.trim().parse::<u16>().ok())
-            {
+                .and_then(|p| p.trim().parse::<u16>().ok());
+            let admin = stderr
+                .lines()
+                .find_map(|l| l.strip_prefix("Admin API: http://"))
+                .and_then(|rest| rest.split_whitespace().next());
+            if let (Some(port), Some(admin)) = (port, admin) {
                 emulator.addr = SocketAddr::from(([127, 0, 0, 1], port));
-                emulator.admin = emulator
-                    .stderr()
-                    .lines()
-                    .find_map(|l| l.strip_prefix("Admin API: http://"))
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .map(str::to_string)
-                    .unwrap_or_default();
+                emulator.admin = admin.to_string();
                 return emulator;
             }
             if let Ok(Some(status)) = emulator.child.try_wait() {
@@ -321,6 +332,10 @@ impl Emulator {
 
     /// Sends a signal (`INT`, `TERM`, `KILL`) to the emulator process.
     pub fn signal(&self, signal: &str) {
+        if signal == "KILL" {
+            self.killed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(self.pid().to_string())
@@ -344,8 +359,12 @@ impl Emulator {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        // The reader threads finish when the pipes close.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The reader threads finish when the pipes close: join them so that nothing printed
+        // is missed.
+        let readers = std::mem::take(&mut self.readers);
+        tokio::task::spawn_blocking(move || readers.into_iter().for_each(|r| drop(r.join())))
+            .await
+            .unwrap();
         Finished {
             status,
             stdout: self.stdout(),
@@ -355,30 +374,78 @@ impl Emulator {
 }
 
 impl Drop for Emulator {
-    /// Stops the emulator the way a user would (Ctrl-C, then a second one if it lingers), so
-    /// it removes what it started; then removes anything of its service still there.
+    /// Stops the emulator the way a user would (Ctrl-C, then a second one if it lingers), then
+    /// asserts that it removed every container it started: a leak fails the test. Forced
+    /// removal follows the check, as cleanup only, so a leak is never masked.
     fn drop(&mut self) {
+        let pid = self.child.id();
         if let Ok(None) = self.child.try_wait() {
-            let pid = self.child.id().to_string();
-            let interrupt = |_: ()| {
-                let _ = Command::new("kill").arg("-INT").arg(&pid).status();
+            let interrupt = || {
+                let _ = Command::new("kill")
+                    .arg("-INT")
+                    .arg(pid.to_string())
+                    .status();
             };
-            interrupt(());
-            let deadline = Instant::now() + Duration::from_secs(15);
+            interrupt();
+            // A drain (10 s) plus a container's SIGTERM grace period (10 s), with room to spare.
+            let deadline = Instant::now() + Duration::from_secs(40);
             while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
             if matches!(self.child.try_wait(), Ok(None)) {
-                interrupt(());
-                std::thread::sleep(Duration::from_secs(2));
+                interrupt();
+                let deadline = Instant::now() + Duration::from_secs(15);
+                while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
         }
+        let lingered = matches!(self.child.try_wait(), Ok(None));
         let _ = self.child.kill();
         let _ = self.child.wait();
-        for id in containers_of(&self.service) {
-            let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+        let mut leaked = containers_owned_by(pid);
+        leaked.extend(containers_of(&self.service));
+        leaked.sort();
+        leaked.dedup();
+        for id in &leaked {
+            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+        }
+        if std::thread::panicking() {
+            return;
+        }
+        assert!(
+            !lingered,
+            "emulate (pid {pid}) did not stop after two Ctrl-C:\n{}",
+            self.stderr()
+        );
+        if !self.killed.load(std::sync::atomic::Ordering::Relaxed) {
+            assert!(
+                leaked.is_empty(),
+                "emulate (pid {pid}) exited and left containers behind: {leaked:?}\n{}",
+                self.stderr()
+            );
         }
     }
+}
+
+/// The containers (running or not) whose owner label names process `pid` of this host.
+pub fn containers_owned_by(pid: u32) -> Vec<String> {
+    let out = run_checked(Command::new("docker").args([
+        "ps",
+        "-a",
+        "--filter",
+        "label=dev.emulate.managed=true",
+        "--format",
+        "{{.ID}} {{.Label \"dev.emulate.owner\"}}",
+    ]));
+    out.lines()
+        .filter_map(|line| {
+            let (id, owner) = line.split_once(' ')?;
+            // HOST:PID:STARTTIME
+            let owner_pid = owner.rsplitn(3, ':').nth(1)?;
+            (owner_pid == pid.to_string()).then(|| id.to_string())
+        })
+        .collect()
 }
 
 /// A response, read whole.
