@@ -144,6 +144,10 @@ fn main() -> ExitCode {
     });
     drop(runtime);
     let code = match outcome {
+        Some(Ok(true)) if MISSED_ANY.load(std::sync::atomic::Ordering::Relaxed) => {
+            eprintln!("error: at least one target above was MISSED");
+            ExitCode::FAILURE
+        }
         Some(Ok(true)) => ExitCode::SUCCESS,
         Some(Ok(false)) => {
             eprintln!("error: some requests failed or were not 200; the numbers above are not trustworthy");
@@ -184,11 +188,9 @@ fn emulate_binary() -> anyhow::Result<PathBuf> {
         }
         eprintln!("Building the emulate binary...");
         let built = build.status().map(|s| s.success()).unwrap_or(false);
-        if !built && binary.exists() {
-            eprintln!(
-                "warning: building emulate failed; benchmarking the existing (possibly stale) {}",
-                binary.display()
-            );
+        if !built {
+            // Never measure a stale binary: the numbers would describe code that is not there.
+            bail!("building emulate failed; fix the build and run the benchmark again");
         }
     }
     if !binary.exists() {
@@ -1022,10 +1024,14 @@ async fn smoke(
     Ok((out, true))
 }
 
+/// Set when any target is missed, so that the benchmark exits non-zero.
+static MISSED_ANY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn verdict(met: bool) -> &'static str {
     if met {
         "ok"
     } else {
+        MISSED_ANY.store(true, std::sync::atomic::Ordering::Relaxed);
         "MISSED"
     }
 }

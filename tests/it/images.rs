@@ -58,6 +58,14 @@ pub fn context(name: &str, files: &[(&str, &[u8], u32)]) -> PathBuf {
     dir
 }
 
+/// A hash of some byte strings: stable for the same contents within one build of the tests.
+fn content_hash(parts: &[&[u8]]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    parts.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// The test app image (docker/testapp), built once per test run: a static binary in a
 /// `FROM scratch` image.
 pub fn testapp_image() -> &'static str {
@@ -90,7 +98,12 @@ pub fn testapp_image() -> &'static str {
                 ("testapp", &binary, 0o755),
             ],
         );
-        let image = "emulate-testapp:it".to_string();
+        // Tagged by content, so that another checkout's test run or the benchmark, building a
+        // different test app at the same time, never swaps the image under this run.
+        let image = format!(
+            "emulate-testapp:{:016x}",
+            content_hash(&[&binary, &dockerfile])
+        );
         run_checked(
             Command::new("docker")
                 .args(["build", "-q", "-t", &image])
