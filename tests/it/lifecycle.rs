@@ -11,7 +11,9 @@ async fn ctrl_c_lets_in_flight_requests_finish_then_removes_the_container() {
     let mut emulator = Emulator::start(&service_name("drain"), &[testapp_image()]).await;
     let url = emulator.url("/sleep?ms=1500");
     let in_flight = tokio::spawn(async move { get(&url).await });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    emulator
+        .wait_for_output("sleeping 1500 ms", Duration::from_secs(10))
+        .await;
     emulator.signal("INT");
     let reply = in_flight.await.unwrap();
     assert_eq!(
@@ -45,6 +47,8 @@ async fn a_container_ignoring_sigterm_is_killed_after_10_seconds() {
     emulator.signal("TERM");
     let done = emulator.wait(Duration::from_secs(30)).await;
     let took = began.elapsed();
+    // SIGTERM is a clean stop, as Ctrl-C is: exit 0 (README, "Exit codes").
+    assert_eq!(done.status.code(), Some(0), "{done:?}");
     assert!(
         took >= Duration::from_secs(10) && took < Duration::from_secs(20),
         "took {took:?}"

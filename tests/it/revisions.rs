@@ -22,7 +22,7 @@ fn host(emulator: &Emulator) -> String {
 }
 
 #[tokio::test]
-async fn a_50_50_split_reaches_both_revisions() {
+async fn a_70_30_split_sends_each_revision_its_share() {
     let emulator = Emulator::start(&service_name("split"), &[testapp_image()]).await;
     let deployed = emulator
         .cli_ok(&[
@@ -45,7 +45,7 @@ async fn a_50_50_split_reaches_both_revisions() {
         new.starts_with(&format!("{}-00002-", emulator.service)),
         "{new}"
     );
-    let split = format!("{old}=50,{new}=50");
+    let split = format!("{old}=70,{new}=30");
     emulator
         .cli_ok(&[
             "services",
@@ -56,15 +56,18 @@ async fn a_50_50_split_reaches_both_revisions() {
         ])
         .await;
     let mut on_new = 0;
-    for _ in 0..400 {
+    for _ in 0..2000 {
         if emulator.revision_for(&host(&emulator), "/echo").await == *new {
             on_new += 1;
         }
     }
-    // Binomial(400, 0.5): the standard deviation is 10, so this is ±5σ.
+    // Binomial(2000, 0.3): mean 600, standard deviation 20.5, and the bound is about ±4σ, so a
+    // correct split fails it with probability about 6e-5. A split off by ten points (40% or 20%
+    // on the new revision: means 800 and 400, deviations 22 and 18) passes it with probability
+    // below 1e-7, and a swapped or even split never does.
     assert!(
-        (150..=250).contains(&on_new),
-        "{on_new} of 400 went to the new revision"
+        (518..=682).contains(&on_new),
+        "{on_new} of 2000 went to the new revision, which has 30%"
     );
 }
 

@@ -146,7 +146,9 @@ async fn max_instances_all_busy_gives_429_after_10_s_and_at_once_past_the_queue_
         let url = emulator.url("/sleep?ms=14000");
         tokio::spawn(async move { get(&url).await.status })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    emulator
+        .wait_for_output("sleeping 14000 ms", Duration::from_secs(10))
+        .await;
     let began = Instant::now();
     let url = emulator.url("/echo");
     // The waiting bound is 10 for one instance of concurrency 1: the 11th is refused at once.
@@ -234,7 +236,9 @@ async fn scaling_down_drains_an_instance_before_sigterm() {
         let url = emulator.url("/sleep?ms=4000");
         tokio::spawn(async move { get(&url).await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    emulator
+        .wait_for_output("sleeping 4000 ms", Duration::from_secs(10))
+        .await;
     let short = get(&emulator.url("/sleep?ms=100")).await;
     assert_eq!(short.status, 200);
     let reply = long.await.unwrap();

@@ -330,6 +330,21 @@ impl Emulator {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits until the emulator (or one of its containers, whose lines it prints) has printed
+    /// `needle`, failing the test after `limit`.
+    pub async fn wait_for_output(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.stdout().contains(needle) && !self.stderr().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} within {limit:?}:\n{}\n{}",
+                self.stdout(),
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Sends a signal (`INT`, `TERM`, `KILL`) to the emulator process.
     pub fn signal(&self, signal: &str) {
         if signal == "KILL" {

@@ -202,6 +202,8 @@ async fn echo(req: Request<Incoming>) -> Handled {
 /// Holds the request open for a while, to test timeouts and concurrency.
 async fn sleep(query: &Query) -> Handled {
     let ms: u64 = number(query, "ms", 0)?;
+    // Tests wait for this line to know the request has reached the instance.
+    println!("sleeping {ms} ms");
     tokio::time::sleep(Duration::from_millis(ms)).await;
     Ok(text(StatusCode::OK, format!("slept {ms} ms\n")))
 }
