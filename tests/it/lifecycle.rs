@@ -71,7 +71,10 @@ async fn a_second_ctrl_c_stops_at_once_and_still_removes_the_container() {
     .await;
     let began = Instant::now();
     emulator.signal("INT");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The second Ctrl-C must come while the first one's graceful stop is under way.
+    emulator
+        .wait_for_output("Shutting down:", Duration::from_secs(10))
+        .await;
     emulator.signal("INT");
     let done = emulator.wait(Duration::from_secs(15)).await;
     assert!(
@@ -164,7 +167,7 @@ async fn a_hangup_with_its_output_closed_still_removes_the_container() {
     use std::io::BufRead;
     require_docker();
     let service = service_name("hangup");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_emulate"))
+    let mut child = emulate_command()
         .args(["run", testapp_image(), "--service", &service])
         .args(["--listen", "127.0.0.1:0"])
         .stdin(std::process::Stdio::null())

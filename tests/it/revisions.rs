@@ -477,14 +477,22 @@ spec:
 
 #[tokio::test]
 async fn verbs_without_an_emulator_say_how_to_start_one() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_emulate"))
-        .args(["services", "list", "--admin", "127.0.0.1:1"])
+    // A port that was just free: nothing listens on it (port 1 might be taken on some hosts).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let output = emulate_command()
+        .args(["services", "list", "--admin", &closed])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("cannot reach the emulator's admin API at 127.0.0.1:1"),
+        stderr.contains(&format!(
+            "cannot reach the emulator's admin API at {closed}"
+        )),
         "{stderr}"
     );
 }

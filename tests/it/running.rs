@@ -159,7 +159,7 @@ async fn a_busy_listen_port_is_a_clear_error_and_starts_nothing() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
     let service = service_name("busy");
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_emulate"));
+    let mut command = emulate_command();
     let out = command
         .args([
             "run",

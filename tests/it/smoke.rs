@@ -8,7 +8,7 @@ use crate::support::*;
 /// Runs `emulate smoke ARGS` to completion.
 async fn smoke(args: &[&str], env: &[(&str, &str)]) -> Finished {
     require_docker();
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_emulate"));
+    let mut command = emulate_command();
     command.arg("smoke").args(args).env("NO_COLOR", "1");
     for (k, v) in env {
         command.env(k, v);

@@ -99,9 +99,25 @@ fn sha256_hex(data: &[u8]) -> String {
         .to_string()
 }
 
-/// A unique, valid service name, so parallel tests never share containers.
+/// A unique, valid service name, so parallel tests never share containers: 40 random bits make
+/// a clash between two of the suite's few hundred names about as likely as one in 10^7.
 pub fn service_name(prefix: &str) -> String {
-    format!("it-{prefix}-{:05x}", rand::random::<u32>() & 0xfffff)
+    format!(
+        "it-{prefix}-{:010x}",
+        rand::random::<u64>() & 0xff_ffff_ffff
+    )
+}
+
+/// The `emulate` binary as a command, with no `EMULATE_*` variable of the outer environment
+/// (an admin address, a secret, a log level) reaching it unless the test sets it.
+pub fn emulate_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_emulate"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("EMULATE_") {
+            command.env_remove(name);
+        }
+    }
+    command
 }
 
 /// Containers (running or not) of a service, by the emulator's label.
@@ -171,7 +187,7 @@ pub struct Finished {
 
 impl Emulator {
     fn spawn(service: &str, args: &[&str], env: &[(&str, &str)]) -> Emulator {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_emulate"));
+        let mut command = emulate_command();
         command
             .arg("run")
             .args(["--service", service, "--listen", "127.0.0.1:0"])
@@ -261,7 +277,7 @@ impl Emulator {
         let admin = self.admin.clone();
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         tokio::task::spawn_blocking(move || {
-            let output = Command::new(env!("CARGO_BIN_EXE_emulate"))
+            let output = emulate_command()
                 .args(&args)
                 .env("EMULATE_ADMIN", admin)
                 .env("NO_COLOR", "1")
