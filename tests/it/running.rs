@@ -191,4 +191,31 @@ async fn the_published_port_fallback_serves_through_127_0_0_1_only() {
     let ids = running_container_ids(&service);
     let bindings = &inspect(&ids[0])["HostConfig"]["PortBindings"]["8080/tcp"];
     assert_eq!(bindings[0]["HostIp"], "127.0.0.1", "{bindings}");
+    // The proxy really dials the published port: its pooled connection to 127.0.0.1:HOSTPORT
+    // is still open after the request (nothing else knows that port).
+    let published = inspect(&ids[0])["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"]
+        .as_str()
+        .unwrap()
+        .parse::<u16>()
+        .unwrap();
+    let established = established_to_loopback(published);
+    assert!(
+        established > 0,
+        "no connection to the published port 127.0.0.1:{published}"
+    );
+}
+
+/// How many ESTABLISHED TCP connections on this host go to 127.0.0.1:`port`
+/// (from /proc/net/tcp: addresses are little-endian hex, state 01 is ESTABLISHED).
+fn established_to_loopback(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let remote = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 3 && fields[2] == remote && fields[3] == "01"
+        })
+        .count()
 }
