@@ -39,7 +39,7 @@ async fn an_idle_service_scales_to_zero_and_the_next_request_cold_starts() {
     let service = emulator.service.clone();
     // The log line comes once the stopped container is removed, a moment after it exits.
     wait_until("scale to zero", &emulator, Duration::from_secs(20), || {
-        running_containers_of(&service) == 0
+        started_containers_of(&service).is_empty()
             && emulator.stdout().contains("idle for 2s; scaling down")
     })
     .await;
@@ -77,7 +77,7 @@ async fn a_herd_at_zero_starts_ceil_n_over_concurrency_instances() {
     .await;
     let service = emulator.service.clone();
     wait_until("scale to zero", &emulator, Duration::from_secs(20), || {
-        running_containers_of(&service) == 0
+        started_containers_of(&service).is_empty()
     })
     .await;
     let url = emulator.url("/sleep?ms=300");
@@ -96,6 +96,15 @@ async fn a_herd_at_zero_starts_ceil_n_over_concurrency_instances() {
         "25 requests at concurrency 10 need 3 instances: {status}"
     );
     // And the autoscaler added none for headroom on top: one start at deploy, three for the herd.
+    // Counted once the herd's instances have scaled back to zero, so that every tick the
+    // autoscaler made while they lived is in the count, not only those before the herd ended.
+    wait_until(
+        "scale back to zero",
+        &emulator,
+        Duration::from_secs(30),
+        || started_containers_of(&service).is_empty(),
+    )
+    .await;
     let stdout = emulator.stdout();
     assert_eq!(
         stdout.matches("Starting new instance").count(),
@@ -247,6 +256,14 @@ async fn scaling_down_drains_an_instance_before_sigterm() {
         .await;
     let short = get(&emulator.url("/sleep?ms=100")).await;
     assert_eq!(short.status, 200);
+    // The short request had an instance to itself: a second one was started for it.
+    assert_eq!(short.in_flight, 1);
+    assert_eq!(
+        emulator.stdout().matches("Starting new instance").count(),
+        2,
+        "{}",
+        emulator.stdout()
+    );
     let reply = long.await.unwrap();
     assert_eq!(
         (reply.status, reply.body.as_str()),
@@ -255,7 +272,7 @@ async fn scaling_down_drains_an_instance_before_sigterm() {
     );
     let service = emulator.service.clone();
     wait_until("scale to zero", &emulator, Duration::from_secs(20), || {
-        running_containers_of(&service) == 0
+        started_containers_of(&service).is_empty()
     })
     .await;
 }

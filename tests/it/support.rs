@@ -131,6 +131,33 @@ pub fn containers_of(service: &str) -> Vec<String> {
     out.lines().map(str::to_string).collect()
 }
 
+/// Containers of a service in any state but `created`: everything but the spare container
+/// made ahead of time for the next cold start. A stopped container that was never removed
+/// counts here, as it should when a test checks that a service scaled to zero.
+pub fn started_containers_of(service: &str) -> Vec<String> {
+    let mut command = Command::new("docker");
+    command.args([
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=dev.emulate.service={service}"),
+    ]);
+    for status in [
+        "restarting",
+        "running",
+        "removing",
+        "paused",
+        "exited",
+        "dead",
+    ] {
+        command.args(["--filter", &format!("status={status}")]);
+    }
+    run_checked(&mut command)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 /// Running containers of a service (not the spare one created ahead of time).
 pub fn running_containers_of(service: &str) -> usize {
     running_container_ids(service).len()
