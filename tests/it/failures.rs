@@ -21,7 +21,13 @@ async fn fails(service: &str, args: &[&str]) -> Finished {
 async fn an_arm64_image_is_refused_with_cloud_runs_text_before_creating_anything() {
     let service = service_name("arm64");
     let image = arm64_labelled_image();
+    let began = unix_now();
     let done = fails(&service, &[image]).await;
+    assert_eq!(
+        containers_created_since(&service, began),
+        Vec::<String>::new(),
+        "a container was created for an image that cannot run"
+    );
     assert!(
         done.stderr.contains(&format!("Cloud Run does not support image '{image}': Container manifest type 'application/vnd.docker.distribution.manifest.v2+json' must support amd64/linux.")),
         "{}",

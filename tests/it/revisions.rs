@@ -205,6 +205,7 @@ async fn rollback_moves_traffic_back_and_stops_the_abandoned_revision() {
     );
     // The first revision lost its traffic: drained and stopped, its record kept.
     wait_for_containers(&emulator, 1).await;
+    assert_eq!(running_revisions_of(&emulator.service), [second.clone()]);
     let to_first = format!("{first}=100");
     emulator
         .cli_ok(&[
@@ -219,7 +220,9 @@ async fn rollback_moves_traffic_back_and_stops_the_abandoned_revision() {
         emulator.revision_for(&host(&emulator), "/echo").await,
         first
     );
+    // Now the second one is abandoned, and it is the one stopped.
     wait_for_containers(&emulator, 1).await;
+    assert_eq!(running_revisions_of(&emulator.service), [first.clone()]);
     emulator
         .cli_ok(&[
             "services",

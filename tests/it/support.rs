@@ -158,6 +158,50 @@ pub fn started_containers_of(service: &str) -> Vec<String> {
         .collect()
 }
 
+/// The revisions (label `dev.emulate.revision`) of a service's running containers, sorted.
+pub fn running_revisions_of(service: &str) -> Vec<String> {
+    let out = run_checked(Command::new("docker").args([
+        "ps",
+        "--filter",
+        &format!("label=dev.emulate.service={service}"),
+        "--format",
+        "{{.Label \"dev.emulate.revision\"}}",
+    ]));
+    let mut revisions: Vec<String> = out.lines().map(str::to_string).collect();
+    revisions.sort();
+    revisions
+}
+
+/// Seconds since the epoch, for `containers_created_since`.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The engine's `create` events for a service's containers since `since` (from `unix_now`,
+/// taken a second early since events have one-second resolution): proof that nothing was
+/// created, which the end state alone cannot give.
+pub fn containers_created_since(service: &str, since: u64) -> Vec<String> {
+    let out = run_checked(Command::new("docker").args([
+        "events",
+        "--since",
+        &since.saturating_sub(1).to_string(),
+        "--until",
+        &(unix_now() + 1).to_string(),
+        "--filter",
+        "type=container",
+        "--filter",
+        "event=create",
+        "--filter",
+        &format!("label=dev.emulate.service={service}"),
+        "--format",
+        "{{.ID}}",
+    ]));
+    out.lines().map(str::to_string).collect()
+}
+
 /// Running containers of a service (not the spare one created ahead of time).
 pub fn running_containers_of(service: &str) -> usize {
     running_container_ids(service).len()
