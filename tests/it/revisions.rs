@@ -205,7 +205,10 @@ async fn rollback_moves_traffic_back_and_stops_the_abandoned_revision() {
     );
     // The first revision lost its traffic: drained and stopped, its record kept.
     wait_for_containers(&emulator, 1).await;
-    assert_eq!(running_revisions_of(&emulator.service), [second.clone()]);
+    assert_eq!(
+        running_revisions_of(&emulator.service),
+        std::slice::from_ref(&second)
+    );
     let to_first = format!("{first}=100");
     emulator
         .cli_ok(&[
@@ -222,7 +225,10 @@ async fn rollback_moves_traffic_back_and_stops_the_abandoned_revision() {
     );
     // Now the second one is abandoned, and it is the one stopped.
     wait_for_containers(&emulator, 1).await;
-    assert_eq!(running_revisions_of(&emulator.service), [first.clone()]);
+    assert_eq!(
+        running_revisions_of(&emulator.service),
+        std::slice::from_ref(&first)
+    );
     emulator
         .cli_ok(&[
             "services",

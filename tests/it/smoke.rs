@@ -143,8 +143,12 @@ async fn a_failing_check_exits_1_with_its_reason_in_json_and_junit() {
         .find(|c| c["name"] == "GET /status?code=500")
         .unwrap();
     assert_eq!(check["outcome"], "failed");
+    // The message must quote the status the app answered, not only the check's own name.
     assert!(
-        check["message"].as_str().unwrap().contains("500"),
+        check["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("status 500, expected "),
         "{check}"
     );
     let xml = std::fs::read_to_string(&junit).unwrap();

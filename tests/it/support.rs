@@ -544,7 +544,7 @@ pub fn containers_owned_by(pid: u32) -> Vec<String> {
         .filter_map(|line| {
             let (id, owner) = line.split_once(' ')?;
             // HOST:PID:STARTTIME
-            let owner_pid = owner.rsplitn(3, ':').nth(1)?;
+            let owner_pid = owner.rsplit(':').nth(1)?;
             (owner_pid == pid.to_string()).then(|| id.to_string())
         })
         .collect()
