@@ -3,19 +3,24 @@
 //! `revisions`) talk to. A discovery file lets those verbs find the emulator without flags.
 
 pub mod client;
+pub mod gate;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use self::gate::Gate;
 use crate::knative;
 use crate::platform::{ApplyError, LookupError, Platform};
 
@@ -24,25 +29,77 @@ pub const API_PREFIX: &str = "/apis/serving.knative.dev/v1/namespaces/";
 /// Response header carrying one-line notes about accepted settings with no local effect.
 pub const NOTE_HEADER: &str = "x-emulate-note";
 
+/// The admin API's settings: plain data.
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    /// Who may drive the API (host, origin, token, content type).
+    pub gate: Gate,
+    /// From accept, and again from the end of each response, a client must send a whole
+    /// request head within this, so idle and half-open sockets do not pile up.
+    pub header_read_timeout: Duration,
+}
+
+/// How long the accept loop waits after a failed accept (out of file descriptors...).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Serves the admin API until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, platform: Platform, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    platform: Platform,
+    config: AdminConfig,
+    shutdown: CancellationToken,
+) {
+    let gate = Arc::new(config.gate);
+    // HTTP/1 only (the verbs speak it): hyper's HTTP/1 header-read timer runs from accept
+    // and restarts when a connection goes idle, so it bounds both a silent client and an
+    // idle keep-alive connection. (hyper-util's auto builder has no timer while it tells
+    // the protocols apart.)
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout);
+    let mut failing = false;
     loop {
-        let (stream, _) = tokio::select! {
+        let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(_) => continue,
+                Ok((stream, _)) => {
+                    failing = false;
+                    stream
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning,
+                    // and say so once per bout rather than thousands of times a second.
+                    if !failing {
+                        tracing::warn!("admin API: accept failed: {e}; retrying every {} ms", ACCEPT_BACKOFF.as_millis());
+                        failing = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
             },
             _ = shutdown.cancelled() => return,
         };
         let platform = platform.clone();
+        let gate = gate.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let platform = platform.clone();
+            let gate = gate.clone();
+            async move {
+                // Nothing is dispatched before the gate lets the request through.
+                let response = match gate.admit(&request) {
+                    Ok(()) => handle(&platform, request).await,
+                    Err(refusal) => refusal.into_response(),
+                };
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let platform = platform.clone();
-                async move { Ok::<_, Infallible>(handle(&platform, request).await) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            if let Err(e) = connection.await {
+                tracing::debug!("admin API connection ended: {e}");
+            }
         });
     }
 }
@@ -238,23 +295,51 @@ pub fn discovery_dir() -> PathBuf {
     std::env::temp_dir().join("emulate")
 }
 
-/// The discovery file of this process; removed when dropped.
+/// The discovery file of this process; removed when dropped. It holds the run's token, so
+/// only its owner may read it (0600, in a directory created 0700).
 pub struct Announcement {
     path: PathBuf,
 }
 
 impl Announcement {
-    pub fn write(admin: SocketAddr, listen: SocketAddr) -> std::io::Result<Announcement> {
+    pub fn write(
+        admin: SocketAddr,
+        listen: SocketAddr,
+        token: &str,
+    ) -> std::io::Result<Announcement> {
         let dir = discovery_dir();
-        std::fs::create_dir_all(&dir)?;
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(&dir)?;
         let path = dir.join(format!("admin-{}.json", std::process::id()));
         let body = serde_json::json!({
             "pid": std::process::id(),
-            "admin": admin.to_string(),
+            "admin": connectable(admin).to_string(),
             "listen": listen.to_string(),
+            "token": token,
         });
-        std::fs::write(&path, body.to_string())?;
+        // A file left by an earlier process with this pid goes; `create_new` then refuses
+        // to follow a link someone else planted in its place.
+        let _ = std::fs::remove_file(&path);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options
+            .open(&path)?
+            .write_all(body.to_string().as_bytes())?;
         Ok(Announcement { path })
+    }
+}
+
+/// The address a verb dials: a wildcard bind is reached on loopback.
+pub(crate) fn connectable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
     }
 }
 

@@ -1,5 +1,6 @@
 //! The CLI's side of the admin API: finds the running emulator (`--admin`, `EMULATE_ADMIN`,
-//! else the discovery files) and sends it Cloud Run v1 API requests.
+//! else the discovery files) and its token (`EMULATE_ADMIN_TOKEN`, else the discovery file
+//! announcing that address), and sends it Cloud Run v1 API requests.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 
+use super::gate::{TOKEN_ENV, TOKEN_SCHEME};
 use super::{discovery_dir, API_PREFIX, NOTE_HEADER};
 use crate::knative;
 
@@ -23,6 +25,8 @@ pub enum ClientError {
     Ambiguous(String),
     #[error("--admin: '{0}' is not an address (HOST:PORT)")]
     BadAddress(String),
+    #[error("{TOKEN_ENV}: not a token (it holds characters an HTTP header cannot carry)")]
+    BadToken,
     #[error("cannot reach the emulator's admin API at {addr}: {cause}")]
     Unreachable { addr: SocketAddr, cause: String },
     /// The API answered with an error: its status code, reason and message.
@@ -36,7 +40,42 @@ pub enum ClientError {
 
 pub struct AdminClient {
     addr: SocketAddr,
+    /// The run's token; without it every request is answered 401, which says how to get it.
+    token: Option<String>,
     http: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// One emulator's discovery file.
+struct Announced {
+    file: std::path::PathBuf,
+    admin: SocketAddr,
+    token: Option<String>,
+}
+
+fn is_header_safe(token: &str) -> bool {
+    http::HeaderValue::from_str(&format!("{TOKEN_SCHEME} {token}")).is_ok()
+}
+
+/// The discovery files this user can read (others' are 0600).
+fn announced() -> Vec<Announced> {
+    let Ok(entries) = std::fs::read_dir(discovery_dir()) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let text = std::fs::read_to_string(entry.path()).ok()?;
+            let value = serde_json::from_str::<serde_json::Value>(&text).ok()?;
+            Some(Announced {
+                file: entry.path(),
+                admin: value["admin"].as_str()?.parse().ok()?,
+                token: value["token"]
+                    .as_str()
+                    .filter(|t| is_header_safe(t))
+                    .map(str::to_string),
+            })
+        })
+        .collect()
 }
 
 /// A response's body and the notes the emulator attached to it.
@@ -47,42 +86,44 @@ pub struct Answer<T> {
 
 impl AdminClient {
     /// Finds the emulator to talk to: an explicit address wins; else exactly one live
-    /// emulator announced in the discovery directory.
-    pub async fn find(explicit: Option<&str>) -> Result<AdminClient, ClientError> {
+    /// emulator announced in the discovery directory. The token is `token` when given, else
+    /// the one in the discovery file announcing the address.
+    pub async fn find(
+        explicit: Option<&str>,
+        token: Option<String>,
+    ) -> Result<AdminClient, ClientError> {
         let http = Client::builder(TokioExecutor::new()).build_http();
+        let token = token.filter(|t| !t.is_empty());
+        if token.as_deref().is_some_and(|t| !is_header_safe(t)) {
+            return Err(ClientError::BadToken);
+        }
         if let Some(addr) = explicit.filter(|a| !a.is_empty()) {
             let text = addr.trim_start_matches("http://").trim_end_matches('/');
             let addr: SocketAddr = text
                 .replace("localhost:", "127.0.0.1:")
                 .parse()
                 .map_err(|_| ClientError::BadAddress(addr.to_string()))?;
-            return Ok(AdminClient { addr, http });
+            let addr = super::connectable(addr);
+            let token = token.or_else(|| {
+                announced()
+                    .into_iter()
+                    .find(|a| a.admin == addr)
+                    .and_then(|a| a.token)
+            });
+            return Ok(AdminClient { addr, token, http });
         }
         let mut live = Vec::new();
-        if let Ok(entries) = std::fs::read_dir(discovery_dir()) {
-            for entry in entries.flatten() {
-                let Ok(text) = std::fs::read_to_string(entry.path()) else {
-                    continue;
-                };
-                let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
-                    continue;
-                };
-                let Some(addr) = value["admin"]
-                    .as_str()
-                    .and_then(|a| a.parse::<SocketAddr>().ok())
-                else {
-                    continue;
-                };
-                let client = AdminClient {
-                    addr,
-                    http: http.clone(),
-                };
-                if client.healthy().await {
-                    live.push(client);
-                } else {
-                    // The emulator that wrote it is gone.
-                    let _ = std::fs::remove_file(entry.path());
-                }
+        for announced in announced() {
+            let client = AdminClient {
+                addr: announced.admin,
+                token: token.clone().or(announced.token),
+                http: http.clone(),
+            };
+            if client.healthy().await {
+                live.push(client);
+            } else {
+                // The emulator that wrote it is gone.
+                let _ = std::fs::remove_file(&announced.file);
             }
         }
         match live.len() {
@@ -111,10 +152,19 @@ impl AdminClient {
         path: String,
         body: Option<Vec<u8>>,
     ) -> Result<Answer<T>, ClientError> {
-        let request = http::Request::builder()
+        let mut request = http::Request::builder()
             .method(method)
-            .uri(format!("http://{}{path}", self.addr))
-            .header(http::header::CONTENT_TYPE, "application/json")
+            .uri(format!("http://{}{path}", self.addr));
+        if body.is_some() {
+            request = request.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(token) = &self.token {
+            request = request.header(
+                http::header::AUTHORIZATION,
+                format!("{TOKEN_SCHEME} {token}"),
+            );
+        }
+        let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .expect("a valid request");
         let unreachable = |cause: String| ClientError::Unreachable {

@@ -5,6 +5,7 @@ use clap::{Args, ValueEnum};
 
 use super::Exit;
 use crate::admin::client::{AdminClient, ClientError};
+use crate::admin::gate::TOKEN_ENV;
 
 #[derive(Clone, Debug, Args)]
 pub struct Target {
@@ -15,7 +16,9 @@ pub struct Target {
 
 impl Target {
     pub async fn client(&self) -> Result<AdminClient, Exit> {
-        AdminClient::find(self.admin.as_deref())
+        // The token comes from the environment only: a flag would show it in `ps`.
+        let token = std::env::var(TOKEN_ENV).ok();
+        AdminClient::find(self.admin.as_deref(), token)
             .await
             .map_err(|e| fail(&e))
     }
@@ -48,7 +51,7 @@ pub fn fail(error: &ClientError) -> Exit {
     match error {
         ClientError::Api { code, .. } if code.as_u16() == 400 => Exit::Usage,
         ClientError::Api { code, .. } if code.as_u16() == 422 => Exit::NotReady,
-        ClientError::BadAddress(_) => Exit::Usage,
+        ClientError::BadAddress(_) | ClientError::BadToken => Exit::Usage,
         _ => Exit::Failure,
     }
 }

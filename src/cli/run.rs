@@ -11,7 +11,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::Exit;
-use crate::admin::{self, Announcement};
+use crate::admin::gate::TOKEN_ENV;
+use crate::admin::{self, AdminConfig, Announcement, Gate};
 use crate::cloudrun;
 use crate::config::{self, InvalidValue};
 use crate::instance::{self, UpstreamMode};
@@ -95,13 +96,19 @@ pub struct RunArgs {
     /// EMULATE_SECRET_NAME).
     #[arg(long, value_name = "DIR")]
     pub secrets_dir: Option<PathBuf>,
-    /// Where the admin API (used by `emulate deploy`, `services`, `revisions`) listens.
+    /// Where the admin API (used by `emulate deploy`, `services`, `revisions`) listens; a
+    /// loopback address unless --admin-allow-remote is given.
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
     pub admin_listen: String,
+    /// Let --admin-listen be an address off loopback (e.g. 0.0.0.0:PORT). Whoever reaches it
+    /// and holds the token (in the discovery file) can run containers on this machine.
+    #[arg(long)]
+    pub admin_allow_remote: bool,
     /// The service plain http://localhost:PORT reaches when several run.
     #[arg(long, value_name = "SERVICE")]
     pub default_service: Option<String>,
-    /// Disconnect clients that take longer than this to send their request head.
+    /// Disconnect clients (of the proxy and of the admin API) that take longer than this to
+    /// send a request head, from accept or from the end of the previous response.
     #[arg(long, default_value = "10s", hide = true)]
     pub header_read_timeout: String,
 }
@@ -140,6 +147,8 @@ pub struct RunConfig {
     pub idle_timeout: Option<Duration>,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// The admin API may listen off loopback (`--admin-allow-remote`).
+    pub admin_allow_remote: bool,
     pub files: Vec<PathBuf>,
     pub secrets_dir: Option<PathBuf>,
     pub default_service: Option<String>,
@@ -188,6 +197,15 @@ impl RunConfig {
                 ));
             }
         }
+        let admin_listen = parse_listen("--admin-listen", &args.admin_listen)?;
+        if !admin_listen.ip().is_loopback() && !args.admin_allow_remote {
+            return Err(invalid(
+                "--admin-listen",
+                format!(
+                    "{admin_listen} is not a loopback address: whoever reaches the admin API can run containers on this machine. Add --admin-allow-remote to listen there anyway."
+                ),
+            ));
+        }
         let command = args.command.as_deref().map(config::split_list);
         if command
             .as_ref()
@@ -216,7 +234,8 @@ impl RunConfig {
                 .map(|t| config::parse_duration("--scale-to-zero-after", t))
                 .transpose()?,
             listen: parse_listen("--listen", &args.listen)?,
-            admin_listen: parse_listen("--admin-listen", &args.admin_listen)?,
+            admin_listen,
+            admin_allow_remote: args.admin_allow_remote,
             files: args.files,
             secrets_dir: args.secrets_dir,
             default_service: args.default_service,
@@ -294,6 +313,12 @@ pub async fn run(args: RunArgs) -> Exit {
     };
     let listen = listener.local_addr().unwrap_or(config.listen);
     let admin = admin_listener.local_addr().unwrap_or(config.admin_listen);
+    if !admin.ip().is_loopback() {
+        eprintln!(
+            "warning: the admin API listens off loopback, on {admin} (--admin-allow-remote): whoever reaches it with this run's token (in the discovery file under {}) can run containers on this machine.",
+            admin::discovery_dir().display()
+        );
+    }
 
     if documents.is_empty() {
         let image = match resolve_image_flag(&runtime, &config.image).await {
@@ -351,12 +376,14 @@ pub async fn run(args: RunArgs) -> Exit {
         // Plain localhost reaches the only service, or the default one.
         eprintln!("Service URL: {}", service_url(listen));
     }
+    let gate = Gate::new(admin, config.admin_allow_remote);
+    // Announced before the address is printed, so a verb started on seeing it finds the token.
+    let announcement = Announcement::write(admin, listen, &gate.token);
     eprintln!("Admin API: http://{admin} (emulate services list, emulate deploy ... find it by themselves)");
-
-    let announcement = Announcement::write(admin, listen);
     if let Err(e) = &announcement {
         eprintln!(
-            "warning: cannot write the discovery file ({e}); CLI verbs will need --admin {admin}"
+            "warning: cannot write the discovery file ({e}); CLI verbs will need --admin {admin} and {TOKEN_ENV}={}",
+            gate.token
         );
     }
     let stop_accepting = CancellationToken::new();
@@ -371,6 +398,10 @@ pub async fn run(args: RunArgs) -> Exit {
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         platform.clone(),
+        AdminConfig {
+            gate,
+            header_read_timeout: config.header_read_timeout,
+        },
         stop_accepting.clone(),
     ));
 

@@ -5,6 +5,7 @@
 mod images;
 mod support;
 
+mod admin_security;
 mod failures;
 mod lifecycle;
 mod proxying;

@@ -343,15 +343,26 @@ impl Emulator {
         emulator.wait(limit).await
     }
 
-    /// Runs a control-plane verb (`deploy ...`, `services ...`) against this emulator.
+    /// Runs a control-plane verb (`deploy ...`, `services ...`) against this emulator. It
+    /// finds the run's token itself, in the discovery file announcing `EMULATE_ADMIN`.
     pub async fn cli(&self, args: &[&str]) -> Finished {
+        self.cli_env(args, &[]).await
+    }
+
+    /// Like `cli`, with more env vars.
+    pub async fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Finished {
         let admin = self.admin.clone();
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         tokio::task::spawn_blocking(move || {
             let output = emulate_command()
                 .args(&args)
                 .env("EMULATE_ADMIN", admin)
                 .env("NO_COLOR", "1")
+                .envs(env)
                 .output()
                 .expect("the emulate binary runs");
             Finished {
@@ -399,6 +410,33 @@ impl Emulator {
         let reply = request("GET", &self.url(path), &[("host", host)], Vec::new(), false).await;
         assert_eq!(reply.status, 200, "{host}{path}: {}", reply.body);
         reply.revision
+    }
+
+    /// This emulator's discovery file (`$TMPDIR/emulate/admin-PID.json`).
+    pub fn discovery_file(&self) -> std::path::PathBuf {
+        std::env::temp_dir()
+            .join("emulate")
+            .join(format!("admin-{}.json", self.pid()))
+    }
+
+    /// The run's admin API token, read from its discovery file ("" if it has none), for
+    /// tests that talk to the admin API directly.
+    pub fn admin_token(&self) -> String {
+        let text = std::fs::read_to_string(self.discovery_file()).unwrap_or_else(|e| {
+            panic!("{}: {e}", self.discovery_file().display());
+        });
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        value["token"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// The admin API's address, dialable (a wildcard bind is reached on loopback).
+    pub fn admin_addr(&self) -> SocketAddr {
+        let addr: SocketAddr = self.admin.parse().unwrap();
+        if addr.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        } else {
+            addr
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -628,4 +666,39 @@ pub fn service_yaml(service: &str, container: &str) -> std::path::PathBuf {
     let file = std::env::temp_dir().join(format!("{service}.yaml"));
     std::fs::write(&file, yaml).unwrap();
     file
+}
+
+/// A response read off a raw socket.
+#[derive(Debug)]
+pub struct RawReply {
+    pub status: u16,
+    /// The status line and headers.
+    pub head: String,
+    pub body: String,
+}
+
+/// Sends `request` (a whole HTTP/1.1 request, written as is: tests control every header,
+/// even a missing Host) and reads the answer until the server closes; send
+/// `Connection: close`.
+pub async fn raw_http(addr: SocketAddr, request: &str) -> RawReply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server answered and closed within 30 s")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"));
+    RawReply {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    }
 }
