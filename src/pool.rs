@@ -327,11 +327,15 @@ impl Pool {
                     );
                     failed_before = state.failed_starts;
                 }
-                self.start_for_waiters(&mut state);
+                // The start this request waited for failed and nothing can serve it: Cloud Run
+                // answers at once. This comes before starting more, since a crash-looping
+                // revision always has a (backed-off) start coming, and the request would
+                // otherwise wait through all of them.
                 let usable = state.members.iter().any(Member::usable);
-                if state.starting == 0 && !usable && state.failed_starts != failed_before {
+                if !usable && state.failed_starts != failed_before {
                     return Err(unavailable(cloudrun::INSTANCE_COULD_NOT_START));
                 }
+                self.start_for_waiters(&mut state);
                 notified.as_mut().enable();
                 // While an instance starts for it, a request waits as long as its timeout
                 // allows (a cold start); with none coming, 10 s.

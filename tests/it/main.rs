@@ -8,6 +8,7 @@ mod support;
 mod admin_security;
 mod failures;
 mod lifecycle;
+mod promises;
 mod proxying;
 mod revisions;
 mod running;

@@ -292,8 +292,13 @@ impl Emulator {
     /// Starts `emulate run` and waits until it serves and has announced its admin API (which
     /// it prints after the service URL).
     pub async fn start(service: &str, args: &[&str]) -> Emulator {
+        Emulator::start_with_env(service, args, &[]).await
+    }
+
+    /// `start`, with environment variables for the emulator process.
+    pub async fn start_with_env(service: &str, args: &[&str], env: &[(&str, &str)]) -> Emulator {
         require_docker();
-        let mut emulator = Emulator::spawn(service, args, &[]);
+        let mut emulator = Emulator::spawn(service, args, env);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let stderr = emulator.stderr();

@@ -22,6 +22,17 @@ fn main() {
         eprintln!("crashing at start with code {code}");
         std::process::exit(code);
     }
+    // Crashes at start from a moment on (seconds since the epoch): a revision that deploys
+    // fine and then cannot start again, as after a broken dependency.
+    if let Some(after) = env_parse::<u64>("CRASH_AT_START_AFTER_UNIX") {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if now >= after {
+            eprintln!("crashing at start: it is past {after}");
+            std::process::exit(1);
+        }
+    }
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
     runtime.block_on(run());
 }
@@ -38,6 +49,10 @@ fn env_flag(name: &str) -> bool {
 
 async fn run() {
     let stop = lifecycle::install(env_flag("IGNORE_SIGTERM"));
+    // Health checks (HTTP /healthz and gRPC) fail from the start: a startup probe never passes.
+    if env_flag("START_SICK") {
+        routes::SICK.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 
     if env_flag("NEVER_LISTEN") {
         output::line("never listening");

@@ -26,7 +26,7 @@ static LEAKED: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 /// Set by `/sick`: from then on `/healthz` and the gRPC health check fail, so tests can watch
 /// liveness probes restart the instance.
-static SICK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+pub static SICK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The size of a page; `/alloc` writes one byte per page to make it resident.
 const PAGE: usize = 4096;
@@ -189,6 +189,7 @@ async fn echo(req: Request<Incoming>) -> Handled {
         "version": format!("{:?}", parts.version),
         "headers": headers,
         "env": env,
+        "args": std::env::args().collect::<Vec<_>>(),
         "body_len": body_len,
     });
     let mut resp = text(StatusCode::OK, report.to_string());
