@@ -48,6 +48,8 @@ pub struct AdminClient {
 /// One emulator's discovery file.
 struct Announced {
     file: std::path::PathBuf,
+    /// The emulator process that wrote the file.
+    pid: Option<u32>,
     admin: SocketAddr,
     token: Option<String>,
 }
@@ -68,6 +70,7 @@ fn announced() -> Vec<Announced> {
             let value = serde_json::from_str::<serde_json::Value>(&text).ok()?;
             Some(Announced {
                 file: entry.path(),
+                pid: value["pid"].as_u64().and_then(|p| u32::try_from(p).ok()),
                 admin: value["admin"].as_str()?.parse().ok()?,
                 token: value["token"]
                     .as_str()
@@ -76,6 +79,23 @@ fn announced() -> Vec<Announced> {
             })
         })
         .collect()
+}
+
+/// Whether process `pid` has ended: no such process, or a zombie nobody has waited for yet.
+/// False where /proc cannot tell (not Linux): a file is then never removed on a guess.
+fn process_is_gone(pid: u32) -> bool {
+    if !std::path::Path::new("/proc/self/stat").exists() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the command name, which is in parentheses and may contain any
+        // character: read it after the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| matches!(state, "Z" | "X")),
+    }
 }
 
 /// A response's body and the notes the emulator attached to it.
@@ -121,8 +141,9 @@ impl AdminClient {
             };
             if client.healthy().await {
                 live.push(client);
-            } else {
-                // The emulator that wrote it is gone.
+            } else if announced.pid.is_some_and(process_is_gone) {
+                // The emulator that wrote it is gone. One that is only slow to answer (a
+                // loaded machine) keeps its file.
                 let _ = std::fs::remove_file(&announced.file);
             }
         }
@@ -140,7 +161,7 @@ impl AdminClient {
 
     async fn healthy(&self) -> bool {
         let request = tokio::time::timeout(
-            Duration::from_millis(500),
+            Duration::from_secs(2),
             self.send::<serde_json::Value>(Method::GET, "/healthz".to_string(), None),
         );
         matches!(request.await, Ok(Ok(_)))
@@ -278,5 +299,29 @@ impl AdminClient {
         self.send::<serde_json::Value>(Method::DELETE, Self::path("revisions", Some(name)), None)
             .await
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::process_is_gone;
+
+    #[test]
+    fn live_processes_are_not_gone_and_reaped_or_zombie_ones_are() {
+        assert!(!process_is_gone(std::process::id()));
+        // A child that exited but was not waited for is a zombie: gone, though its pid exists.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !process_is_gone(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pid {pid} never ended"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        child.wait().unwrap();
+        assert!(process_is_gone(pid));
     }
 }

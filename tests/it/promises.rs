@@ -338,3 +338,46 @@ async fn a_revision_that_can_no_longer_start_answers_503_and_backs_off() {
         emulator.stdout()
     );
 }
+
+#[tokio::test]
+async fn verbs_find_the_one_running_emulator_by_themselves() {
+    // A discovery directory of this test's own (TMPDIR), so other tests' emulators are not
+    // candidates.
+    let dir = std::env::temp_dir().join(service_name("discovery"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tmpdir = dir.to_str().unwrap();
+    let emulator = Emulator::start_with_env(
+        &service_name("found"),
+        &[testapp_image(), "--admin-listen", "127.0.0.1:0"],
+        &[("TMPDIR", tmpdir)],
+    )
+    .await;
+    let verb = |dir: &str| {
+        emulate_command()
+            .args(["services", "list", "--format", "json"])
+            .env("TMPDIR", dir)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    let out = verb(tmpdir);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        list[0]["metadata"]["name"],
+        emulator.service.as_str(),
+        "{list}"
+    );
+    // With no emulator announced there, the verb says so instead of guessing.
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = verb(empty.to_str().unwrap());
+    assert_eq!(out.status.code(), Some(1));
+    drop(emulator);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
