@@ -50,7 +50,7 @@ async fn a_container_ignoring_sigterm_is_killed_after_10_seconds() {
     // SIGTERM is a clean stop, as Ctrl-C is: exit 0 (README, "Exit codes").
     assert_eq!(done.status.code(), Some(0), "{done:?}");
     assert!(
-        took >= Duration::from_secs(10) && took < Duration::from_secs(20),
+        took >= Duration::from_secs(10) && took < Duration::from_secs(30),
         "took {took:?}"
     );
     assert!(

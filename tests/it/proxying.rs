@@ -142,8 +142,10 @@ async fn a_request_past_the_timeout_gets_504_and_its_connection_closed() {
     let response = String::from_utf8_lossy(&response);
     assert!(response.starts_with("HTTP/1.1 504"), "{response}");
     assert!(response.ends_with("upstream request timeout"), "{response}");
+    // The app answers after 5 s: anything before that is the proxy's timeout (1 s), with room
+    // for a loaded machine.
     assert!(
-        began.elapsed() < Duration::from_secs(3),
+        began.elapsed() < Duration::from_millis(4500),
         "took {:?}",
         began.elapsed()
     );

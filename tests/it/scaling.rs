@@ -184,7 +184,8 @@ async fn max_instances_all_busy_gives_429_after_10_s_and_at_once_past_the_queue_
             body,
             "The request was aborted because there was no available instance."
         );
-        if at.duration_since(began) < Duration::from_secs(2) {
+        // Refused at once (well under 5 s even on a loaded machine) or after the 10 s wait.
+        if at.duration_since(began) < Duration::from_secs(5) {
             quick += 1;
         } else {
             assert!(
