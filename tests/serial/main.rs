@@ -1,0 +1,41 @@
+//! Tests that must not run beside other emulators: cargo runs test binaries one after
+//! another, so nothing of `tests/it` runs while these do.
+//!
+//! Every `emulate run` reaps the containers of dead emulators on the whole host, so the
+//! reaper's own test could see another test's emulator reap its orphan first.
+
+#[path = "../it/images.rs"]
+mod images;
+#[path = "../it/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+#[tokio::test]
+async fn containers_of_a_killed_emulator_are_reaped_by_the_next_one() {
+    let mut killed = Emulator::start(&service_name("orphan"), &[testapp_image()]).await;
+    killed.signal("KILL");
+    killed.wait(Duration::from_secs(10)).await;
+    assert_eq!(
+        running_containers_of(&killed.service),
+        1,
+        "the killed emulator's container should still be there"
+    );
+
+    let next = Emulator::start(&service_name("reaper"), &[testapp_image()]).await;
+    assert!(
+        containers_of(&killed.service).is_empty(),
+        "the orphan was not reaped"
+    );
+    assert!(
+        next.stderr()
+            .contains("left behind by an emulator that was killed"),
+        "{}",
+        next.stderr()
+    );
+    // The reaper's own container is untouched.
+    assert_eq!(running_containers_of(&next.service), 1);
+}
