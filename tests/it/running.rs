@@ -14,8 +14,9 @@ async fn injects_cloud_runs_env_then_the_users() {
         &service,
         &[
             testapp_image(),
+            // gcloud's escaping: `^:^` makes `:` the separator, so a value may hold commas.
             "--set-env-vars",
-            "GREETING=hi,LIST=a",
+            "^:^GREETING=hi:LIST=a,b",
             "--env-vars-file",
             dir.to_str().unwrap(),
         ],
@@ -36,6 +37,7 @@ async fn injects_cloud_runs_env_then_the_users() {
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
     );
     assert_eq!(env["GREETING"], "hi");
+    assert_eq!(env["LIST"], "a,b");
     assert_eq!(env["FROM_FILE"], "yes please");
     // The system lines Cloud Run prints, in its words.
     let stdout = emulator.stdout();
