@@ -5,6 +5,7 @@
 mod images;
 mod support;
 
+mod control;
 mod failures;
 mod lifecycle;
 mod proxying;
