@@ -221,9 +221,25 @@ fn hostname() -> String {
 /// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks since boot.
 fn process_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces; fields after its closing paren are plain.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
+    stat_fields(&stat)?.nth(19)?.parse().ok()
+}
+
+/// The fields of a `/proc/PID/stat` line after the command name (field 3 onwards): the
+/// command name (field 2) may hold spaces and parens, the fields after its last paren are
+/// plain.
+fn stat_fields(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace())
+}
+
+/// When a live process started: None when it does not exist, or is a zombie (`Z`, killed
+/// but not yet waited for by its parent) or dead (`X`), which hold no resources any more.
+fn live_process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat_fields(&stat)?;
+    if matches!(fields.next()?, "Z" | "X" | "x") {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// Whether the emulator named in an owner label is gone. None when this host cannot tell
@@ -236,7 +252,7 @@ fn owner_is_gone(owner: &str) -> Option<bool> {
     if host != hostname() || !std::path::Path::new("/proc/self/stat").exists() {
         return None;
     }
-    Some(process_start_time(pid) != Some(start))
+    Some(live_process_start_time(pid) != Some(start))
 }
 
 /// Removes the containers of emulators that died without cleaning up (killed with SIGKILL,
@@ -619,5 +635,28 @@ mod tests {
         assert_eq!(owner_is_gone(&dead), Some(true));
         assert_eq!(owner_is_gone("another-host:1:1"), None);
         assert_eq!(owner_is_gone("garbage"), None);
+    }
+
+    #[test]
+    fn an_owner_that_is_a_zombie_is_gone() {
+        // A child that exited and is not waited for stays a zombie with its start time.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let start = process_start_time(pid).expect("the child has a start time");
+        let owner = format!("{}:{pid}:{start}", hostname());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            if stat_fields(&stat).unwrap().next() == Some("Z") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child never exited"
+            );
+            std::thread::yield_now();
+        }
+        assert_eq!(owner_is_gone(&owner), Some(true));
+        child.wait().unwrap();
     }
 }

@@ -9,10 +9,11 @@ use std::time::{Duration, SystemTime};
 
 use http::header::HOST;
 use http::{HeaderMap, StatusCode, Uri};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cloudrun;
-use crate::instance::RevisionSpec;
+use crate::instance::{RevisionSpec, StartError};
 use crate::knative::{self, Condition, FieldError, ObjectMeta, RevisionTemplate};
 use crate::pool::{InstanceContext, Pool, Scaling};
 use crate::proxy::{Backend, Refusal, Route};
@@ -81,6 +82,10 @@ struct Inner {
     routes: RwLock<Arc<RoutingTable>>,
     /// Revisions being drained and stopped in the background.
     retiring: TaskTracker,
+    /// Applies in progress, each in a task of its own (see [`Platform::apply`]).
+    applies: TaskTracker,
+    /// Per service, the token its delete cancels (children of the shutdown token).
+    service_tokens: Mutex<HashMap<String, CancellationToken>>,
 }
 
 struct ServiceState {
@@ -128,6 +133,8 @@ impl Platform {
                 state: Mutex::new(BTreeMap::new()),
                 routes: RwLock::new(Arc::new(RoutingTable::default())),
                 retiring: TaskTracker::new(),
+                applies: TaskTracker::new(),
+                service_tokens: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -150,10 +157,32 @@ impl Platform {
     }
 
     /// Creates or replaces a service, as `gcloud run services replace` (and deploy, which sends
-    /// a whole Service too). A changed template makes a new revision, which must pass its
-    /// startup probe before any traffic can reach it; the traffic asked for is applied only
-    /// when every revision it names is ready. On any error nothing changes.
+    /// a whole Service too). The whole document (traffic included) is checked against the
+    /// records before anything is created. A changed template makes a new revision, which must
+    /// pass its startup probe before any traffic can reach it; the traffic asked for is applied
+    /// only when every revision it names is ready. On any error records and routes stay as
+    /// they were (but for a revision that failed its startup probe, recorded as failed, as
+    /// Cloud Run records it).
+    ///
+    /// The apply runs in a task of its own, so it completes (or is cancelled by a delete or
+    /// the shutdown, and cleaned up) even when its caller goes away, such as an HTTP client
+    /// that gave up.
     pub async fn apply(&self, doc: knative::Service) -> Result<Applied, ApplyError> {
+        let platform = self.clone();
+        let task = self
+            .inner
+            .applies
+            .spawn(async move { platform.apply_now(doc).await });
+        match task.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(ApplyError::Conflict(
+                "The emulator is shutting down.".to_string(),
+            )),
+        }
+    }
+
+    async fn apply_now(&self, doc: knative::Service) -> Result<Applied, ApplyError> {
         let name = doc
             .metadata
             .name
@@ -172,18 +201,28 @@ impl Platform {
         }
         let wanted = wanted.map(|t| traffic::normalize(&t));
 
-        let _serialized = self.inner.apply_lock.lock().await;
-        let needs_revision = self
-            .state()
-            .get(&name)
-            .is_none_or(|service| service.doc.spec.template != doc.spec.template);
-        let mut created_revision = None;
-        if needs_revision {
-            let revision = self
-                .create_revision(&name, &doc.spec.template, config)
-                .await?;
-            created_revision = Some(revision.clone());
+        // A delete of this service cancels this token: the apply gives up, whether it waits
+        // for its turn or starts an instance.
+        let deleted = self.service_token(&name);
+        let _serialized = tokio::select! {
+            guard = self.inner.apply_lock.lock() => guard,
+            _ = deleted.cancelled() => return Err(self.interrupted(&name)),
+        };
+        if deleted.is_cancelled() {
+            return Err(self.interrupted(&name));
         }
+
+        // The plan, checked against the records before anything is created.
+        let new_revision = {
+            let state = self.state();
+            let needs_revision = state
+                .get(&name)
+                .is_none_or(|service| service.doc.spec.template != doc.spec.template);
+            match needs_revision {
+                true => Some(new_revision_name(&state, &name, &doc.spec.template)?),
+                false => None,
+            }
+        };
         // A service whose first revision failed has nothing to route to; it is still recorded,
         // as Cloud Run records it, so describe shows why.
         let traffic = match wanted {
@@ -201,28 +240,76 @@ impl Platform {
                     }]
                 }),
         };
-        self.ensure_traffic_ready(&name, &traffic).await?;
+        self.check_traffic(
+            &name,
+            &traffic,
+            new_revision.as_ref().map(|(_, n)| n.as_str()),
+        )?;
 
-        let retired = {
-            let mut state = self.state();
-            let service = state
-                .get_mut(&name)
-                .expect("the service was recorded by create_revision or exists");
-            let mut stored = doc.clone();
-            stored.status = None;
-            // Like Kubernetes, the generation counts changes of the spec only.
-            let changed =
-                service.doc.spec != stored.spec || service.doc.metadata.generation.is_none();
-            let generation = service.doc.metadata.generation.unwrap_or(0) + i64::from(changed);
-            stored.metadata.generation = Some(generation);
-            stored.metadata.creation_timestamp = service.doc.metadata.creation_timestamp.clone();
-            stored.metadata.namespace = None;
-            service.doc = stored;
-            service.traffic = traffic;
-            let retired = unrouted_revisions(service);
-            self.publish_routes(&state);
-            retired
-        };
+        let before = Before::of(self.state().get(&name));
+        let mut created_revision = None;
+        if let Some((generation, revision)) = new_revision {
+            let created = self
+                .create_revision(
+                    &name,
+                    generation,
+                    revision.clone(),
+                    &doc.spec.template,
+                    config,
+                    &deleted,
+                )
+                .await;
+            match created {
+                Ok(()) => created_revision = Some(revision),
+                // Cloud Run records a revision that failed its startup probe.
+                Err(e @ ApplyError::NotReady(_)) => return Err(e),
+                Err(e) => {
+                    let taken_back = before.restore(&mut self.state(), &name, Some(&revision));
+                    if let Some(pool) = taken_back {
+                        self.retire(pool);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let ready = self
+            .ensure_traffic_ready(&name, &traffic, created_revision.as_deref())
+            .await;
+
+        let mut state = self.state();
+        // Checked under the records' lock: a delete cancels before it takes the records, so it
+        // finds either nothing of this apply committed or all of it.
+        let ready = ready.and_then(|()| match deleted.is_cancelled() {
+            true => Err(self.interrupted(&name)),
+            false => Ok(()),
+        });
+        if let Err(error) = ready {
+            let taken_back = before.restore(&mut state, &name, created_revision.as_deref());
+            drop(state);
+            if let Some(pool) = taken_back {
+                self.retire(pool);
+            }
+            return Err(error);
+        }
+        let service = state
+            .get_mut(&name)
+            .expect("the service was recorded by create_revision or exists");
+        if let Some(revision) = &created_revision {
+            service.latest_ready = Some(revision.clone());
+        }
+        let mut stored = doc.clone();
+        stored.status = None;
+        // Like Kubernetes, the generation counts changes of the spec only.
+        let changed = service.doc.spec != stored.spec || service.doc.metadata.generation.is_none();
+        let generation = service.doc.metadata.generation.unwrap_or(0) + i64::from(changed);
+        stored.metadata.generation = Some(generation);
+        stored.metadata.creation_timestamp = service.doc.metadata.creation_timestamp.clone();
+        stored.metadata.namespace = None;
+        service.doc = stored;
+        service.traffic = traffic;
+        let retired = unrouted_revisions(service);
+        self.publish_routes(&state);
+        drop(state);
         for pool in retired {
             self.retire(pool);
         }
@@ -236,47 +323,86 @@ impl Platform {
         })
     }
 
+    /// Why an apply gave up: the service was deleted, or the emulator is shutting down.
+    fn interrupted(&self, service: &str) -> ApplyError {
+        ApplyError::Conflict(match self.inner.ctx.shutdown.is_cancelled() {
+            true => "The emulator is shutting down; the change was not applied.".to_string(),
+            false => format!(
+                "Service [{service}] was deleted while this change was being applied; the change was not applied."
+            ),
+        })
+    }
+
+    /// The token a delete of `service` cancels; a child of the emulator's shutdown.
+    fn service_token(&self, service: &str) -> CancellationToken {
+        let mut tokens = self
+            .inner
+            .service_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        tokens
+            .entry(service.to_string())
+            .or_insert_with(|| self.inner.ctx.shutdown.child_token())
+            .clone()
+    }
+
+    /// Checks that every revision the traffic names exists and has not failed (or is the one
+    /// this apply creates), and that LATEST has a revision to resolve to.
+    fn check_traffic(
+        &self,
+        service: &str,
+        targets: &[TrafficTarget],
+        creating: Option<&str>,
+    ) -> Result<(), ApplyError> {
+        let state = self.state();
+        let record = state.get(service);
+        for (i, target) in targets.iter().enumerate() {
+            let name =
+                match &target.key {
+                    TargetKey::Latest if creating.is_some() => continue,
+                    TargetKey::Latest => match record.and_then(|r| r.latest_ready.as_ref()) {
+                        Some(name) => name,
+                        None => return Err(ApplyError::NotReady(
+                            record.and_then(|r| r.failure.clone()).unwrap_or_else(|| {
+                                "The service has no ready revision for LATEST to send traffic to."
+                                    .to_string()
+                            }),
+                        )),
+                    },
+                    TargetKey::Revision(name) if Some(name.as_str()) == creating => continue,
+                    TargetKey::Revision(name) => name,
+                };
+            let revision = record
+                .and_then(|r| r.revisions.iter().find(|r| r.name == *name))
+                .ok_or_else(|| {
+                    FieldError::new(
+                        format!("spec.traffic[{i}].revisionName"),
+                        format!("Revision [{name}] could not be found."),
+                    )
+                })?;
+            if revision.ready == Some(false) {
+                return Err(ApplyError::NotReady(
+                    revision.failure.clone().unwrap_or_default(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Makes a revision from a template, starts its first instance and waits for its startup
-    /// probe. The revision is recorded (as latest created) even when it fails, with the reason.
+    /// probe. The revision is recorded (as latest created) even when it fails, with the reason;
+    /// it becomes latest ready only when the apply commits.
     async fn create_revision(
         &self,
         service: &str,
+        generation: u32,
+        name: String,
         template: &RevisionTemplate,
         config: RevisionConfig,
-    ) -> Result<String, ApplyError> {
+        deleted: &CancellationToken,
+    ) -> Result<(), ApplyError> {
         let runtime = &self.inner.ctx.runtime;
         let image = resolve_image(runtime, &config.image).await?;
-        let (generation, name) = {
-            let state = self.state();
-            let generation = state
-                .get(service)
-                .and_then(|s| s.revisions.iter().map(|r| r.generation).max())
-                .unwrap_or(0)
-                + 1;
-            let name = match &template.metadata.name {
-                Some(name) if !name.is_empty() => {
-                    if !name.starts_with(&format!("{service}-")) || name.len() > 63 {
-                        return Err(FieldError::new(
-                            "spec.template.metadata.name",
-                            format!("revision name '{name}' must start with '{service}-' and be at most 63 characters"),
-                        )
-                        .into());
-                    }
-                    name.clone()
-                }
-                _ => cloudrun::revision_name(service, generation, &mut rand::rng()),
-            };
-            if state
-                .values()
-                .flat_map(|s| &s.revisions)
-                .any(|r| r.name == name)
-            {
-                return Err(ApplyError::Conflict(format!(
-                    "Revision named '{name}' already exists. Revision names must be unique; choose another --revision-suffix or spec.template.metadata.name."
-                )));
-            }
-            (generation, name)
-        };
         let spec = RevisionSpec {
             service: service.to_string(),
             revision: name.clone(),
@@ -299,7 +425,12 @@ impl Platform {
             idle_timeout: config.idle_timeout,
             request_timeout: config.timeout,
         };
-        let pool = Pool::new(spec.clone(), scaling, self.inner.ctx.clone());
+        // The pool's starts give up when the service is deleted or the emulator stops.
+        let ctx = InstanceContext {
+            shutdown: deleted.child_token(),
+            ..self.inner.ctx.clone()
+        };
+        let pool = Pool::new(spec.clone(), scaling, ctx);
         let mut frozen = template.clone();
         frozen.metadata.name = Some(name.clone());
         {
@@ -353,8 +484,12 @@ impl Platform {
         match result {
             Ok(()) => {
                 revision.ready = Some(true);
-                record.latest_ready = Some(name.clone());
-                Ok(name)
+                Ok(())
+            }
+            // Cancelled (a delete, the shutdown): the caller takes the revision back.
+            Err(failure) if matches!(failure.error, StartError::Cancelled) => {
+                drop(state);
+                Err(self.interrupted(service))
             }
             Err(failure) => {
                 let report = failure.report(&spec);
@@ -369,29 +504,30 @@ impl Platform {
     }
 
     /// Starts (if stopped) every revision the traffic would send requests to, so a traffic
-    /// change never routes to a revision that cannot serve.
+    /// change never routes to a revision that cannot serve. LATEST is `creating` when this
+    /// apply made a revision.
     async fn ensure_traffic_ready(
         &self,
         service: &str,
         targets: &[TrafficTarget],
+        creating: Option<&str>,
     ) -> Result<(), ApplyError> {
         let pools = {
             let state = self.state();
-            let record = state.get(service).ok_or_else(|| {
-                ApplyError::Conflict(format!("Service [{service}] could not be found."))
-            })?;
+            let record = state
+                .get(service)
+                .ok_or_else(|| self.interrupted(service))?;
             let mut pools = Vec::new();
             for (i, target) in targets.iter().enumerate() {
-                let name = match &target.key {
-                    TargetKey::Latest => match &record.latest_ready {
-                        Some(name) => name.clone(),
-                        None => {
-                            return Err(ApplyError::NotReady(
-                                record.failure.clone().unwrap_or_else(|| "The service has no ready revision for LATEST to send traffic to.".to_string()),
-                            ))
-                        }
-                    },
-                    TargetKey::Revision(name) => name.clone(),
+                let name = match (&target.key, creating) {
+                    (TargetKey::Latest, Some(created)) => created.to_string(),
+                    (TargetKey::Latest, None) => record.latest_ready.clone().ok_or_else(|| {
+                        ApplyError::NotReady(
+                            "The service has no ready revision for LATEST to send traffic to."
+                                .to_string(),
+                        )
+                    })?,
+                    (TargetKey::Revision(name), _) => name.clone(),
                 };
                 let revision = record
                     .revisions
@@ -413,8 +549,12 @@ impl Platform {
             pools
         };
         for pool in pools {
-            if let Err(failure) = pool.ensure_ready().await {
-                return Err(ApplyError::NotReady(failure.report(pool.spec())));
+            match pool.ensure_ready().await {
+                Ok(()) => {}
+                Err(failure) if matches!(failure.error, StartError::Cancelled) => {
+                    return Err(self.interrupted(service))
+                }
+                Err(failure) => return Err(ApplyError::NotReady(failure.report(pool.spec()))),
             }
         }
         Ok(())
@@ -454,6 +594,12 @@ impl Platform {
                 let Some(revision) = resolve(&target.key) else {
                     continue;
                 };
+                route.targets.push(RoutedTarget {
+                    revision: revision.pool.spec().revision.clone(),
+                    latest: target.key == TargetKey::Latest,
+                    percent: target.percent,
+                    tag: target.tag.clone(),
+                });
                 if let Some(tag) = &target.tag {
                     route.tags.insert(tag.clone(), revision.clone());
                 }
@@ -488,12 +634,26 @@ impl Platform {
                 doc.spec.template.metadata.name = None;
             }
         }
-        let resolved: Vec<TrafficTarget> = service.traffic.clone();
+        // Status says where requests go: the published routing table, not the spec.
+        let table = self.routes();
+        let routed = table.routed(name);
+        let latest_routed = routed.iter().find(|t| t.latest).map(|t| t.revision.clone());
+        let resolved: Vec<TrafficTarget> = routed
+            .iter()
+            .map(|t| TrafficTarget {
+                key: match t.latest {
+                    true => TargetKey::Latest,
+                    false => TargetKey::Revision(t.revision.clone()),
+                },
+                percent: t.percent,
+                tag: t.tag.clone(),
+            })
+            .collect();
         let status_traffic = traffic::merged(&resolved)
             .into_iter()
             .map(|t| {
                 let (revision_name, latest) = match &t.key {
-                    TargetKey::Latest => (service.latest_ready.clone(), Some(true)),
+                    TargetKey::Latest => (latest_routed.clone(), Some(true)),
                     TargetKey::Revision(r) => (Some(r.clone()), None),
                 };
                 knative::TrafficTarget {
@@ -506,8 +666,9 @@ impl Platform {
             })
             .collect();
         doc.spec.traffic = knative::traffic_to_doc(&service.traffic);
-        let routes_ok = service.latest_ready.is_some()
-            || service.traffic.iter().all(|t| t.key != TargetKey::Latest);
+        // Every target asked for is routed, and the routed percents cover all requests.
+        let routes_ok = routed.len() == service.traffic.len()
+            && routed.iter().map(|t| t.percent).sum::<u32>() == 100;
         let config_ok = match &service.failure {
             Some(_) => Some(false),
             None if service.latest_ready.is_some() => Some(true),
@@ -549,33 +710,59 @@ impl Platform {
 
     pub fn list_revisions(&self, service: Option<&str>) -> Vec<knative::Revision> {
         let state = self.state();
+        let table = self.routes();
         state
             .iter()
             .filter(|(name, _)| service.is_none_or(|s| s == name.as_str()))
             .flat_map(|(name, s)| {
+                let routed = table.routed(name);
                 s.revisions
                     .iter()
                     .rev()
-                    .map(move |r| revision_doc(name, s, r))
+                    .map(move |r| revision_doc(name, routed, r))
             })
             .collect()
     }
 
     pub fn describe_revision(&self, revision: &str) -> Result<knative::Revision, LookupError> {
         let state = self.state();
+        let table = self.routes();
         state
             .iter()
             .find_map(|(name, s)| {
                 s.revisions
                     .iter()
                     .find(|r| r.name == revision)
-                    .map(|r| revision_doc(name, s, r))
+                    .map(|r| revision_doc(name, table.routed(name), r))
             })
             .ok_or_else(|| LookupError::NoRevision(revision.to_string()))
     }
 
-    /// Deletes a service: its revisions are drained and stopped.
+    /// The routing table requests are routed by now.
+    fn routes(&self) -> Arc<RoutingTable> {
+        self.inner
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Deletes a service: its revisions are drained and stopped. An apply of it in progress
+    /// (or waiting for its turn) is cancelled first; it answers that the service was deleted,
+    /// and what it started is stopped.
     pub async fn delete_service(&self, name: &str) -> Result<(), LookupError> {
+        if !self.state().contains_key(name) {
+            return Err(LookupError::NoService(name.to_string()));
+        }
+        if let Some(token) = self
+            .inner
+            .service_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+        {
+            token.cancel();
+        }
         let _serialized = self.inner.apply_lock.lock().await;
         let removed = {
             let mut state = self.state();
@@ -591,20 +778,31 @@ impl Platform {
         Ok(())
     }
 
-    /// Deletes a revision that no traffic (and no tag) refers to.
+    /// Deletes a revision that no traffic (and no tag) refers to, neither in the routing
+    /// table requests go by nor in the service's spec.
     pub async fn delete_revision(&self, revision: &str) -> Result<(), LookupError> {
         let _serialized = self.inner.apply_lock.lock().await;
         let mut state = self.state();
-        let (_, service) = state
+        let table = self.routes();
+        let (service_name, service) = state
             .iter_mut()
             .find(|(_, s)| s.revisions.iter().any(|r| r.name == revision))
             .ok_or_else(|| LookupError::NoRevision(revision.to_string()))?;
-        let serving = service.traffic.iter().find(|t| match &t.key {
-            TargetKey::Latest => service.latest_ready.as_deref() == Some(revision),
-            TargetKey::Revision(r) => r == revision,
-        });
-        if let Some(target) = serving {
-            let how = match (&target.tag, target.percent) {
+        let routed = table
+            .routed(service_name)
+            .iter()
+            .find(|t| t.revision == revision)
+            .map(|t| (t.tag.clone(), t.percent));
+        let asked = service
+            .traffic
+            .iter()
+            .find(|t| match &t.key {
+                TargetKey::Latest => service.latest_ready.as_deref() == Some(revision),
+                TargetKey::Revision(r) => r == revision,
+            })
+            .map(|t| (t.tag.clone(), t.percent));
+        if let Some((tag, percent)) = routed.or(asked) {
+            let how = match (tag, percent) {
                 (Some(tag), _) => format!("it is tagged '{tag}'"),
                 (None, p) => format!("it receives {p}% of the traffic"),
             };
@@ -621,13 +819,35 @@ impl Platform {
         if service.latest_created.as_deref() == Some(revision) {
             service.latest_created = service.revisions.last().map(|r| r.name.clone());
         }
+        if service.latest_ready.as_deref() == Some(revision) {
+            // LATEST must keep naming a revision that exists.
+            service.latest_ready = service
+                .revisions
+                .iter()
+                .rev()
+                .find(|r| r.ready == Some(true))
+                .map(|r| r.name.clone());
+        }
         drop(state);
         self.retire(removed.pool);
         Ok(())
     }
 
-    /// Stops every instance of every revision: gracefully (SIGTERM, 10 s, SIGKILL) or at once.
+    /// Stops everything: applies in progress are cancelled (their instances removed), then
+    /// every instance of every revision is stopped, gracefully (SIGTERM, 10 s, SIGKILL) or at
+    /// once, starting ones included; returns when nothing the platform started runs.
     pub async fn shutdown(&self, immediate: bool) {
+        for token in self
+            .inner
+            .service_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            token.cancel();
+        }
+        self.inner.applies.close();
+        self.inner.applies.wait().await;
         let pools: Vec<Pool> = self
             .state()
             .values()
@@ -648,21 +868,19 @@ impl Platform {
         self.inner.retiring.wait().await;
     }
 
-    /// The pools of a service's revisions that receive traffic (by percent or tag).
+    /// The pools of a service's revisions that receive traffic (by percent or tag) in the
+    /// published routing table.
     pub fn serving_pools(&self, service: &str) -> Vec<Pool> {
         let state = self.state();
+        let table = self.routes();
+        let routed = table.routed(service);
         let Some(record) = state.get(service) else {
             return Vec::new();
         };
         record
             .revisions
             .iter()
-            .filter(|r| {
-                record.traffic.iter().any(|t| match &t.key {
-                    TargetKey::Latest => record.latest_ready.as_deref() == Some(r.name.as_str()),
-                    TargetKey::Revision(name) => *name == r.name,
-                })
-            })
+            .filter(|r| routed.iter().any(|t| t.revision == r.name))
             .map(|r| r.pool.clone())
             .collect()
     }
@@ -683,6 +901,84 @@ impl Platform {
     }
 }
 
+/// What an apply may have to put back: the service's record as it was before the apply
+/// created a revision.
+struct Before {
+    existed: bool,
+    latest_created: Option<String>,
+    failure: Option<String>,
+}
+
+impl Before {
+    fn of(service: Option<&ServiceState>) -> Before {
+        Before {
+            existed: service.is_some(),
+            latest_created: service.and_then(|s| s.latest_created.clone()),
+            failure: service.and_then(|s| s.failure.clone()),
+        }
+    }
+
+    /// Takes back the revision an apply created (if it was recorded), and the service if the
+    /// apply created it; returns the revision's pool, to be stopped.
+    fn restore(
+        &self,
+        state: &mut BTreeMap<String, ServiceState>,
+        service: &str,
+        created: Option<&str>,
+    ) -> Option<Pool> {
+        let record = state.get_mut(service)?;
+        let index = record
+            .revisions
+            .iter()
+            .position(|r| Some(r.name.as_str()) == created)?;
+        let removed = record.revisions.remove(index);
+        record.latest_created = self.latest_created.clone();
+        record.failure = self.failure.clone();
+        if !self.existed && record.revisions.is_empty() {
+            state.remove(service);
+        }
+        Some(removed.pool)
+    }
+}
+
+/// The generation and name of the revision an apply would create, checked before anything
+/// is created: a name given in the template must start with the service's name, fit in 63
+/// characters and be unused.
+fn new_revision_name(
+    state: &BTreeMap<String, ServiceState>,
+    service: &str,
+    template: &RevisionTemplate,
+) -> Result<(u32, String), ApplyError> {
+    let generation = state
+        .get(service)
+        .and_then(|s| s.revisions.iter().map(|r| r.generation).max())
+        .unwrap_or(0)
+        + 1;
+    let name = match &template.metadata.name {
+        Some(name) if !name.is_empty() => {
+            if !name.starts_with(&format!("{service}-")) || name.len() > 63 {
+                return Err(FieldError::new(
+                    "spec.template.metadata.name",
+                    format!("revision name '{name}' must start with '{service}-' and be at most 63 characters"),
+                )
+                .into());
+            }
+            name.clone()
+        }
+        _ => cloudrun::revision_name(service, generation, &mut rand::rng()),
+    };
+    if state
+        .values()
+        .flat_map(|s| &s.revisions)
+        .any(|r| r.name == name)
+    {
+        return Err(ApplyError::Conflict(format!(
+            "Revision named '{name}' already exists. Revision names must be unique; choose another --revision-suffix or spec.template.metadata.name."
+        )));
+    }
+    Ok((generation, name))
+}
+
 /// Revisions no traffic entry resolves to (neither a percent nor a tag): they are drained.
 fn unrouted_revisions(service: &ServiceState) -> Vec<Pool> {
     let routed = |name: &str| {
@@ -699,9 +995,11 @@ fn unrouted_revisions(service: &ServiceState) -> Vec<Pool> {
         .collect()
 }
 
+/// A revision's document; its traffic percent is what the published `routed` entries of its
+/// service send it.
 fn revision_doc(
     service_name: &str,
-    service: &ServiceState,
+    routed: &[RoutedTarget],
     revision: &RevisionState,
 ) -> knative::Revision {
     let mut labels = BTreeMap::from([
@@ -716,13 +1014,9 @@ fn revision_doc(
         ),
     ]);
     labels.extend(revision.template.metadata.labels.clone());
-    let serving: u32 = service
-        .traffic
+    let serving: u32 = routed
         .iter()
-        .filter(|t| match &t.key {
-            TargetKey::Latest => service.latest_ready.as_deref() == Some(revision.name.as_str()),
-            TargetKey::Revision(r) => *r == revision.name,
-        })
+        .filter(|t| t.revision == revision.name)
         .map(|t| t.percent)
         .sum();
     let pool = revision.pool.status();
@@ -851,10 +1145,33 @@ struct RoutingTable {
     default_service: Option<String>,
 }
 
+impl RoutingTable {
+    /// A service's published traffic entries (none when it routes nowhere).
+    fn routed(&self, service: &str) -> &[RoutedTarget] {
+        self.services
+            .get(service)
+            .map(|r| r.targets.as_slice())
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Default)]
 struct ServiceRoute {
     split: Vec<(RevisionRoute, u32)>,
     tags: HashMap<String, RevisionRoute>,
+    /// The traffic as published, by revision name: what status reports and what a revision
+    /// delete checks, so neither can disagree with where requests go.
+    targets: Vec<RoutedTarget>,
+}
+
+/// One published traffic entry, resolved to a revision.
+#[derive(Clone, Debug)]
+struct RoutedTarget {
+    revision: String,
+    /// Whether it follows LATEST (resolved when the table was published).
+    latest: bool,
+    percent: u32,
+    tag: Option<String>,
 }
 
 #[derive(Clone)]

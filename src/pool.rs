@@ -83,6 +83,9 @@ struct State {
     next_key: u64,
     /// While retiring, no instance is started; existing ones are drained then stopped.
     retiring: bool,
+    /// Cancelled when the pool retires or stops: starts in progress give up and remove their
+    /// container. A child of the context's token; replaced when the pool serves again.
+    cancel: CancellationToken,
     /// Counts failed starts, so a waiting request can tell that the start it waited for failed.
     failed_starts: u64,
     consecutive_failures: u32,
@@ -262,6 +265,7 @@ impl Pool {
                     waiters: 0,
                     next_key: 0,
                     retiring: false,
+                    cancel: ctx.shutdown.child_token(),
                     failed_starts: 0,
                     consecutive_failures: 0,
                     last_failure_at: None,
@@ -403,11 +407,16 @@ impl Pool {
             _ => Duration::ZERO,
         };
         let spare = state.spare.take();
+        let cancel = state.cancel.clone();
         let pool = self.clone();
         tokio::spawn(async move {
-            // A crash-looping revision backs off instead of spinning.
+            // A crash-looping revision backs off instead of spinning (a retire cuts it short:
+            // start_instance then gives up at once).
             if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => {}
+                }
             }
             if let Err(failure) = pool.start_instance(reason, cold, spare).await {
                 if !matches!(failure.error, StartError::Cancelled) {
@@ -422,7 +431,11 @@ impl Pool {
     pub async fn ensure_ready(&self) -> Result<(), StartFailure> {
         let spare = {
             let mut state = self.inner.lock();
-            state.retiring = false;
+            if state.retiring {
+                // Serving again (traffic moved back): starts may go on.
+                state.retiring = false;
+                state.cancel = self.inner.ctx.shutdown.child_token();
+            }
             if state.members.iter().any(|m| !m.draining) {
                 return Ok(());
             }
@@ -443,18 +456,42 @@ impl Pool {
         let inner = &self.inner;
         let ctx = &inner.ctx;
         let began = Instant::now();
-        let result = instance::start(
-            &ctx.runtime,
-            &inner.spec,
-            ctx.mode,
-            &ctx.printer,
-            reason,
-            &ctx.shutdown,
-            spare,
-        )
-        .await;
+        let cancel = inner.lock().cancel.clone();
+        let mut result = if cancel.is_cancelled() {
+            if let Some(id) = spare {
+                let _ = ctx.runtime.remove(&id).await;
+            }
+            Err(StartFailure {
+                error: StartError::Cancelled,
+                last_logs: Vec::new(),
+            })
+        } else {
+            instance::start(
+                &ctx.runtime,
+                &inner.spec,
+                ctx.mode,
+                &ctx.printer,
+                reason,
+                &cancel,
+                spare,
+            )
+            .await
+        };
+        let unwanted = result.is_ok() && (inner.lock().retiring || cancel.is_cancelled());
+        if unwanted {
+            // Ready just as the pool retired or stopped: it must not outlive the pool.
+            // `starting` still counts it, so a stop waiting for starts waits for this too.
+            if let Ok(started) = result {
+                if let Err(e) = started.kill(&ctx.runtime).await {
+                    eprintln!("error: {e}");
+                }
+            }
+            result = Err(StartFailure {
+                error: StartError::Cancelled,
+                last_logs: Vec::new(),
+            });
+        }
         let mut state = inner.lock();
-        state.starting -= 1;
         let outcome = match result {
             Ok(started) => {
                 let key = state.next_key;
@@ -498,6 +535,7 @@ impl Pool {
                 self.keep_a_spare(&mut state);
                 Ok(())
             }
+            Err(failure) if matches!(failure.error, StartError::Cancelled) => Err(failure),
             Err(failure) => {
                 state.failed_starts += 1;
                 state.consecutive_failures += 1;
@@ -505,6 +543,7 @@ impl Pool {
                 Err(failure)
             }
         };
+        state.starting -= 1;
         drop(state);
         inner.changed.notify_waiters();
         outcome
@@ -778,9 +817,31 @@ impl Pool {
     /// Stops serving: drains every instance, then stops them and removes the spare. The pool
     /// can be started again (traffic moved back).
     pub async fn retire(&self, reason: &str) {
-        self.inner.lock().retiring = true;
+        self.stop_starting().await;
         self.drain_and_stop(None, reason).await;
         self.remove_spare().await;
+    }
+
+    /// Stops starting instances: no new start, and those in progress give up (their container
+    /// removed). Returns once none is starting, so nothing this pool began outlives the stop.
+    async fn stop_starting(&self) {
+        let inner = &self.inner;
+        {
+            let mut state = inner.lock();
+            state.retiring = true;
+            state.cancel.cancel();
+        }
+        loop {
+            let notified = inner.changed.notified();
+            tokio::pin!(notified);
+            {
+                if inner.lock().starting == 0 {
+                    return;
+                }
+                notified.as_mut().enable();
+            }
+            notified.await;
+        }
     }
 
     /// Drains and stops every instance but keeps serving: the next request cold-starts. For a
@@ -803,11 +864,8 @@ impl Pool {
 
     /// Stops every instance now (no drain), in parallel, and removes the spare.
     pub async fn stop_all(&self, grace: Duration, reason: &str) {
-        let members = {
-            let mut state = self.inner.lock();
-            state.retiring = true;
-            std::mem::take(&mut state.members)
-        };
+        self.stop_starting().await;
+        let members = std::mem::take(&mut self.inner.lock().members);
         self.stop_members(members, grace, reason).await;
         self.remove_spare().await;
     }
@@ -868,11 +926,8 @@ impl Pool {
 
     /// Kills every instance at once and removes them (an apply that failed, or an emergency).
     pub async fn kill_all(&self) {
-        let members = {
-            let mut state = self.inner.lock();
-            state.retiring = true;
-            std::mem::take(&mut state.members)
-        };
+        self.stop_starting().await;
+        let members = std::mem::take(&mut self.inner.lock().members);
         let runtime = &self.inner.ctx.runtime;
         let kills = members.into_iter().map(|m| m.instance.kill(runtime));
         for result in futures_util::future::join_all(kills).await {

@@ -6,6 +6,7 @@ mod images;
 mod support;
 
 mod admin_security;
+mod control;
 mod failures;
 mod lifecycle;
 mod promises;
