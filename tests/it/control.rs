@@ -153,15 +153,15 @@ fn api_url(emulator: &Emulator, name: Option<&str>) -> String {
     }
 }
 
-async fn send(method: &str, url: &str, doc: &serde_json::Value) -> Reply {
-    request(
-        method,
-        url,
-        &[("content-type", "application/json")],
-        doc.to_string().into_bytes(),
-        false,
-    )
-    .await
+/// A request to the admin API with this run's token; `doc` is the JSON body, if any.
+async fn send(token: &str, method: &str, url: &str, doc: Option<&serde_json::Value>) -> Reply {
+    let authorization = format!("Bearer {token}");
+    let mut headers = vec![("authorization", authorization.as_str())];
+    if doc.is_some() {
+        headers.push(("content-type", "application/json"));
+    }
+    let body = doc.map(|d| d.to_string().into_bytes()).unwrap_or_default();
+    request(method, url, &headers, body, false).await
 }
 
 fn assert_refused(done: &Finished, code: i32, text: &str, case: &str) {
@@ -267,7 +267,7 @@ async fn a_rejected_change_leaves_records_routes_and_containers_as_they_were() {
         ("PUT", api_url(&emulator, Some(&service))),
         ("POST", api_url(&emulator, None)),
     ] {
-        let reply = send(method, &url, bad).await;
+        let reply = send(&emulator.admin_token(), method, &url, Some(bad)).await;
         assert_eq!(reply.status, 400, "{method}: {}", reply.body);
         assert!(
             reply.body.contains(text.as_str()),
@@ -388,7 +388,9 @@ async fn slow_document(emulator: &Emulator, delay_ms: u32) -> serde_json::Value 
 /// A PUT whose client gives up after 1 s, while the instance takes 4 s to listen.
 async fn abandoned_put(emulator: &Emulator, doc: &serde_json::Value) {
     let url = api_url(emulator, Some(&emulator.service));
-    let gave_up = tokio::time::timeout(Duration::from_secs(1), send("PUT", &url, doc)).await;
+    let token = emulator.admin_token();
+    let gave_up =
+        tokio::time::timeout(Duration::from_secs(1), send(&token, "PUT", &url, Some(doc))).await;
     assert!(gave_up.is_err(), "the PUT answered within 1 s");
 }
 
@@ -450,7 +452,13 @@ async fn a_delete_while_an_abandoned_put_starts_its_instance_removes_it() {
     )
     .await;
     // Nothing comes back once the start would have finished.
-    let reply = get(&api_url(&emulator, Some(&service))).await;
+    let reply = send(
+        &emulator.admin_token(),
+        "GET",
+        &api_url(&emulator, Some(&service)),
+        None,
+    )
+    .await;
     assert_eq!(reply.status, 404, "{}", reply.body);
     tokio::time::timeout(Duration::from_secs(6), async {
         loop {
@@ -487,7 +495,11 @@ async fn a_put_racing_a_delete_does_not_answer_ready_for_a_deleted_service() {
     let service = emulator.service.clone();
     let doc = slow_document(&emulator, 3000).await;
     let url = api_url(&emulator, Some(&service));
-    let put = tokio::spawn(async move { send("PUT", &url, &doc).await });
+    let token = emulator.admin_token();
+    let put = {
+        let token = token.clone();
+        tokio::spawn(async move { send(&token, "PUT", &url, Some(&doc)).await })
+    };
     // The DELETE comes while the PUT's instance starts: its container exists.
     let existing = containers_of(&service).len();
     wait_for(
@@ -496,19 +508,18 @@ async fn a_put_racing_a_delete_does_not_answer_ready_for_a_deleted_service() {
         async || containers_of(&service).len() > existing,
     )
     .await;
-    let delete = request(
-        "DELETE",
-        &api_url(&emulator, Some(&service)),
-        &[],
-        Vec::new(),
-        false,
-    )
-    .await;
+    let delete = send(&token, "DELETE", &api_url(&emulator, Some(&service)), None).await;
     assert_eq!(delete.status, 200, "{}", delete.body);
     let put = put.await.unwrap();
     assert_eq!(put.status, 409, "{}", put.body);
     assert!(put.body.contains("was deleted"), "{}", put.body);
-    let reply = get(&api_url(&emulator, Some(&service))).await;
+    let reply = send(
+        &emulator.admin_token(),
+        "GET",
+        &api_url(&emulator, Some(&service)),
+        None,
+    )
+    .await;
     assert_eq!(reply.status, 404, "{}", reply.body);
     wait_for(
         "the deleted service's containers are gone",
