@@ -381,3 +381,33 @@ async fn verbs_find_the_one_running_emulator_by_themselves() {
     drop(emulator);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn services_delete_removes_the_service_and_its_containers() {
+    let emulator = Emulator::start(&service_name("deleted"), &[testapp_image()]).await;
+    assert_eq!(running_containers_of(&emulator.service), 1);
+    emulator
+        .cli_ok(&["services", "delete", &emulator.service])
+        .await;
+    // The instances drain and stop in the background; the spare container goes too.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !containers_of(&emulator.service).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left after the delete: {:?}",
+            containers_of(&emulator.service)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let described = emulator
+        .cli(&["services", "describe", &emulator.service])
+        .await;
+    assert_ne!(described.status.code(), Some(0));
+    assert!(
+        described.stderr.contains("could not be found"),
+        "{}",
+        described.stderr
+    );
+    let reply = get(&emulator.url("/echo")).await;
+    assert_eq!(reply.status, 404, "{}", reply.body);
+}
