@@ -409,6 +409,42 @@ pub fn parse_service_json(body: &[u8]) -> Result<Service, FieldError> {
     })
 }
 
+/// Checks the names a document gives: the service, the revision, and the revisions and tags
+/// its traffic names, with Cloud Run's texts.
+pub fn validate_names(service: &Service) -> Result<(), FieldError> {
+    use crate::cloudrun;
+    let name = service
+        .metadata
+        .name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| FieldError::new("metadata.name", "a service name is required"))?;
+    cloudrun::validate_service_name(name).map_err(|m| FieldError::new("metadata.name", m))?;
+    if let Some(revision) = service
+        .spec
+        .template
+        .metadata
+        .name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+    {
+        cloudrun::validate_revision_name(name, revision)
+            .map_err(|m| FieldError::new("spec.template.metadata.name", m))?;
+    }
+    for (i, target) in service.spec.traffic.iter().enumerate() {
+        if let Some(revision) = target.revision_name.as_deref().filter(|n| !n.is_empty()) {
+            cloudrun::validate_revision_name(name, revision)
+                .map_err(|m| FieldError::new(format!("spec.traffic[{i}].revisionName"), m))?;
+        }
+        if let Some(tag) = &target.tag {
+            let at = format!("spec.traffic[{i}].tag");
+            traffic::validate_tag(tag).map_err(|e| FieldError::new(&at, e.to_string()))?;
+            cloudrun::validate_tag_for_service(tag, name).map_err(|m| FieldError::new(at, m))?;
+        }
+    }
+    Ok(())
+}
+
 /// Serde's messages speak Rust ("expected u16"); users wrote YAML.
 fn friendly(message: &str) -> String {
     let message = message.split(" at line ").next().unwrap_or(message);
@@ -637,6 +673,36 @@ spec:
                 .tag
                 .as_deref(),
             Some("a")
+        );
+    }
+
+    #[test]
+    fn names_follow_cloud_runs_rules() {
+        let service = |name: &str| {
+            parse_service_yaml(
+                &CONTRACT_EXAMPLE.replace("name: hello\n", &format!("name: '{name}'\n")),
+            )
+        };
+        for bad in ["a---b", "a/b", "../x", "Hello"] {
+            let error = validate_names(&service(bad).unwrap()).unwrap_err();
+            assert_eq!(error.path, "metadata.name", "{bad}");
+        }
+        let ok = service("hello").unwrap();
+        assert_eq!(validate_names(&ok), Ok(()));
+        let mut bad_revision = ok.clone();
+        bad_revision.spec.template.metadata.name = Some("hello-../x".into());
+        assert_eq!(
+            validate_names(&bad_revision).unwrap_err().path,
+            "spec.template.metadata.name"
+        );
+        let mut bad_tag = ok.clone();
+        bad_tag.spec.traffic[0].tag = Some("a".repeat(46));
+        bad_tag.metadata.name = Some("s".repeat(20));
+        bad_tag.spec.template.metadata.name = None;
+        bad_tag.spec.traffic[1].revision_name = Some(format!("{}-1", "s".repeat(20)));
+        assert_eq!(
+            validate_names(&bad_tag).unwrap_err().path,
+            "spec.traffic[0].tag"
         );
     }
 

@@ -17,6 +17,7 @@ use crate::traffic::{self, TagUpdate, TargetKey};
 #[derive(Debug, Args)]
 pub struct DeployArgs {
     /// The service to deploy to (created if it does not exist).
+    #[arg(value_parser = control::service_arg)]
     pub service: String,
     /// The image to deploy (required for a new service).
     #[arg(long)]
@@ -97,6 +98,12 @@ async fn deploy(args: DeployArgs) -> Result<(), Exit> {
     cloudrun::validate_service_name(&args.service).map_err(|m| usage(format!("SERVICE: {m}")))?;
     if let Some(tag) = &args.tag {
         traffic::validate_tag(tag).map_err(|e| usage(format!("--tag: {e}")))?;
+        cloudrun::validate_tag_for_service(tag, &args.service)
+            .map_err(|m| usage(format!("--tag: {m}")))?;
+    }
+    if let Some(suffix) = &args.revision_suffix {
+        cloudrun::validate_revision_suffix(&args.service, suffix)
+            .map_err(|m| usage(format!("--revision-suffix: {m}")))?;
     }
     let client = args.target.client().await?;
     let existing = client

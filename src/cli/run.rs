@@ -483,10 +483,14 @@ pub(crate) async fn bind(flag: &str, addr: SocketAddr) -> Result<TcpListener, Ex
     })
 }
 
-/// Reads a service.yaml, naming the file and the field of any error.
+/// Reads a service.yaml, naming the file and the field of any error; the names it gives
+/// are checked too, so a bad file never reaches the emulator.
 pub fn read_service_file(path: &std::path::Path) -> Result<knative::Service, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    knative::parse_service_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))
+    let service =
+        knative::parse_service_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    knative::validate_names(&service).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(service)
 }
 
 /// The built-in sample is built here; a named image is left to the platform to find or pull.

@@ -12,3 +12,4 @@ mod revisions;
 mod running;
 mod scaling;
 mod smoke;
+mod validation;

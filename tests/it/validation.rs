@@ -1,0 +1,168 @@
+//! Input Cloud Run would refuse is refused here too, before anything changes: bad names.
+//! Each case exits 2 with a message naming the flag or field, and leaves the running
+//! service's revisions and containers as they were.
+
+use std::path::PathBuf;
+
+use crate::images::testapp_image;
+use crate::support::{
+    containers_of, request, running_container_ids, service_name, Emulator, Finished,
+};
+
+/// A service.yaml for `service` in a temp file; `spec` is the template's spec below
+/// `containers`, `container` the lines of the one container after its image.
+fn yaml_file(tag: &str, service: &str, spec: &str, container: &str) -> PathBuf {
+    let yaml = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {{name: '{service}'}}\nspec:\n  template:\n    spec:\n{spec}      containers:\n      - image: {}\n{container}",
+        testapp_image()
+    );
+    let file = std::env::temp_dir().join(format!("{service}-{tag}.yaml").replace('/', "_"));
+    std::fs::write(&file, yaml).unwrap();
+    file
+}
+
+fn assert_refused(done: &Finished, words: &[&str], what: &str) {
+    assert_eq!(
+        done.status.code(),
+        Some(2),
+        "{what}: expected exit 2:\n{}\n{}",
+        done.stdout,
+        done.stderr
+    );
+    for word in words {
+        assert!(
+            done.stderr.contains(word),
+            "{what}: stderr lacks {word:?}:\n{}",
+            done.stderr
+        );
+    }
+}
+
+/// The state a refusal must leave alone: the service's revisions and its running
+/// containers; beyond them there is at most the spare container the pool creates ahead of
+/// time.
+async fn state(emulator: &Emulator) -> (Vec<String>, Vec<String>) {
+    let revisions = emulator
+        .revision_list()
+        .await
+        .iter()
+        .map(|r| r["metadata"]["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    let mut running = running_container_ids(&emulator.service);
+    running.sort();
+    let all = containers_of(&emulator.service);
+    assert!(
+        all.len() <= running.len() + 1,
+        "unexpected containers: {all:?}"
+    );
+    (revisions, running)
+}
+
+#[tokio::test]
+async fn names_follow_cloud_runs_rules_at_the_cli_and_the_api() {
+    let service = service_name("names");
+    let emulator = Emulator::start(&service, &[testapp_image()]).await;
+    let before = state(&emulator).await;
+    let image = testapp_image();
+
+    for suffix in ["../x", "a/b", "BAD_SUFFIX"] {
+        let done = emulator
+            .cli(&[
+                "deploy",
+                &service,
+                "--image",
+                image,
+                "--revision-suffix",
+                suffix,
+            ])
+            .await;
+        assert_refused(
+            &done,
+            &[
+                "--revision-suffix",
+                "not a valid revision suffix",
+                "lowercase",
+            ],
+            suffix,
+        );
+    }
+    let done = emulator.cli(&["deploy", "a---b", "--image", image]).await;
+    assert_refused(&done, &["'---'"], "a---b");
+    for bad in ["a/b", "../x", "Upper"] {
+        let done = emulator.cli(&["deploy", bad, "--image", image]).await;
+        assert_refused(&done, &["Must begin with a letter"], bad);
+        let done = emulator.cli(&["services", "describe", bad]).await;
+        assert_refused(&done, &["is not a valid service name"], bad);
+        let done = emulator.cli(&["revisions", "delete", bad]).await;
+        assert_refused(&done, &["is not a valid revision name"], bad);
+    }
+    // A valid tag (46 characters) whose host label TAG---SERVICE is over 63 characters.
+    let longer = format!("{service}-longer");
+    let done = emulator
+        .cli(&[
+            "deploy",
+            &longer,
+            "--image",
+            image,
+            "--tag",
+            &"t".repeat(46),
+        ])
+        .await;
+    assert_refused(&done, &["--tag", "DNS label"], "long tag");
+    assert!(containers_of(&longer).is_empty());
+    let file = yaml_file("names", "a---b", "", "");
+    let done = emulator
+        .cli(&["services", "replace", file.to_str().unwrap()])
+        .await;
+    assert_refused(&done, &["metadata.name", "'---'"], "replace a---b");
+    std::fs::remove_file(file).unwrap();
+
+    // The API checks names in its paths and documents too, with the same texts.
+    let api = format!(
+        "http://{}/apis/serving.knative.dev/v1/namespaces/default",
+        emulator.admin
+    );
+    let reply = request(
+        "GET",
+        &format!("{api}/services/a%2Fb"),
+        &[],
+        Vec::new(),
+        false,
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(
+        reply.body.contains("is not a valid service name"),
+        "{}",
+        reply.body
+    );
+    let reply = request(
+        "DELETE",
+        &format!("{api}/revisions/..%2Fx"),
+        &[],
+        Vec::new(),
+        false,
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    let body = format!(
+        r#"{{"apiVersion":"serving.knative.dev/v1","kind":"Service","metadata":{{"name":"{service}"}},"spec":{{"template":{{"metadata":{{"name":"{service}-BAD_SUFFIX"}},"spec":{{"containers":[{{"image":"{image}"}}]}}}}}}}}"#
+    );
+    let reply = request(
+        "PUT",
+        &format!("{api}/services/{service}"),
+        &[("content-type", "application/json")],
+        body.into_bytes(),
+        false,
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(
+        reply.body.contains("spec.template.metadata.name"),
+        "{}",
+        reply.body
+    );
+
+    assert_eq!(state(&emulator).await, before, "a refusal changed state");
+    assert!(containers_of("a---b").is_empty());
+}
