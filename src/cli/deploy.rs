@@ -40,8 +40,9 @@ pub struct DeployArgs {
     /// Replace all env vars with those of a YAML or .env file.
     #[arg(long, value_name = "FILE", conflicts_with = "set_env_vars")]
     pub env_vars_file: Option<PathBuf>,
-    /// Maximum concurrent requests per instance (1-1000).
-    #[arg(long)]
+    /// Maximum concurrent requests per instance (1-1000; 0 is Cloud Run's default: 80, or 1
+    /// with less than one CPU).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub concurrency: Option<u32>,
     /// Request timeout: seconds or with units (5m); at most 1h.
     #[arg(long)]
