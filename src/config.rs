@@ -251,11 +251,76 @@ fn printable(text: &str) -> String {
     crate::cloudrun::printable(text)
 }
 
+/// The largest file of user input read (service YAML, env files, checks files): 4 MiB, the
+/// admin API's limit on request bodies.
+pub const MAX_DOCUMENT_BYTES: usize = 4 << 20;
+/// The deepest flow nesting (`[`, `{`) accepted in a YAML or JSON document. The YAML parser
+/// takes quadratic time on deep flow nesting (100k levels: minutes), and no Cloud Run document
+/// nests anywhere near this deep; serde_json's own limit is 128.
+pub const MAX_DOCUMENT_DEPTH: usize = 100;
+
+/// Checks a document read from a file before it is parsed: its size and nesting depth.
+pub fn check_document(text: &str) -> Result<(), String> {
+    if text.len() > MAX_DOCUMENT_BYTES {
+        return Err(format!(
+            "the document is {} bytes; the limit is {} MiB",
+            text.len(),
+            MAX_DOCUMENT_BYTES >> 20
+        ));
+    }
+    let depth = flow_depth(text);
+    if depth > MAX_DOCUMENT_DEPTH {
+        return Err(format!(
+            "the document nests more than {MAX_DOCUMENT_DEPTH} levels deep"
+        ));
+    }
+    Ok(())
+}
+
+/// The deepest nesting of `[`/`{` outside quoted strings and comments: an estimate, never
+/// less than the truth for well-formed YAML or JSON.
+fn flow_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut quote: Option<u8> = None;
+    let mut previous = b'\n';
+    let mut bytes = text.bytes().peekable();
+    while let Some(b) = bytes.next() {
+        match quote {
+            Some(b'"') if b == b'\\' => {
+                bytes.next();
+            }
+            Some(q) if b == q => quote = None,
+            Some(_) => {}
+            None => match b {
+                b'"' | b'\'' if b" \t\n[{,:".contains(&previous) => quote = Some(b),
+                b'#' if b" \t\n".contains(&previous) => {
+                    for c in bytes.by_ref() {
+                        if c == b'\n' {
+                            break;
+                        }
+                    }
+                    previous = b'\n';
+                    continue;
+                }
+                b'[' | b'{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+        previous = b;
+    }
+    deepest
+}
+
 /// Reads an env vars file: YAML (`NAME: value`, what `gcloud --env-vars-file` takes) or a
 /// `.env` file (`NAME=value` lines, `#` comments, optional quotes).
 pub fn read_env_file(field: &str, path: &Path) -> Result<Vec<(String, String)>, InvalidValue> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))?;
+    check_document(&text).map_err(|m| invalid(field, format!("{}: {m}", path.display())))?;
     let is_yaml = matches!(
         path.extension().and_then(|e| e.to_str()),
         Some("yaml" | "yml")
@@ -371,6 +436,81 @@ mod tests {
         let err = parse_duration("--timeout", "99999999999999999h").unwrap_err();
         assert!(err.to_string().contains("out of range"), "{err}");
         assert!(parse_duration("--timeout", "18446744073709551615s18446744073709551615s").is_err());
+    }
+
+    #[test]
+    fn documents_are_limited_in_size_and_depth() {
+        assert!(check_document("a: [1, {b: '[[[['}]\n# [[[[[\n").is_ok());
+        let deep = format!("{}{}", "[".repeat(101), "]".repeat(101));
+        assert!(check_document(&deep)
+            .unwrap_err()
+            .contains("nests more than 100"));
+        let dir = std::env::temp_dir().join(format!("emulate-deepenv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("env.yaml");
+        std::fs::write(
+            &file,
+            format!("A: {}{}\n", "[".repeat(100_000), "]".repeat(100_000)),
+        )
+        .unwrap();
+        let err = read_env_file("--env-vars-file", &file)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("--env-vars-file: "), "{err}");
+        assert!(err.contains("env.yaml: the document nests"), "{err}");
+        let dotenv = dir.join("vars.env");
+        std::fs::write(&dotenv, "A=1\nA=2\n").unwrap();
+        let err = read_env_file("--env-vars-file", &dotenv)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'A' is set more than once"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cpu_amounts() {
+        assert_eq!(parse_cpu("--cpu", "1").unwrap(), 1000);
+        assert_eq!(parse_cpu("--cpu", "0.5").unwrap(), 500);
+        assert_eq!(parse_cpu("--cpu", "2000m").unwrap(), 2000);
+        assert!(parse_cpu("--cpu", "9").is_err());
+        assert!(parse_cpu("--cpu", "one").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("t", "300").unwrap(),
+            Duration::from_secs(300)
+        );
+        assert_eq!(parse_duration("t", "5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(
+            parse_duration("t", "1m30s").unwrap(),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            parse_duration("t", "250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        for bad in ["", "m", "5 m", "5x", "-1"] {
+            assert!(parse_duration("t", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn env_vars_and_escaping() {
+        assert_eq!(
+            parse_env_vars("--set-env-vars", "A=1,B=x=y").unwrap(),
+            vec![("A".into(), "1".into()), ("B".into(), "x=y".into())]
+        );
+        assert_eq!(
+            parse_env_vars("--set-env-vars", "^:^LIST=a,b:C=3").unwrap(),
+            vec![("LIST".into(), "a,b".into()), ("C".into(), "3".into())]
+        );
+        let err = parse_env_vars("--set-env-vars", "K_REVISION=x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'K_REVISION' is reserved"), "{err}");
+        assert!(parse_env_vars("--set-env-vars", "NOVALUE").is_err());
     }
 
     #[test]

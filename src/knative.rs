@@ -367,9 +367,11 @@ impl FieldError {
     }
 }
 
-/// Parses a Service from YAML (JSON is YAML too), naming the field of any error. Every field
-/// name is checked first (Cloud Run's API rejects unknown fields), then the values.
+/// Parses a Service from YAML (JSON is YAML too), naming the field of any error. The
+/// document's size and nesting are checked first, then every field name (Cloud Run's API
+/// rejects unknown fields), then the values.
 pub fn parse_service_yaml(text: &str) -> Result<Service, FieldError> {
+    crate::config::check_document(text).map_err(|m| FieldError::new("(document)", m))?;
     let value: serde_json::Value = serde_yaml_ng::from_str(text)
         .map_err(|e| FieldError::new("(document)", friendly(&e.to_string())))?;
     service_from_value(value)
@@ -968,6 +970,24 @@ spec:
             validate_names(&bad_tag).unwrap_err().path,
             "spec.traffic[0].tag"
         );
+    }
+
+    #[test]
+    fn deep_documents_are_refused_quickly() {
+        let deep = format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nspec: {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let started = std::time::Instant::now();
+        let error = parse_service_yaml(&deep).unwrap_err();
+        assert!(error.message.contains("nests more than"), "{error}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let big = format!("# {}\n", "x".repeat(5 << 20));
+        assert!(parse_service_yaml(&big)
+            .unwrap_err()
+            .message
+            .contains("limit is 4 MiB"));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Input Cloud Run would refuse is refused here too, before anything changes: bad names,
-//! unknown fields, duplicate or impossible env vars, out-of-range numbers. Each case exits 2
-//! with a message naming the flag or field, and leaves the running service's revisions and
-//! containers as they were.
+//! unknown fields, duplicate or impossible env vars, out-of-range numbers, documents too
+//! deep to parse. Each case exits 2 with a message naming the flag or field, and leaves the
+//! running service's revisions and containers as they were.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use crate::images::testapp_image;
 use crate::support::{
@@ -280,4 +281,63 @@ async fn input_cloud_run_would_refuse_exits_2_and_changes_nothing() {
         before.0.len() + 1,
         "only the valid deploy made a revision: {revisions:?}"
     );
+}
+
+#[tokio::test]
+async fn deep_documents_in_files_are_refused_quickly_naming_the_file() {
+    let service = service_name("deep");
+    let deep = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {{name: {service}}}\nspec: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let file = std::env::temp_dir().join(format!("{service}-deep.yaml"));
+    std::fs::write(&file, deep).unwrap();
+    let started = Instant::now();
+    let done = Emulator::run_to_exit(
+        &service,
+        &["-f", file.to_str().unwrap()],
+        &[],
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_refused(
+        &done,
+        &["-f", file.to_str().unwrap(), "nests more than 100 levels"],
+        "deep -f",
+    );
+    let env_file = std::env::temp_dir().join(format!("{service}-deep-env.yaml"));
+    std::fs::write(
+        &env_file,
+        format!("A: {}{}\n", "{a: ".repeat(50_000), "}".repeat(50_000)),
+    )
+    .unwrap();
+    let done = Emulator::run_to_exit(
+        &service,
+        &[
+            testapp_image(),
+            "--env-vars-file",
+            env_file.to_str().unwrap(),
+        ],
+        &[],
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_refused(
+        &done,
+        &[
+            "--env-vars-file",
+            env_file.to_str().unwrap(),
+            "nests more than",
+        ],
+        "deep env file",
+    );
+    assert!(containers_of(&service).is_empty());
+    std::fs::remove_file(file).unwrap();
+    std::fs::remove_file(env_file).unwrap();
 }
