@@ -579,10 +579,12 @@ fn check_fields(value: &serde_json::Value, shape: Shape, path: &str) -> Result<(
         return Ok(());
     };
     for (key, child) in object {
+        // An empty key still needs a visible name in the path.
+        let shown = if key.is_empty() { "\"\"" } else { key.as_str() };
         let at = if path.is_empty() {
-            key.clone()
+            shown.to_string()
         } else {
-            format!("{path}.{key}")
+            format!("{path}.{shown}")
         };
         let Some((_, child_shape, list)) = fields.iter().find(|(name, ..)| name == key) else {
             let hint = closest(key, fields.iter().map(|(name, ..)| *name))

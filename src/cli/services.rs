@@ -358,7 +358,8 @@ async fn update_traffic(args: UpdateTrafficArgs) -> Result<(), Exit> {
     let percentages: Option<Vec<(TargetKey, u32)>> = if args.to_latest {
         Some(vec![(TargetKey::Latest, 100)])
     } else if let Some(text) = &args.to_revisions {
-        let pairs = traffic::parse_percentages("--to-revisions", text).map_err(usage)?;
+        let pairs = traffic::parse_percentages("--to-revisions", text)
+            .map_err(|e| usage(traffic::flag_error("--to-revisions", &e)))?;
         Some(
             pairs
                 .into_iter()
@@ -366,7 +367,8 @@ async fn update_traffic(args: UpdateTrafficArgs) -> Result<(), Exit> {
                 .collect(),
         )
     } else if let Some(text) = &args.to_tags {
-        let pairs = traffic::parse_percentages("--to-tags", text).map_err(usage)?;
+        let pairs = traffic::parse_percentages("--to-tags", text)
+            .map_err(|e| usage(traffic::flag_error("--to-tags", &e)))?;
         let mut resolved = Vec::new();
         for (tag, percent) in pairs {
             let key = tagged

@@ -1165,7 +1165,7 @@ fn serde_error(path: &str, inner: &str) -> FieldError {
     };
     // A document-level error (a YAML syntax error, a missing `checks`) has no field to point
     // at, so the line and column are its only "where"; elsewhere the path says it better.
-    if path == "." || path == "?" {
+    if path == "." || path == "?" || path.is_empty() {
         return FieldError::new("(document)", friendly(message));
     }
     let message = match message.rsplit_once(" at line ") {
