@@ -135,6 +135,15 @@ async fn handle(platform: &Platform, request: Request<Incoming>) -> Response<Ful
             )
         }
     };
+    // A name in the path is checked first, with Cloud Run's rules, as the real API does.
+    let bad_name = match (collection, name) {
+        ("services", Some(name)) => crate::cloudrun::validate_service_name(name).err(),
+        ("revisions", Some(name)) => crate::cloudrun::validate_revision_lookup(name).err(),
+        _ => None,
+    };
+    if let Some(message) = bad_name {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", message);
+    }
     match (collection, name, &method) {
         ("services", None, &Method::GET) => json(
             StatusCode::OK,

@@ -107,31 +107,144 @@ pub fn memory_limit_exceeded(limit_mib: u64, used_mib: u64) -> String {
 /// The local hint printed under an architecture failure.
 pub const AMD64_HINT: &str = "Cloud Run runs linux/amd64 only. Docker on Apple Silicon (and other arm64 machines) builds arm64 images by default; rebuild for amd64:\n    docker build --platform linux/amd64 -t IMAGE .\nor with buildx: docker buildx build --platform linux/amd64 -t IMAGE .";
 
+/// Revision names are DNS labels: at most 63 characters.
+pub const MAX_REVISION_NAME_LEN: usize = 63;
+/// A tag URL's host starts with the label `TAG---SERVICE`, which must fit one DNS label.
+pub const MAX_DNS_LABEL_LEN: usize = 63;
+
+/// Cloud Run's text for a bad service name (its API's fieldViolation for `metadata.name`,
+/// with today's 49-character limit).
+pub fn service_name_rules() -> String {
+    format!(
+        "Service name must use only lowercase letters, numbers and '-'. Must begin with a letter and cannot end with a '-'. Maximum length is {MAX_SERVICE_NAME_LEN} characters."
+    )
+}
+
+/// Cloud Run's text for a bad revision name (its API's fieldViolation for
+/// `spec.template.metadata.name`).
+pub const REVISION_NAME_RULES: &str = "only lowercase, digits, and hyphens; must begin with letter, and may not end with hyphen; must be less than 64 characters.";
+
+/// A DNS-1035 label's characters: lower-case letters, digits and hyphens, starting with a
+/// letter and not ending with a hyphen.
+fn is_dns_label(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
 /// Checks a service name the way Cloud Run does: lower-case letters, digits and hyphens,
-/// starting with a letter, not ending with a hyphen, at most 49 characters.
+/// starting with a letter, not ending with a hyphen, at most 49 characters. `---` is refused
+/// too: it separates the tag from the service in a tag's host (`TAG---SERVICE`), so such a
+/// service could not be reached by its URL.
 pub fn validate_service_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > MAX_SERVICE_NAME_LEN {
+    if name.is_empty() {
         return Err(format!(
-            "service name '{name}' must be 1 to {MAX_SERVICE_NAME_LEN} characters long"
+            "a service name is required. {}",
+            service_name_rules()
         ));
     }
-    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+    if name.len() > MAX_SERVICE_NAME_LEN || !is_dns_label(name) {
         return Err(format!(
-            "service name '{name}' must start with a lower-case letter"
+            "'{}' is not a valid service name. {}",
+            printable(name),
+            service_name_rules()
         ));
     }
-    if name.ends_with('-') {
-        return Err(format!("service name '{name}' must not end with a hyphen"));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-    {
+    if name.contains("---") {
         return Err(format!(
-            "service name '{name}' may only contain lower-case letters, digits and hyphens (found '{c}')"
+            "'{name}' is not a valid service name: '---' separates a tag from the service in a tag URL (TAG---SERVICE), so a service name may not contain it."
         ));
     }
     Ok(())
+}
+
+/// Checks a revision name: a DNS label of at most 63 characters that starts with
+/// `SERVICE-`.
+pub fn validate_revision_name(service: &str, name: &str) -> Result<(), String> {
+    if name.len() > MAX_REVISION_NAME_LEN || !is_dns_label(name) {
+        return Err(format!(
+            "'{}' is not a valid revision name: {REVISION_NAME_RULES}",
+            printable(name)
+        ));
+    }
+    if !name.starts_with(&format!("{service}-")) {
+        return Err(format!(
+            "revision name '{name}' must start with the service name and a hyphen ('{service}-')"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a name given to the API or a verb that looks a revision up (describe, delete):
+/// only its form, since the service is not known.
+pub fn validate_revision_lookup(name: &str) -> Result<(), String> {
+    if name.len() > MAX_REVISION_NAME_LEN || !is_dns_label(name) {
+        return Err(format!(
+            "'{}' is not a valid revision name: {REVISION_NAME_RULES}",
+            printable(name)
+        ));
+    }
+    Ok(())
+}
+
+/// Checks `--revision-suffix`: the revision is `SERVICE-SUFFIX`, which must be a valid
+/// revision name.
+pub fn validate_revision_suffix(service: &str, suffix: &str) -> Result<String, String> {
+    let name = format!("{service}-{suffix}");
+    if suffix.is_empty()
+        || !suffix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        || suffix.ends_with('-')
+        || suffix.starts_with('-')
+    {
+        return Err(format!(
+            "'{}' is not a valid revision suffix: the revision name '{}' must be {REVISION_NAME_RULES}",
+            printable(suffix),
+            printable(&name)
+        ));
+    }
+    if name.len() > MAX_REVISION_NAME_LEN {
+        return Err(format!(
+            "'{suffix}' is too long: the revision name '{name}' has {} characters; {REVISION_NAME_RULES}",
+            name.len()
+        ));
+    }
+    Ok(name)
+}
+
+/// Checks that a tag's host label `TAG---SERVICE` fits one DNS label (63 characters).
+pub fn validate_tag_for_service(tag: &str, service: &str) -> Result<(), String> {
+    let label = format!("{tag}---{service}");
+    if label.len() > MAX_DNS_LABEL_LEN {
+        return Err(format!(
+            "tag '{tag}' is too long for service '{service}': the tag URL's host label '{label}' has {} characters, more than the {MAX_DNS_LABEL_LEN} a DNS label allows",
+            label.len()
+        ));
+    }
+    Ok(())
+}
+
+/// A user's text shown in a message: control characters escaped, at most 80 characters.
+pub fn printable(text: &str) -> String {
+    let escaped: String = text
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    if escaped.chars().count() > 80 {
+        let cut: String = escaped.chars().take(77).collect();
+        format!("{cut}...")
+    } else {
+        escaped
+    }
 }
 
 /// Derives a service name from an image reference, as `gcloud run deploy` suggests one:
@@ -211,9 +324,46 @@ mod tests {
     #[test]
     fn service_names_are_validated() {
         assert!(validate_service_name("hello-world2").is_ok());
-        for bad in ["", "Hello", "1abc", "abc-", "a_b", &"a".repeat(50)] {
+        for bad in [
+            "",
+            "Hello",
+            "1abc",
+            "abc-",
+            "a_b",
+            "a---b",
+            "a/b",
+            "../x",
+            &"a".repeat(50),
+        ] {
             assert!(validate_service_name(bad).is_err(), "{bad} accepted");
         }
+        assert!(validate_service_name("Bad")
+            .unwrap_err()
+            .contains("Must begin with a letter"));
+        assert!(validate_service_name("a---b")
+            .unwrap_err()
+            .contains("'---'"));
+    }
+
+    #[test]
+    fn revision_names_suffixes_and_tag_hosts_are_validated() {
+        assert!(validate_revision_name("hello", "hello-00001-abc").is_ok());
+        for bad in ["hello-", "hello-A", "hello-a/b", "hello-../x", "other-1"] {
+            assert!(
+                validate_revision_name("hello", bad).is_err(),
+                "{bad} accepted"
+            );
+        }
+        assert!(validate_revision_name("hello", &format!("hello-{}", "a".repeat(58))).is_err());
+        assert_eq!(validate_revision_suffix("hello", "v2").unwrap(), "hello-v2");
+        for bad in ["", "../x", "a/b", "BAD_SUFFIX", "-x", "x-", &"a".repeat(58)] {
+            let error = validate_revision_suffix("hello", bad).unwrap_err();
+            assert!(error.contains("revision"), "{bad}: {error}");
+        }
+        assert!(validate_revision_lookup("a/b").is_err());
+        assert!(validate_revision_lookup("hello-1").is_ok());
+        assert!(validate_tag_for_service("t", "hello").is_ok());
+        assert!(validate_tag_for_service(&"t".repeat(40), &"s".repeat(30)).is_err());
     }
 
     #[test]

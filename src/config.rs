@@ -33,9 +33,15 @@ pub fn parse_memory(field: &str, text: &str) -> Result<u64, InvalidValue> {
         "k" | "K" => 1000,
         "M" => 1000u64.pow(2),
         "G" => 1000u64.pow(3),
+        "T" => 1000u64.pow(4),
+        "P" => 1000u64.pow(5),
+        "E" => 1000u64.pow(6),
         "Ki" => 1 << 10,
         "Mi" => 1 << 20,
         "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        "Ei" => 1 << 60,
         _ => {
             return Err(invalid(
                 field,
@@ -43,18 +49,29 @@ pub fn parse_memory(field: &str, text: &str) -> Result<u64, InvalidValue> {
             ))
         }
     };
-    let value: f64 = number.parse().map_err(|_| {
-        invalid(
-            field,
-            format!("'{text}' is not a memory size; use a number with Mi or Gi, e.g. 512Mi"),
-        )
-    })?;
+    let value: f64 = number
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite())
+        .ok_or_else(|| {
+            invalid(
+                field,
+                format!("'{text}' is not a memory size; use a number with Mi or Gi, e.g. 512Mi"),
+            )
+        })?;
+    // Saturates on overflow: anything that large is out of range anyway.
     let bytes = (value * multiplier as f64) as u64;
     let (min, max) = (128u64 << 20, 32u64 << 30);
-    if !(min..=max).contains(&bytes) {
+    if bytes > max {
         return Err(invalid(
             field,
-            format!("'{text}' is outside Cloud Run's range of 128Mi to 32Gi"),
+            format!("'{text}' is out of range: Cloud Run's maximum memory is 32Gi"),
+        ));
+    }
+    if bytes < min {
+        return Err(invalid(
+            field,
+            format!("'{text}' is out of range: Cloud Run's minimum memory is 128Mi"),
         ));
     }
     Ok(bytes)
@@ -115,13 +132,15 @@ pub fn parse_duration(field: &str, text: &str) -> Result<Duration, InvalidValue>
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(value),
-            "s" => Duration::from_secs(value),
-            "m" => Duration::from_secs(value * 60),
-            "h" => Duration::from_secs(value * 3600),
+            "ms" => Some(Duration::from_millis(value)),
+            "s" => Some(Duration::from_secs(value)),
+            "m" => value.checked_mul(60).map(Duration::from_secs),
+            "h" => value.checked_mul(3600).map(Duration::from_secs),
             _ => return Err(bad()),
         };
-        total += unit;
+        total = unit
+            .and_then(|unit| total.checked_add(unit))
+            .ok_or_else(|| invalid(field, format!("'{text}' is out of range")))?;
         rest = &rest[unit_len..];
     }
     Ok(total)
@@ -140,26 +159,44 @@ pub fn split_list(text: &str) -> Vec<String> {
     body.split(delimiter.as_str()).map(str::to_string).collect()
 }
 
-/// Parses `--set-env-vars K=V,K2=V2` into pairs, checking names.
+/// Parses `--set-env-vars K=V,K2=V2` into pairs, checking names and values; a name given
+/// twice is refused.
 pub fn parse_env_vars(field: &str, text: &str) -> Result<Vec<(String, String)>, InvalidValue> {
-    split_list(text)
+    let pairs = split_list(text)
         .into_iter()
         .map(|item| {
-            let (name, value) = item
-                .split_once('=')
-                .ok_or_else(|| invalid(field, format!("'{item}' is not of the form NAME=VALUE")))?;
+            let (name, value) = item.split_once('=').ok_or_else(|| {
+                invalid(
+                    field,
+                    format!("'{}' is not of the form NAME=VALUE", printable(&item)),
+                )
+            })?;
             check_env_name(field, name)?;
+            check_env_value(field, name, value)?;
             Ok((name.to_string(), value.to_string()))
         })
-        .collect()
+        .collect::<Result<Vec<_>, InvalidValue>>()?;
+    check_no_duplicate_env(field, &pairs)?;
+    Ok(pairs)
 }
 
-/// Checks an env var name: non-empty, no `=`, and not one Cloud Run reserves.
+/// Env names and values are at most 32768 characters (Cloud Run's limit).
+pub const MAX_ENV_LEN: usize = 32768;
+
+/// Checks an env var name as Cloud Run's API does: non-empty, at most 32768 characters,
+/// printable ASCII without `=` (Kubernetes' relaxed rule, which Cloud Run's API follows since
+/// it dropped the C_IDENTIFIER requirement), and not one Cloud Run reserves.
 pub fn check_env_name(field: &str, name: &str) -> Result<(), InvalidValue> {
-    if name.is_empty() || name.contains('=') || name.contains('\0') {
+    let printable_ascii = name
+        .bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'=');
+    if name.is_empty() || name.len() > MAX_ENV_LEN || !printable_ascii {
         return Err(invalid(
             field,
-            format!("'{name}' is not a valid env var name"),
+            format!(
+                "'{}' is not a valid env var name: a name is 1 to {MAX_ENV_LEN} printable ASCII characters other than '='",
+                printable(name)
+            ),
         ));
     }
     if RESERVED_ENV.contains(&name) {
@@ -174,11 +211,116 @@ pub fn check_env_name(field: &str, name: &str) -> Result<(), InvalidValue> {
     Ok(())
 }
 
+/// Checks an env var value: no NUL byte (a process environment cannot carry one) and at most
+/// 32768 bytes.
+pub fn check_env_value(field: &str, name: &str, value: &str) -> Result<(), InvalidValue> {
+    if value.contains('\0') {
+        return Err(invalid(
+            field,
+            format!("the value of env var '{name}' contains a NUL character, which a process environment cannot hold"),
+        ));
+    }
+    if value.len() > MAX_ENV_LEN {
+        return Err(invalid(
+            field,
+            format!(
+                "the value of env var '{name}' is {} bytes long; Cloud Run's maximum is {MAX_ENV_LEN}",
+                value.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a name given twice in one list.
+pub fn check_no_duplicate_env(field: &str, pairs: &[(String, String)]) -> Result<(), InvalidValue> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, _) in pairs {
+        if !seen.insert(name.as_str()) {
+            return Err(invalid(
+                field,
+                format!("the env var '{name}' is set more than once; set each name once"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A user's text shown in a message: control characters escaped, long text cut.
+fn printable(text: &str) -> String {
+    crate::cloudrun::printable(text)
+}
+
+/// The largest file of user input read (service YAML, env files, checks files): 4 MiB, the
+/// admin API's limit on request bodies.
+pub const MAX_DOCUMENT_BYTES: usize = 4 << 20;
+/// The deepest flow nesting (`[`, `{`) accepted in a YAML or JSON document. The YAML parser
+/// takes quadratic time on deep flow nesting (100k levels: minutes), and no Cloud Run document
+/// nests anywhere near this deep; serde_json's own limit is 128.
+pub const MAX_DOCUMENT_DEPTH: usize = 100;
+
+/// Checks a document read from a file before it is parsed: its size and nesting depth.
+pub fn check_document(text: &str) -> Result<(), String> {
+    if text.len() > MAX_DOCUMENT_BYTES {
+        return Err(format!(
+            "the document is {} bytes; the limit is {} MiB",
+            text.len(),
+            MAX_DOCUMENT_BYTES >> 20
+        ));
+    }
+    let depth = flow_depth(text);
+    if depth > MAX_DOCUMENT_DEPTH {
+        return Err(format!(
+            "the document nests more than {MAX_DOCUMENT_DEPTH} levels deep"
+        ));
+    }
+    Ok(())
+}
+
+/// The deepest nesting of `[`/`{` outside quoted strings and comments: an estimate, never
+/// less than the truth for well-formed YAML or JSON.
+fn flow_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut quote: Option<u8> = None;
+    let mut previous = b'\n';
+    let mut bytes = text.bytes().peekable();
+    while let Some(b) = bytes.next() {
+        match quote {
+            Some(b'"') if b == b'\\' => {
+                bytes.next();
+            }
+            Some(q) if b == q => quote = None,
+            Some(_) => {}
+            None => match b {
+                b'"' | b'\'' if b" \t\n[{,:".contains(&previous) => quote = Some(b),
+                b'#' if b" \t\n".contains(&previous) => {
+                    for c in bytes.by_ref() {
+                        if c == b'\n' {
+                            break;
+                        }
+                    }
+                    previous = b'\n';
+                    continue;
+                }
+                b'[' | b'{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+        previous = b;
+    }
+    deepest
+}
+
 /// Reads an env vars file: YAML (`NAME: value`, what `gcloud --env-vars-file` takes) or a
 /// `.env` file (`NAME=value` lines, `#` comments, optional quotes).
 pub fn read_env_file(field: &str, path: &Path) -> Result<Vec<(String, String)>, InvalidValue> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))?;
+    check_document(&text).map_err(|m| invalid(field, format!("{}: {m}", path.display())))?;
     let is_yaml = matches!(
         path.extension().and_then(|e| e.to_str()),
         Some("yaml" | "yml")
@@ -196,9 +338,12 @@ pub fn read_env_file(field: &str, path: &Path) -> Result<Vec<(String, String)>, 
     } else {
         parse_env_yaml(&text).map_err(|m| invalid(field, format!("{}: {m}", path.display())))?
     };
-    for (name, _) in &pairs {
-        check_env_name(field, name)?;
+    let in_file = |e: InvalidValue| invalid(field, format!("{}: {}", path.display(), e.message));
+    for (name, value) in &pairs {
+        check_env_name(field, name).map_err(in_file)?;
+        check_env_value(field, name, value).map_err(in_file)?;
     }
+    check_no_duplicate_env(field, &pairs).map_err(in_file)?;
     Ok(pairs)
 }
 
@@ -256,6 +401,70 @@ mod tests {
         let err = parse_memory("--memory", "lots").unwrap_err().to_string();
         assert!(err.starts_with("--memory: 'lots'"), "{err}");
         assert!(parse_memory("--memory", "64Mi").is_err());
+        let err = parse_memory("--memory", "1Ti").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "--memory: '1Ti' is out of range: Cloud Run's maximum memory is 32Gi"
+        );
+        assert!(parse_memory("--memory", "99999999999Ei").is_err());
+    }
+
+    #[test]
+    fn env_names_values_and_duplicates() {
+        for good in ["A", "_a1", "1A", "A B", "a.b-c"] {
+            assert!(check_env_name("--set-env-vars", good).is_ok(), "{good:?}");
+        }
+        for bad in ["", "A=B", "A\0B", "A\nB", "\u{e9}"] {
+            let err = check_env_name("--set-env-vars", bad).unwrap_err();
+            assert!(err.message.contains("not a valid env var name"), "{err}");
+        }
+        let err = parse_env_vars("--set-env-vars", "A=x\0y").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("--set-env-vars: the value of env var 'A' contains a NUL"),
+            "{err}"
+        );
+        let err = parse_env_vars("--set-env-vars", "A=1,B=2,A=3").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--set-env-vars: the env var 'A' is set more than once; set each name once"
+        );
+    }
+
+    #[test]
+    fn huge_durations_are_out_of_range_not_a_panic() {
+        let err = parse_duration("--timeout", "99999999999999999h").unwrap_err();
+        assert!(err.to_string().contains("out of range"), "{err}");
+        assert!(parse_duration("--timeout", "18446744073709551615s18446744073709551615s").is_err());
+    }
+
+    #[test]
+    fn documents_are_limited_in_size_and_depth() {
+        assert!(check_document("a: [1, {b: '[[[['}]\n# [[[[[\n").is_ok());
+        let deep = format!("{}{}", "[".repeat(101), "]".repeat(101));
+        assert!(check_document(&deep)
+            .unwrap_err()
+            .contains("nests more than 100"));
+        let dir = std::env::temp_dir().join(format!("emulate-deepenv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("env.yaml");
+        std::fs::write(
+            &file,
+            format!("A: {}{}\n", "[".repeat(100_000), "]".repeat(100_000)),
+        )
+        .unwrap();
+        let err = read_env_file("--env-vars-file", &file)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("--env-vars-file: "), "{err}");
+        assert!(err.contains("env.yaml: the document nests"), "{err}");
+        let dotenv = dir.join("vars.env");
+        std::fs::write(&dotenv, "A=1\nA=2\n").unwrap();
+        let err = read_env_file("--env-vars-file", &dotenv)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'A' is set more than once"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

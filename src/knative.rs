@@ -367,60 +367,342 @@ impl FieldError {
     }
 }
 
-/// Parses a Service from YAML (JSON is YAML too), naming the field of any error.
+/// Parses a Service from YAML (JSON is YAML too), naming the field of any error. The
+/// document's size and nesting are checked first, then every field name (Cloud Run's API
+/// rejects unknown fields), then the values.
 pub fn parse_service_yaml(text: &str) -> Result<Service, FieldError> {
-    let deserializer = serde_yaml_ng::Deserializer::from_str(text);
-    let service: Service = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+    crate::config::check_document(text).map_err(|m| FieldError::new("(document)", m))?;
+    let value: serde_json::Value = serde_yaml_ng::from_str(text)
+        .map_err(|e| FieldError::new("(document)", friendly(&e.to_string())))?;
+    service_from_value(value)
+}
+
+/// Parses a Service from the admin API's JSON body, naming the field of any error.
+pub fn parse_service_json(body: &[u8]) -> Result<Service, FieldError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| FieldError::new("(document)", e.to_string()))?;
+    service_from_value(value)
+}
+
+fn service_from_value(value: serde_json::Value) -> Result<Service, FieldError> {
+    let Some(root) = value.as_object() else {
+        return Err(FieldError::new(
+            "(document)",
+            "expected a Service: a mapping with apiVersion, kind, metadata and spec",
+        ));
+    };
+    match root.get("kind") {
+        None => return Err(FieldError::new("kind", "required: set kind: Service")),
+        Some(serde_json::Value::String(kind)) if kind == "Service" => {}
+        Some(other) => {
+            return Err(FieldError::new(
+                "kind",
+                format!("expected Service, found {}", short(other)),
+            ))
+        }
+    }
+    match root.get("apiVersion") {
+        None => {
+            return Err(FieldError::new(
+                "apiVersion",
+                format!("required: set apiVersion: {API_VERSION}"),
+            ))
+        }
+        Some(serde_json::Value::String(v)) if v == API_VERSION => {}
+        Some(other) => {
+            return Err(FieldError::new(
+                "apiVersion",
+                format!("expected {API_VERSION}, found {}", short(other)),
+            ))
+        }
+    }
+    check_fields(&value, Shape::Service, "")?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.inner().to_string();
-        // serde_yaml_ng already prefixes some messages with the path.
-        let inner = inner.strip_prefix(&format!("{path}: ")).unwrap_or(&inner);
-        let message = friendly(inner);
         FieldError::new(
             if path == "." {
                 "(document)".to_string()
             } else {
                 path
             },
-            message,
+            friendly(&e.inner().to_string()),
         )
-    })?;
-    if service.kind != "Service" {
-        return Err(FieldError::new(
-            "kind",
-            format!("expected Service, found {}", service.kind),
-        ));
-    }
-    if service.api_version != API_VERSION && service.api_version != "serving.knative.dev/v1alpha1" {
-        return Err(FieldError::new(
-            "apiVersion",
-            format!("expected {API_VERSION}, found {}", service.api_version),
-        ));
-    }
-    Ok(service)
+    })
 }
 
-/// Parses a Service from the admin API's JSON body, naming the field of any error.
-pub fn parse_service_json(body: &[u8]) -> Result<Service, FieldError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        FieldError::new(path, friendly(&e.inner().to_string()))
+/// A value quoted in a message, cut short.
+fn short(value: &serde_json::Value) -> String {
+    crate::cloudrun::printable(&value.to_string())
+}
+
+/// The objects of a Service document whose field names are checked.
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    Service,
+    Meta,
+    ServiceSpec,
+    Template,
+    RevisionSpec,
+    Container,
+    Port,
+    Env,
+    EnvSource,
+    SecretRef,
+    Resources,
+    Probe,
+    ProbePort,
+    Traffic,
+    /// Anything: maps of labels, status written by the server, fields not modelled.
+    Any,
+}
+
+/// A field: its name, the shape of its value, and whether it is a list of that shape.
+type Field = (&'static str, Shape, bool);
+
+/// Every field Cloud Run's v1 API knows for a shape; None for free-form values. Fields
+/// kept but not emulated (volumes, readinessProbe...) are listed so they are accepted.
+fn known_fields(shape: Shape) -> Option<&'static [Field]> {
+    use Shape::*;
+    Some(match shape {
+        Service => &[
+            ("apiVersion", Any, false),
+            ("kind", Any, false),
+            ("metadata", Meta, false),
+            ("spec", ServiceSpec, false),
+            ("status", Any, false),
+        ],
+        Meta => &[
+            ("name", Any, false),
+            ("namespace", Any, false),
+            ("labels", Any, false),
+            ("annotations", Any, false),
+            ("generation", Any, false),
+            ("creationTimestamp", Any, false),
+            ("uid", Any, false),
+            ("resourceVersion", Any, false),
+            ("selfLink", Any, false),
+            ("generateName", Any, false),
+            ("deletionTimestamp", Any, false),
+            ("deletionGracePeriodSeconds", Any, false),
+            ("ownerReferences", Any, false),
+            ("finalizers", Any, false),
+            ("clusterName", Any, false),
+            ("managedFields", Any, false),
+        ],
+        ServiceSpec => &[("template", Template, false), ("traffic", Traffic, true)],
+        Template => &[("metadata", Meta, false), ("spec", RevisionSpec, false)],
+        RevisionSpec => &[
+            ("containerConcurrency", Any, false),
+            ("timeoutSeconds", Any, false),
+            ("serviceAccountName", Any, false),
+            ("containers", Container, true),
+            ("volumes", Any, false),
+            ("imagePullSecrets", Any, false),
+            ("enableServiceLinks", Any, false),
+            ("runtimeClassName", Any, false),
+            ("nodeSelector", Any, false),
+        ],
+        Container => &[
+            ("name", Any, false),
+            ("image", Any, false),
+            ("command", Any, false),
+            ("args", Any, false),
+            ("ports", Port, true),
+            ("env", Env, true),
+            ("envFrom", Any, false),
+            ("resources", Resources, false),
+            ("startupProbe", Probe, false),
+            ("livenessProbe", Probe, false),
+            ("readinessProbe", Any, false),
+            ("workingDir", Any, false),
+            ("volumeMounts", Any, false),
+            ("imagePullPolicy", Any, false),
+            ("securityContext", Any, false),
+            ("terminationMessagePath", Any, false),
+            ("terminationMessagePolicy", Any, false),
+        ],
+        Port => &[
+            ("containerPort", Any, false),
+            ("name", Any, false),
+            ("protocol", Any, false),
+        ],
+        Env => &[
+            ("name", Any, false),
+            ("value", Any, false),
+            ("valueFrom", EnvSource, false),
+        ],
+        EnvSource => &[
+            ("secretKeyRef", SecretRef, false),
+            ("configMapKeyRef", Any, false),
+        ],
+        SecretRef => &[
+            ("name", Any, false),
+            ("key", Any, false),
+            ("optional", Any, false),
+        ],
+        Resources => &[("limits", Any, false), ("requests", Any, false)],
+        Probe => &[
+            ("initialDelaySeconds", Any, false),
+            ("periodSeconds", Any, false),
+            ("timeoutSeconds", Any, false),
+            ("failureThreshold", Any, false),
+            ("successThreshold", Any, false),
+            ("tcpSocket", ProbePort, false),
+            ("httpGet", ProbePort, false),
+            ("grpc", ProbePort, false),
+            ("exec", Any, false),
+        ],
+        ProbePort => &[
+            ("port", Any, false),
+            ("path", Any, false),
+            ("service", Any, false),
+            ("host", Any, false),
+            ("scheme", Any, false),
+            ("httpHeaders", Any, false),
+        ],
+        Traffic => &[
+            ("revisionName", Any, false),
+            ("latestRevision", Any, false),
+            ("percent", Any, false),
+            ("tag", Any, false),
+            ("url", Any, false),
+            ("configurationName", Any, false),
+        ],
+        Any => return None,
     })
+}
+
+/// Refuses a field name Cloud Run's API does not know, as the API does, with the closest
+/// known name as a hint. Values of the wrong type are left to the typed parse.
+fn check_fields(value: &serde_json::Value, shape: Shape, path: &str) -> Result<(), FieldError> {
+    let (Some(fields), Some(object)) = (known_fields(shape), value.as_object()) else {
+        return Ok(());
+    };
+    for (key, child) in object {
+        // An empty key still needs a visible name in the path.
+        let shown = if key.is_empty() { "\"\"" } else { key.as_str() };
+        let at = if path.is_empty() {
+            shown.to_string()
+        } else {
+            format!("{path}.{shown}")
+        };
+        let Some((_, child_shape, list)) = fields.iter().find(|(name, ..)| name == key) else {
+            let hint = closest(key, fields.iter().map(|(name, ..)| *name))
+                .map(|name| format!("; did you mean {name}?"))
+                .unwrap_or_default();
+            return Err(FieldError::new(
+                crate::cloudrun::printable(&at),
+                format!("unknown field: Cloud Run's API does not know it{hint}"),
+            ));
+        };
+        match (list, child.as_array()) {
+            (true, Some(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    check_fields(item, *child_shape, &format!("{at}[{i}]"))?;
+                }
+            }
+            _ => check_fields(child, *child_shape, &at)?,
+        }
+    }
+    Ok(())
+}
+
+/// The known name closest to a misspelt one: same letters in another case, or at most a
+/// third of its letters changed.
+fn closest<'a>(key: &str, names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    names
+        .map(|name| {
+            let distance = if name.eq_ignore_ascii_case(key) {
+                0
+            } else {
+                edit_distance(&key.to_ascii_lowercase(), &name.to_ascii_lowercase())
+            };
+            (distance, name)
+        })
+        .filter(|(distance, name)| *distance <= (name.len() / 3).max(1))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, name)| name)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let current = row[j + 1];
+            row[j + 1] = (previous + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(current + 1);
+            previous = current;
+        }
+    }
+    row[b.len()]
+}
+
+/// Checks the names a document gives: the service, the revision, and the revisions and tags
+/// its traffic names, with Cloud Run's texts.
+pub fn validate_names(service: &Service) -> Result<(), FieldError> {
+    use crate::cloudrun;
+    let name = service
+        .metadata
+        .name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| FieldError::new("metadata.name", "a service name is required"))?;
+    cloudrun::validate_service_name(name).map_err(|m| FieldError::new("metadata.name", m))?;
+    if let Some(revision) = service
+        .spec
+        .template
+        .metadata
+        .name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+    {
+        cloudrun::validate_revision_name(name, revision)
+            .map_err(|m| FieldError::new("spec.template.metadata.name", m))?;
+    }
+    for (i, target) in service.spec.traffic.iter().enumerate() {
+        if let Some(revision) = target.revision_name.as_deref().filter(|n| !n.is_empty()) {
+            cloudrun::validate_revision_name(name, revision)
+                .map_err(|m| FieldError::new(format!("spec.traffic[{i}].revisionName"), m))?;
+        }
+        if let Some(tag) = &target.tag {
+            let at = format!("spec.traffic[{i}].tag");
+            traffic::validate_tag(tag).map_err(|e| FieldError::new(&at, e.to_string()))?;
+            cloudrun::validate_tag_for_service(tag, name).map_err(|m| FieldError::new(at, m))?;
+        }
+    }
+    Ok(())
 }
 
 /// Serde's messages speak Rust ("expected u16"); users wrote YAML.
 fn friendly(message: &str) -> String {
     let message = message.split(" at line ").next().unwrap_or(message);
-    for int in ["u16", "u32", "u64", "i32", "i64", "usize"] {
+    for (int, max) in [
+        ("u16", u64::from(u16::MAX)),
+        ("u32", u64::from(u32::MAX)),
+        ("u64", u64::MAX),
+        ("i32", i32::MAX as u64),
+        ("i64", i64::MAX as u64),
+        ("usize", u64::MAX),
+    ] {
         if let Some(found) = message
             .strip_prefix("invalid type: ")
             .and_then(|m| m.strip_suffix(&format!(", expected {int}")))
         {
             return format!("expected an integer, found {found}");
         }
-        if message.starts_with("invalid value: ") && message.ends_with(&format!("expected {int}")) {
-            return format!("expected an integer in range ({message})");
+        if let Some(found) = message
+            .strip_prefix("invalid value: integer `")
+            .and_then(|m| m.strip_suffix(&format!("`, expected {int}")))
+        {
+            return if found.starts_with('-') {
+                format!("{found} is out of range: it must be 0 or more")
+            } else {
+                format!("{found} is out of range: it must be at most {max}")
+            };
         }
     }
     message.to_string()
@@ -588,10 +870,126 @@ spec:
             "spec.template.spec.containers[0].ports[0].containerPort"
         );
         assert!(error.message.starts_with("expected an integer"), "{error}");
-        let error = parse_service_yaml("kind: Service\nspec: [1]\n").unwrap_err();
+        let error =
+            parse_service_yaml("apiVersion: serving.knative.dev/v1\nkind: Service\nspec: [1]\n")
+                .unwrap_err();
         assert_eq!(error.path, "spec");
         let error = parse_service_yaml("kind: Pod\n").unwrap_err();
         assert_eq!(error.path, "kind");
+    }
+
+    #[test]
+    fn kind_and_api_version_are_required() {
+        let missing_kind = CONTRACT_EXAMPLE.replace("kind: Service\n", "");
+        let error = parse_service_yaml(&missing_kind).unwrap_err();
+        assert_eq!(error.to_string(), "kind: required: set kind: Service");
+        let wrong = CONTRACT_EXAMPLE.replace("serving.knative.dev/v1", "apps/v1");
+        let error = parse_service_yaml(&wrong).unwrap_err();
+        assert_eq!(error.path, "apiVersion");
+        assert!(error.message.contains("found \"apps/v1\""), "{error}");
+        let no_version = CONTRACT_EXAMPLE.replace("apiVersion: serving.knative.dev/v1\n", "");
+        assert_eq!(
+            parse_service_yaml(&no_version).unwrap_err().path,
+            "apiVersion"
+        );
+        let json = br#"{"apiVersion":"serving.knative.dev/v1","metadata":{"name":"a"}}"#;
+        assert_eq!(parse_service_json(json).unwrap_err().path, "kind");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_a_suggestion() {
+        let typo = CONTRACT_EXAMPLE.replace("containerConcurrency: 80", "containerConcurency: 1");
+        let error = parse_service_yaml(&typo).unwrap_err();
+        assert_eq!(error.path, "spec.template.spec.containerConcurency");
+        assert!(
+            error
+                .message
+                .ends_with("did you mean containerConcurrency?"),
+            "{error}"
+        );
+        let deep = CONTRACT_EXAMPLE.replace(
+            "containerPort: 8080",
+            "containerPort: 8080\n          protocl: TCP",
+        );
+        let error = parse_service_yaml(&deep).unwrap_err();
+        assert_eq!(
+            error.path,
+            "spec.template.spec.containers[0].ports[0].protocl"
+        );
+        assert!(error.message.contains("did you mean protocol?"), "{error}");
+        let nothing_close = CONTRACT_EXAMPLE.replace("  traffic:", "  zzzzzzzzzz: 1\n  traffic:");
+        let error = parse_service_yaml(&nothing_close).unwrap_err();
+        assert_eq!(error.path, "spec.zzzzzzzzzz");
+        assert!(!error.message.contains("did you mean"), "{error}");
+        // Known fields the emulator does not model are still accepted.
+        let known = CONTRACT_EXAMPLE.replace(
+            "        startupProbe:",
+            "        workingDir: /app\n        startupProbe:",
+        );
+        assert!(parse_service_yaml(&known).is_ok());
+    }
+
+    #[test]
+    fn out_of_range_integers_say_so() {
+        let negative =
+            CONTRACT_EXAMPLE.replace("containerConcurrency: 80", "containerConcurrency: -1");
+        let error = parse_service_yaml(&negative).unwrap_err();
+        assert_eq!(error.path, "spec.template.spec.containerConcurrency");
+        assert_eq!(error.message, "-1 is out of range: it must be 0 or more");
+        let big = CONTRACT_EXAMPLE.replace("containerPort: 8080", "containerPort: 70000");
+        let error = parse_service_yaml(&big).unwrap_err();
+        assert_eq!(
+            error.message,
+            "70000 is out of range: it must be at most 65535"
+        );
+    }
+
+    #[test]
+    fn names_follow_cloud_runs_rules() {
+        let service = |name: &str| {
+            parse_service_yaml(
+                &CONTRACT_EXAMPLE.replace("name: hello\n", &format!("name: '{name}'\n")),
+            )
+        };
+        for bad in ["a---b", "a/b", "../x", "Hello"] {
+            let error = validate_names(&service(bad).unwrap()).unwrap_err();
+            assert_eq!(error.path, "metadata.name", "{bad}");
+        }
+        let ok = service("hello").unwrap();
+        assert_eq!(validate_names(&ok), Ok(()));
+        let mut bad_revision = ok.clone();
+        bad_revision.spec.template.metadata.name = Some("hello-../x".into());
+        assert_eq!(
+            validate_names(&bad_revision).unwrap_err().path,
+            "spec.template.metadata.name"
+        );
+        let mut bad_tag = ok.clone();
+        bad_tag.spec.traffic[0].tag = Some("a".repeat(46));
+        bad_tag.metadata.name = Some("s".repeat(20));
+        bad_tag.spec.template.metadata.name = None;
+        bad_tag.spec.traffic[1].revision_name = Some(format!("{}-1", "s".repeat(20)));
+        assert_eq!(
+            validate_names(&bad_tag).unwrap_err().path,
+            "spec.traffic[0].tag"
+        );
+    }
+
+    #[test]
+    fn deep_documents_are_refused_quickly() {
+        let deep = format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nspec: {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let started = std::time::Instant::now();
+        let error = parse_service_yaml(&deep).unwrap_err();
+        assert!(error.message.contains("nests more than"), "{error}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let big = format!("# {}\n", "x".repeat(5 << 20));
+        assert!(parse_service_yaml(&big)
+            .unwrap_err()
+            .message
+            .contains("limit is 4 MiB"));
     }
 
     #[test]

@@ -41,3 +41,6 @@ pub mod shutdown;
 pub mod smoke;
 pub mod template;
 pub mod traffic;
+
+#[cfg(test)]
+mod fuzz_tests;

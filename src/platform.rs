@@ -189,7 +189,7 @@ impl Platform {
             .clone()
             .filter(|n| !n.is_empty())
             .ok_or_else(|| FieldError::new("metadata.name", "a service name is required"))?;
-        cloudrun::validate_service_name(&name).map_err(|m| FieldError::new("metadata.name", m))?;
+        knative::validate_names(&doc)?;
         let mut notes: Vec<String> = knative::unmodelled_fields(&doc)
             .into_iter()
             .map(|path| format!("{path}: accepted; it is not emulated"))

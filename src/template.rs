@@ -150,7 +150,26 @@ pub fn resolve(
                 }
             },
         };
+        config::check_env_value(&format!("{path}.value"), &var.name, &value)
+            .map_err(|e| FieldError::new(e.field, e.message))?;
+        if let Some(first) = container.env[..i].iter().position(|e| e.name == var.name) {
+            return Err(FieldError::new(
+                format!("{path}.name"),
+                format!(
+                    "the env var '{}' is already set by {at}.env[{first}]; set each name once",
+                    var.name
+                ),
+            ));
+        }
         env.push((var.name.clone(), value));
+    }
+    for (field, list) in [("command", &container.command), ("args", &container.args)] {
+        if let Some(i) = list.iter().flatten().position(|item| item.contains('\0')) {
+            return Err(FieldError::new(
+                format!("{at}.{field}[{i}]"),
+                "contains a NUL character, which a process's arguments cannot hold",
+            ));
+        }
     }
     let limits = container
         .resources
@@ -168,9 +187,11 @@ pub fn resolve(
         None => cloudrun::DEFAULT_CPU_MILLIS,
     };
     let concurrency = match spec.container_concurrency {
-        None => DEFAULT_CONCURRENCY,
-        // Knative's 0 means "no limit"; Cloud Run's ceiling is 1000.
-        Some(0) => MAX_CONCURRENCY,
+        // Cloud Run's v1 API: "If not specified or 0, defaults to 80 when requested CPU >= 1
+        // and defaults to 1 when requested CPU < 1." (Knative's 0, no limit, is not Cloud
+        // Run's.)
+        None | Some(0) if cpu_millis < 1000 => 1,
+        None | Some(0) => DEFAULT_CONCURRENCY,
         Some(n) if n > MAX_CONCURRENCY => {
             return Err(FieldError::new(
                 format!("{SPEC}.containerConcurrency"),
@@ -326,7 +347,7 @@ mod tests {
 
     fn template(extra_container: &str, extra_spec: &str) -> RevisionTemplate {
         let text = format!(
-            "spec:\n  template:\n    spec:\n{extra_spec}      containers:\n      - image: hello\n{extra_container}"
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nspec:\n  template:\n    spec:\n{extra_spec}      containers:\n      - image: hello\n{extra_container}"
         );
         parse_service_yaml(&text).unwrap().spec.template
     }
@@ -415,6 +436,38 @@ mod tests {
             .annotations
             .insert(knative::ANNOTATION_MIN_SCALE.into(), "many".into());
         assert!(resolve_err(&t).path.contains("minScale"));
+    }
+
+    #[test]
+    fn env_duplicates_and_nul_characters_are_refused() {
+        let e = resolve_err(&template(
+            "        env: [{name: A, value: '1'}, {name: A, value: '2'}]\n",
+            "",
+        ));
+        assert_eq!(e.path, "spec.template.spec.containers[0].env[1].name");
+        assert!(
+            e.message
+                .contains("already set by spec.template.spec.containers[0].env[0]"),
+            "{e}"
+        );
+        let e = resolve_err(&template(
+            "        env: [{name: A, value: \"x\\0y\"}]\n",
+            "",
+        ));
+        assert_eq!(e.path, "spec.template.spec.containers[0].env[0].value");
+        let e = resolve_err(&template("        args: [ok, \"x\\0\"]\n", ""));
+        assert_eq!(e.path, "spec.template.spec.containers[0].args[1]");
+    }
+
+    #[test]
+    fn concurrency_zero_is_cloud_runs_default() {
+        let zero = resolve_ok(&template("", "      containerConcurrency: 0\n"));
+        assert_eq!(zero.concurrency, 80);
+        let small_cpu = resolve_ok(&template(
+            "        resources: {limits: {cpu: 500m}}\n",
+            "      containerConcurrency: 0\n",
+        ));
+        assert_eq!(small_cpu.concurrency, 1);
     }
 
     #[test]

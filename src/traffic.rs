@@ -146,6 +146,17 @@ pub fn parse_percentages(flag: &str, text: &str) -> Result<Vec<(String, u32)>, T
     Ok(pairs)
 }
 
+/// A percentage flag's error as gcloud prints it: `argument FLAG: MESSAGE`, so every message
+/// names the flag (the syntax errors already do).
+pub fn flag_error(flag: &str, error: &TrafficError) -> String {
+    let message = error.to_string();
+    if message.starts_with("argument ") {
+        message
+    } else {
+        format!("argument {flag}: {message}")
+    }
+}
+
 /// gcloud reads a percentage with Python's `int()`, so a sign is part of an
 /// integer: `-5` is an integer that is out of range, and `-0` is zero.
 fn parse_percent(value: &str) -> Result<u32, TrafficError> {

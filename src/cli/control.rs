@@ -56,6 +56,19 @@ pub fn fail(error: &ClientError) -> Exit {
     }
 }
 
+/// clap's parser for a SERVICE argument: Cloud Run's naming rules, checked before anything
+/// is sent (a bad name exits 2).
+pub fn service_arg(text: &str) -> Result<String, String> {
+    crate::cloudrun::validate_service_name(text)?;
+    Ok(text.to_string())
+}
+
+/// clap's parser for a REVISION argument.
+pub fn revision_arg(text: &str) -> Result<String, String> {
+    crate::cloudrun::validate_revision_lookup(text)?;
+    Ok(text.to_string())
+}
+
 pub fn print_notes(notes: &[String]) {
     for note in notes {
         eprintln!("note: {note}");

@@ -17,6 +17,7 @@ use crate::traffic::{self, TagUpdate, TargetKey};
 #[derive(Debug, Args)]
 pub struct DeployArgs {
     /// The service to deploy to (created if it does not exist).
+    #[arg(value_parser = control::service_arg)]
     pub service: String,
     /// The image to deploy (required for a new service).
     #[arg(long)]
@@ -39,8 +40,9 @@ pub struct DeployArgs {
     /// Replace all env vars with those of a YAML or .env file.
     #[arg(long, value_name = "FILE", conflicts_with = "set_env_vars")]
     pub env_vars_file: Option<PathBuf>,
-    /// Maximum concurrent requests per instance (1-1000).
-    #[arg(long)]
+    /// Maximum concurrent requests per instance (1-1000; 0 is Cloud Run's default: 80, or 1
+    /// with less than one CPU).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub concurrency: Option<u32>,
     /// Request timeout: seconds or with units (5m); at most 1h.
     #[arg(long)]
@@ -97,6 +99,12 @@ async fn deploy(args: DeployArgs) -> Result<(), Exit> {
     cloudrun::validate_service_name(&args.service).map_err(|m| usage(format!("SERVICE: {m}")))?;
     if let Some(tag) = &args.tag {
         traffic::validate_tag(tag).map_err(|e| usage(format!("--tag: {e}")))?;
+        cloudrun::validate_tag_for_service(tag, &args.service)
+            .map_err(|m| usage(format!("--tag: {m}")))?;
+    }
+    if let Some(suffix) = &args.revision_suffix {
+        cloudrun::validate_revision_suffix(&args.service, suffix)
+            .map_err(|m| usage(format!("--revision-suffix: {m}")))?;
     }
     let client = args.target.client().await?;
     let existing = client

@@ -10,7 +10,7 @@ use crate::knative;
 pub enum RevisionsCommand {
     /// List revisions, newest first.
     List {
-        #[arg(long)]
+        #[arg(long, value_parser = control::service_arg)]
         service: Option<String>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
@@ -19,6 +19,7 @@ pub enum RevisionsCommand {
     },
     /// Show a revision: its settings, image digest, readiness and instances.
     Describe {
+        #[arg(value_parser = control::revision_arg)]
         revision: String,
         #[arg(long, value_enum, default_value_t = Format::Yaml)]
         format: Format,
@@ -27,6 +28,7 @@ pub enum RevisionsCommand {
     },
     /// Delete a revision that serves no traffic and has no tag.
     Delete {
+        #[arg(value_parser = control::revision_arg)]
         revision: String,
         #[command(flatten)]
         target: Target,

@@ -57,8 +57,9 @@ pub struct RunArgs {
     /// Replace the image's arguments (CMD): `arg,arg,...`.
     #[arg(long, value_name = "ARG,...")]
     pub args: Option<String>,
-    /// Maximum concurrent requests per instance (1 to 1000; Cloud Run's default is 80).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    /// Maximum concurrent requests per instance (1 to 1000; 0 or unset is Cloud Run's
+    /// default: 80, or 1 with less than one CPU).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub concurrency: Option<u32>,
     /// Instances kept running even when idle.
     #[arg(long)]
@@ -178,6 +179,7 @@ impl RunConfig {
         for list in &args.set_env_vars {
             env.extend(config::parse_env_vars("--set-env-vars", list)?);
         }
+        config::check_no_duplicate_env("--set-env-vars", &env)?;
         let request_timeout = config::parse_duration("--timeout", &args.timeout)?;
         if request_timeout.is_zero() || request_timeout > cloudrun::MAX_REQUEST_TIMEOUT {
             return Err(invalid(
@@ -489,13 +491,14 @@ pub(crate) async fn upstream_mode(runtime: &Runtime, choice: UpstreamChoice) -> 
     }
 }
 
-/// Exit code for a failed apply: the user's input (2), the revision never ready (3), or
-/// anything else (1).
+/// Exit code for a failed apply: the user's input (2; an image that is neither local nor
+/// pullable is input too, as the admin API's 400 says for `services replace`), the revision
+/// never ready (3), or anything else (1).
 pub(crate) fn apply_exit(error: &ApplyError) -> Exit {
     match error {
-        ApplyError::Invalid(_) | ApplyError::Traffic(_) => Exit::Usage,
+        ApplyError::Invalid(_) | ApplyError::Traffic(_) | ApplyError::Image(_) => Exit::Usage,
         ApplyError::NotReady(_) | ApplyError::Unsupported(_) => Exit::NotReady,
-        ApplyError::Image(_) | ApplyError::Conflict(_) | ApplyError::Runtime(_) => Exit::Failure,
+        ApplyError::Conflict(_) | ApplyError::Runtime(_) => Exit::Failure,
     }
 }
 
@@ -514,10 +517,14 @@ pub(crate) async fn bind(flag: &str, addr: SocketAddr) -> Result<TcpListener, Ex
     })
 }
 
-/// Reads a service.yaml, naming the file and the field of any error.
+/// Reads a service.yaml, naming the file and the field of any error; the names it gives
+/// are checked too, so a bad file never reaches the emulator.
 pub fn read_service_file(path: &std::path::Path) -> Result<knative::Service, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    knative::parse_service_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))
+    let service =
+        knative::parse_service_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    knative::validate_names(&service).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(service)
 }
 
 /// The built-in sample is built here; a named image is left to the platform to find or pull.

@@ -21,6 +21,7 @@ pub enum ServicesCommand {
     },
     /// Show a service: its URL, traffic and latest revision (or the whole document).
     Describe {
+        #[arg(value_parser = control::service_arg)]
         service: String,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
@@ -29,6 +30,7 @@ pub enum ServicesCommand {
     },
     /// Delete a service; its revisions are drained and stopped.
     Delete {
+        #[arg(value_parser = control::service_arg)]
         service: String,
         #[command(flatten)]
         target: Target,
@@ -48,6 +50,7 @@ pub enum ServicesCommand {
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("percentages").multiple(false))]
 pub struct UpdateTrafficArgs {
+    #[arg(value_parser = control::service_arg)]
     pub service: String,
     /// `REVISION=PERCENT,...` (LATEST names the latest ready revision).
     #[arg(long, group = "percentages", value_name = "REVISION=PERCENT,...")]
@@ -355,7 +358,8 @@ async fn update_traffic(args: UpdateTrafficArgs) -> Result<(), Exit> {
     let percentages: Option<Vec<(TargetKey, u32)>> = if args.to_latest {
         Some(vec![(TargetKey::Latest, 100)])
     } else if let Some(text) = &args.to_revisions {
-        let pairs = traffic::parse_percentages("--to-revisions", text).map_err(usage)?;
+        let pairs = traffic::parse_percentages("--to-revisions", text)
+            .map_err(|e| usage(traffic::flag_error("--to-revisions", &e)))?;
         Some(
             pairs
                 .into_iter()
@@ -363,7 +367,8 @@ async fn update_traffic(args: UpdateTrafficArgs) -> Result<(), Exit> {
                 .collect(),
         )
     } else if let Some(text) = &args.to_tags {
-        let pairs = traffic::parse_percentages("--to-tags", text).map_err(usage)?;
+        let pairs = traffic::parse_percentages("--to-tags", text)
+            .map_err(|e| usage(traffic::flag_error("--to-tags", &e)))?;
         let mut resolved = Vec::new();
         for (tag, percent) in pairs {
             let key = tagged

@@ -639,6 +639,8 @@ fn parse_header_value(value: &str) -> Result<HeaderValue, String> {
 
 /// Parses a checks file, naming the field of any error.
 pub fn parse_checks_file(text: &str) -> Result<ChecksFile, FieldError> {
+    // Size and nesting first: the YAML parser is slow on deep flow nesting.
+    crate::config::check_document(text).map_err(|m| FieldError::new("(document)", m))?;
     let deserializer = serde_yaml_ng::Deserializer::from_str(text);
     let raw: RawFile = serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();
@@ -1163,7 +1165,7 @@ fn serde_error(path: &str, inner: &str) -> FieldError {
     };
     // A document-level error (a YAML syntax error, a missing `checks`) has no field to point
     // at, so the line and column are its only "where"; elsewhere the path says it better.
-    if path == "." || path == "?" {
+    if path == "." || path == "?" || path.is_empty() {
         return FieldError::new("(document)", friendly(message));
     }
     let message = match message.rsplit_once(" at line ") {
@@ -1590,6 +1592,17 @@ mod tests {
             error("checks:\n  - name: a\n    revisionSwitch: {requestsPerSecond: 5}\n"),
             "checks[0].revisionSwitch.image: missing: name the image of the second revision, like {image: my-app:v2}"
         );
+    }
+
+    #[test]
+    fn deep_documents_are_refused_before_parsing() {
+        let deep = format!("checks: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        let started = std::time::Instant::now();
+        assert_eq!(
+            error(&deep),
+            "(document): the document nests more than 100 levels deep"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[test]

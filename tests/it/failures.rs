@@ -191,7 +191,8 @@ async fn an_image_that_cannot_be_pulled_is_a_clear_error() {
         Duration::from_secs(60),
     )
     .await;
-    assert_eq!(done.status.code(), Some(1), "{done:?}");
+    // Bad input (2), as `services replace` and `deploy` say for the same image.
+    assert_eq!(done.status.code(), Some(2), "{done:?}");
     assert!(
         done.stderr.contains("pulling it for linux/amd64"),
         "{}",

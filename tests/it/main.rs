@@ -15,3 +15,4 @@ mod revisions;
 mod running;
 mod scaling;
 mod smoke;
+mod validation;
