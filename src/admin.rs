@@ -151,11 +151,23 @@ async fn handle(platform: &Platform, request: Request<Incoming>) -> Response<Ful
         ),
         ("services", Some(name), &Method::GET) => lookup(platform.describe_service(name)),
         ("services", _, &Method::POST | &Method::PUT) => {
+            let yaml = gate::is_yaml(&request);
             let body = match read_body(request).await {
                 Ok(body) => body,
                 Err(response) => return response,
             };
-            let mut doc = match knative::parse_service_json(&body) {
+            let parsed = if yaml {
+                match std::str::from_utf8(&body) {
+                    Ok(text) => knative::parse_service_yaml(text),
+                    Err(_) => Err(knative::FieldError::new(
+                        "(document)",
+                        "a YAML body must be UTF-8",
+                    )),
+                }
+            } else {
+                knative::parse_service_json(&body)
+            };
+            let mut doc = match parsed {
                 Ok(doc) => doc,
                 Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
             };

@@ -27,6 +27,20 @@ const DOCUMENT_TYPES: &[&str] = &[
     "text/yaml",
 ];
 
+/// Whether a request's body is YAML by its Content-Type (else it is JSON).
+pub fn is_yaml<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|text| text.split(';').next().unwrap_or("").trim())
+        .is_some_and(|essence| {
+            DOCUMENT_TYPES[1..]
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(essence))
+        })
+}
+
 /// The admin API's gate: plain data, checked before any request is dispatched.
 #[derive(Clone, Debug)]
 pub struct Gate {

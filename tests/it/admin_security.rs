@@ -379,3 +379,46 @@ async fn an_admin_api_off_loopback_on_purpose_warns_and_stays_gated() {
     .await;
     assert_status(&no_token, 401, "Unauthorized");
 }
+
+#[tokio::test]
+async fn a_yaml_document_is_read_as_yaml() {
+    let emulator = Emulator::start(&service_name("yamlbody"), &[testapp_image()]).await;
+    let other = service_name("yamlnew");
+    let yaml = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {other}\nspec:\n  template:\n    spec:\n      containers:\n      - image: {}\n",
+        testapp_image()
+    );
+    let reply = admin_request(
+        &emulator,
+        "POST",
+        SERVICES,
+        &with(proper(&emulator), &["Content-Type: application/yaml"]),
+        &yaml,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let service: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(service["metadata"]["name"], other.as_str());
+    assert_eq!(running_containers_of(&other), 1);
+    // A YAML error names its field, as for files.
+    let bad = yaml.replace("      - image:", "      - imagee:");
+    let reply = admin_request(
+        &emulator,
+        "PUT",
+        &format!("{SERVICES}/{other}"),
+        &with(proper(&emulator), &["Content-Type: text/yaml"]),
+        &bad,
+    )
+    .await;
+    assert_status(&reply, 400, "BadRequest");
+    assert!(reply.body.contains("imagee"), "{reply:?}");
+    let reply = admin_request(
+        &emulator,
+        "DELETE",
+        &format!("{SERVICES}/{other}"),
+        &proper(&emulator),
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+}
