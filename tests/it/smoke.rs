@@ -267,11 +267,38 @@ async fn ignoring_sigterm_is_a_warning_not_a_failure() {
     nothing_left(&service);
 }
 
+/// The named check of a JSON report.
+fn check_of<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name:?} in {report:#}"))
+}
+
+/// A check's evidence lines.
+fn evidence(check: &serde_json::Value) -> Vec<&str> {
+    check["evidence"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no evidence in {check}"))
+        .iter()
+        .map(|line| line.as_str().unwrap())
+        .collect()
+}
+
+/// Asserts a check passed, showing it and the emulator's output when it did not.
+fn assert_passed(done: &Finished, check: &serde_json::Value) {
+    assert_eq!(check["outcome"], "passed", "{check:#}\n{}", done.stderr);
+}
+
 #[tokio::test]
 async fn a_checks_file_runs_requests_and_scenarios() {
     let service = service_name("smokefile");
     let file = std::env::temp_dir().join(format!("{service}-checks.yaml"));
     let image = testapp_image();
+    // The limits are far above what the checks take, even on a loaded machine: these checks
+    // prove the scenarios work; their failing paths have tests of their own.
     std::fs::write(
         &file,
         format!(
@@ -283,14 +310,14 @@ async fn a_checks_file_runs_requests_and_scenarios() {
       json: {{"$.env.K_SERVICE": "{service}", "$.headers.x-test[0]": "yes"}}
       headers: {{Content-Type: application/json}}
       bodyMatches: 'K_REVISION'
-      latencyBelow: 5s
+      latencyBelow: 60s
   - name: cold start
-    coldStart: {{firstByteBelow: 10s}}
+    coldStart: {{firstByteBelow: 60s}}
     request: {{path: /echo}}
   - name: burst
     concurrent: {{requests: 30}}
-    request: {{path: /sleep?ms=50}}
-    expect: {{status: 2xx, bodyContains: slept}}
+    request: {{path: "/together?n=30&ms=20000"}}
+    expect: {{status: 200, bodyContains: 30 together}}
   - name: survives a revision switch
     revisionSwitch: {{image: {image}, requestsPerSecond: 40}}
     request: {{path: /echo}}
@@ -304,21 +331,69 @@ async fn a_checks_file_runs_requests_and_scenarios() {
             image,
             "--service",
             &service,
+            // One instance serves everything, so the burst meets at one `/together`.
+            "--max-instances",
+            "1",
             "--checks",
             file.to_str().unwrap(),
+            "--format",
+            "json",
         ],
         &[],
     )
     .await;
     assert_exit(&done, 0, "");
-    for check in [
-        "PASS echo knows the service",
-        "PASS cold start",
-        "PASS burst",
-        "PASS survives a revision switch",
-    ] {
-        assert_line(&done, check);
-    }
+    let report: serde_json::Value = serde_json::from_str(&done.stdout).unwrap();
+    assert_passed(&done, check_of(&report, "echo knows the service"));
+
+    // The cold start: nothing ran before the request, and one instance was started for it.
+    let cold = check_of(&report, "cold start");
+    assert_passed(&done, cold);
+    let lines = evidence(cold);
+    assert_eq!(lines[0], "instances before the request: 0", "{cold}");
+    assert!(
+        lines[1].starts_with("instances started for it: 1, first byte after "),
+        "{cold}"
+    );
+    // And the emulator's own log says the instance was stopped for it.
+    assert!(
+        done.stderr
+            .contains("stopped (scaled to zero for a cold-start check)"),
+        "{}",
+        done.stderr
+    );
+
+    // `/together` answers 200 only when all 30 are in the app at once.
+    let burst = check_of(&report, "burst");
+    assert_passed(&done, burst);
+    assert_eq!(evidence(burst), ["in flight at once: 30 of 30"], "{burst}");
+
+    // The switch: from revision 1 to revision 2, which then served every request.
+    let switch = check_of(&report, "survives a revision switch");
+    assert_passed(&done, switch);
+    let lines = evidence(switch);
+    assert!(
+        lines[0].starts_with("requests during the switch: "),
+        "{switch}"
+    );
+    assert!(lines[0].ends_with(", failed: 0"), "{switch}");
+    let (old, new) = lines[1]
+        .strip_prefix("the switch from ")
+        .and_then(|rest| rest.split_once(" to "))
+        .unwrap_or_else(|| panic!("{switch}"));
+    assert!(old.starts_with(&format!("{service}-00001-")), "{switch}");
+    assert!(new.starts_with(&format!("{service}-00002-")), "{switch}");
+    let during: u64 = lines[2]
+        .strip_prefix(&format!("{new} served "))
+        .and_then(|rest| rest.strip_suffix(" requests while the load went on"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{switch}"));
+    assert!(during >= 40, "{switch}");
+    assert_eq!(
+        lines[3],
+        format!("{new} served 5 of 5 requests after the switch"),
+        "{switch}"
+    );
     nothing_left(&service);
 
     // A bad field in the checks file: its path, exit 2, nothing started.
