@@ -502,3 +502,255 @@ async fn a_junit_file_that_cannot_be_written_is_refused_before_the_run() {
     );
     nothing_left(&service);
 }
+
+#[tokio::test]
+async fn the_quick_flags_send_headers_and_a_body_and_check_body_and_headers() {
+    // --header and --data reach the app (its /echo reports them), and the expectations hold.
+    let service = service_name("smokeflags");
+    let request = [
+        "--request",
+        "POST /echo",
+        "--header",
+        "X-Smoke: hello",
+        "--data",
+        "twelve bytes",
+    ];
+    let mut args = vec![testapp_image(), "--service", &service, "--format", "json"];
+    args.extend(request);
+    args.extend([
+        "--expect-body-contains",
+        r#""x-smoke":["hello"]"#,
+        "--expect-body-contains",
+        r#""body_len":12"#,
+        "--expect-header",
+        "Content-Type: application/json",
+    ]);
+    let done = smoke(&args, &[]).await;
+    assert_exit(&done, 0, "");
+    let report: serde_json::Value = serde_json::from_str(&done.stdout).unwrap();
+    assert_passed(&done, check_of(&report, "POST /echo"));
+    nothing_left(&service);
+
+    // The same request against expectations it does not meet: each says what it found.
+    let service = service_name("smokeflags");
+    let mut args = vec![testapp_image(), "--service", &service, "--format", "json"];
+    args.extend(request);
+    args.extend([
+        "--expect-body-contains",
+        r#""x-smoke":["bye"]"#,
+        "--expect-body-contains",
+        r#""body_len":13"#,
+        "--expect-header",
+        "Content-Type: text/html",
+        "--expect-header",
+        "X-Missing: anything",
+    ]);
+    let done = smoke(&args, &[]).await;
+    assert_exit(&done, 1, "");
+    let report: serde_json::Value = serde_json::from_str(&done.stdout).unwrap();
+    let check = check_of(&report, "POST /echo");
+    assert_eq!(check["outcome"], "failed", "{check}");
+    assert_eq!(
+        check["message"], r#"body does not contain "\"x-smoke\":[\"bye\"]""#,
+        "{check}"
+    );
+    assert_eq!(
+        check["details"],
+        serde_json::json!([
+            r#"body does not contain "\"body_len\":13""#,
+            r#"header content-type is "application/json", expected it to contain "text/html""#,
+            r#"header x-missing is missing, expected it to contain "anything""#,
+        ]),
+        "{check}"
+    );
+    nothing_left(&service);
+}
+
+#[tokio::test]
+async fn the_failing_paths_of_a_checks_file_say_what_they_found() {
+    let service = service_name("smokefails");
+    let file = std::env::temp_dir().join(format!("{service}-checks.yaml"));
+    std::fs::write(
+        &file,
+        r#"checks:
+  - name: regex
+    request: /echo
+    expect: {bodyMatches: 'K_REVISION=nope'}
+  - name: json value
+    request: /echo
+    expect: {json: {"$.env.K_SERVICE": "other"}}
+  - name: json path
+    request: /echo
+    expect: {json: {"$.nothing.here": 1}}
+  - name: json of text
+    request: /sleep?ms=0
+    expect: {json: {"$.x": 1}}
+  - name: too slow
+    request: /sleep?ms=400
+    expect: {latencyBelow: 100ms}
+"#,
+    )
+    .unwrap();
+    let done = smoke(
+        &[
+            testapp_image(),
+            "--service",
+            &service,
+            "--checks",
+            file.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        &[],
+    )
+    .await;
+    assert_exit(&done, 1, "");
+    let report: serde_json::Value = serde_json::from_str(&done.stdout).unwrap();
+    assert_eq!(report["failed"], 5, "{report:#}");
+    let message = |name: &str| {
+        let check = check_of(&report, name);
+        assert_eq!(check["outcome"], "failed", "{check}");
+        check["message"].as_str().unwrap().to_string()
+    };
+    assert_eq!(message("regex"), "body does not match /K_REVISION=nope/");
+    assert_eq!(
+        message("json value"),
+        format!(r#"$.env.K_SERVICE is "{service}", expected "other""#)
+    );
+    assert_eq!(
+        message("json path"),
+        "$.nothing.here is missing, expected 1"
+    );
+    let not_json = message("json of text");
+    assert!(
+        not_json.starts_with("body is not JSON (")
+            && not_json.ends_with("), so $.x cannot be checked"),
+        "{not_json}"
+    );
+    // The app sleeps 400 ms, so the latency is over 100 ms however loaded the machine is.
+    let slow = message("too slow");
+    assert!(
+        slow.starts_with("latency ") && slow.ends_with(", expected below 100 ms"),
+        "{slow}"
+    );
+    std::fs::remove_file(file).unwrap();
+    nothing_left(&service);
+}
+
+#[tokio::test]
+async fn a_junit_file_that_cannot_be_written_after_the_run_turns_a_pass_into_exit_1() {
+    // The path is a directory: it passes the check before the run (its parent exists), and
+    // the write after it fails.
+    let service = service_name("smokejunitdir");
+    let dir = std::env::temp_dir().join(format!("{service}-report.xml"));
+    std::fs::create_dir(&dir).unwrap();
+    let done = smoke(
+        &[
+            testapp_image(),
+            "--service",
+            &service,
+            "--junit",
+            dir.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert_exit(&done, 1, "");
+    // Every check passed: it is the report that failed.
+    assert!(
+        done.stdout.contains("7 passed, 0 failed"),
+        "{}",
+        done.stdout
+    );
+    assert!(
+        done.stderr
+            .contains(&format!("error: --junit: cannot write {}: ", dir.display())),
+        "{}",
+        done.stderr
+    );
+    std::fs::remove_dir(dir).unwrap();
+    nothing_left(&service);
+}
+
+/// Kills the process and removes the service's containers if a test fails before it ends.
+struct Running {
+    child: std::process::Child,
+    service: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for id in containers_of(&self.service) {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", &id])
+                .output();
+        }
+    }
+}
+
+#[tokio::test]
+async fn ctrl_c_during_a_check_exits_130_and_removes_everything() {
+    use std::io::BufRead;
+    require_docker();
+    let service = service_name("smokeint");
+    let child = emulate_command()
+        .args(["smoke", testapp_image(), "--service", &service])
+        .args(["--request", "/sleep?ms=120000"])
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut running = Running {
+        child,
+        service: service.clone(),
+    };
+    // The check is under way once the app says it sleeps (its log goes to stderr).
+    let stderr = running.child.stderr.take().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("sleeping 120000 ms") {
+                let _ = lines.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let reached = tokio::task::spawn_blocking(move || seen.recv_timeout(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert!(reached.is_ok(), "the check never reached the app");
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &running.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Stopping the instance takes its SIGTERM grace (10 s) at most.
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let exit = loop {
+        if let Some(exit) = running.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "emulate smoke still running 40 s after Ctrl-C"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let stderr = tokio::task::spawn_blocking(move || reader.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("Interrupted: removing everything this smoke test started."),
+        "{stderr}"
+    );
+    nothing_left(&service);
+}
