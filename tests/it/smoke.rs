@@ -192,8 +192,10 @@ async fn preflight_findings_fail_with_cloud_runs_words() {
                 testapp_image(),
                 "--set-env-vars",
                 "LISTEN_HOST=127.0.0.1",
+                // Long enough for the app to be listening (on the wrong address) when the
+                // budget runs out and the diagnosis is made, on a loaded machine too.
                 "--startup-timeout",
-                "2s",
+                "8s",
             ],
             exit: 3,
             line: "FAIL listens on 0.0.0.0:$PORT",
@@ -436,11 +438,14 @@ async fn docker_unavailable_exits_4() {
 
 #[tokio::test]
 async fn an_http_startup_probe_must_pass_before_traffic() {
-    for (path, exit) in [("/healthz", 0), ("/status?code=503", 3)] {
+    // Attempts are a second apart: the passing probe has 20, so a slow start on a loaded
+    // machine still passes; the failing one 5, so the app listens (and answers 503) by the
+    // last one.
+    for (path, exit, attempts) in [("/healthz", 0, 20), ("/status?code=503", 3, 5)] {
         let service = service_name("startupprobe");
         let file = service_yaml(
             &service,
-            &format!("        startupProbe:\n          httpGet: {{path: \"{path}\"}}\n          periodSeconds: 1\n          failureThreshold: 2\n"),
+            &format!("        startupProbe:\n          httpGet: {{path: \"{path}\"}}\n          periodSeconds: 1\n          failureThreshold: {attempts}\n"),
         );
         let done = smoke(&["-f", file.to_str().unwrap()], &[]).await;
         assert_exit(&done, exit, path);
@@ -459,11 +464,11 @@ async fn an_http_startup_probe_must_pass_before_traffic() {
                 "{line}"
             );
         } else {
-            // The app listens; it is the probe that never passed, twice at 1 s apart.
+            // The app listens; it is the probe that never passed, 5 times 1 s apart.
             assert_line(&done, "PASS listens on 0.0.0.0:$PORT");
             assert_line(&done, "FAIL starts within the startup probe's budget");
             for text in [
-                "STARTUP HTTP probe failed 2 times consecutively",
+                "STARTUP HTTP probe failed 5 times consecutively",
                 "is not ready and cannot serve traffic",
                 "the last attempt answered 503 Service Unavailable",
             ] {
