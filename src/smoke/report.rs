@@ -50,6 +50,9 @@ pub struct CheckResult {
     pub group: &'static str,
     pub outcome: Outcome,
     pub duration: Duration,
+    /// What the check saw that proves its verdict (a scenario's instance counts, requests in
+    /// flight at once, the revision that served), a line each; empty for most checks.
+    pub evidence: Vec<String>,
 }
 
 /// Everything one `emulate smoke` run found.
@@ -183,6 +186,9 @@ impl Report {
                         let _ = writeln!(out, "{indent}{}", indented(detail, &indent));
                     }
                 }
+                for line in &result.evidence {
+                    let _ = writeln!(out, "{indent}{}", indented(line, &indent));
+                }
             }
         }
         if !self.results.is_empty() {
@@ -229,8 +235,8 @@ impl Report {
 
     /// The machine form: `{"target", "passed", "failed", "warnings", "skipped", "exitCode",
     /// "durationMs", "checks": [{"name", "group", "outcome", "message", "details",
-    /// "durationMs"}], "failureText"}`. `message` is null for a check that passed, and the
-    /// reason of one that was skipped.
+    /// "evidence", "durationMs"}], "failureText"}`. `message` is null for a check that passed,
+    /// and the reason of one that was skipped.
     pub fn to_json(&self) -> Value {
         let checks: Vec<Value> = self
             .results
@@ -248,6 +254,7 @@ impl Report {
                     "outcome": result.outcome.label(),
                     "message": message,
                     "details": details,
+                    "evidence": result.evidence,
                     "durationMs": millis(result.duration),
                 })
             })
@@ -408,6 +415,7 @@ mod tests {
             group,
             outcome,
             duration: Duration::from_millis(millis),
+            evidence: Vec::new(),
         }
     }
 
@@ -548,9 +556,23 @@ The container exited with code 1.
     }
 
     #[test]
+    fn evidence_is_shown_under_its_check() {
+        let mut report = mixed();
+        report.results[0].evidence = vec!["in flight at once: 30 of 30".to_string()];
+        let text = report.render_text(false);
+        assert!(
+            text.contains(
+                "  PASS image runs as linux/amd64 (12 ms)\n       in flight at once: 30 of 30\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn json_has_every_field() {
         let mut report = mixed();
         report.failure_text = Some("logs".to_string());
+        report.results[0].evidence = vec!["instances before the request: 0".to_string()];
         let value = report.to_json();
         assert_eq!(value["target"], "my-app:v1");
         assert_eq!(value["passed"], 2);
@@ -565,7 +587,8 @@ The container exited with code 1.
         assert_eq!(
             checks[0],
             json!({"name": "image runs as linux/amd64", "group": "preflight", "outcome": "passed",
-                   "message": null, "details": [], "durationMs": 12})
+                   "message": null, "details": [], "durationMs": 12,
+                   "evidence": ["instances before the request: 0"]})
         );
         assert_eq!(checks[1]["outcome"], "warning");
         assert_eq!(checks[1]["message"], "the container also listens on 9090");
@@ -574,7 +597,7 @@ The container exited with code 1.
             json!({"name": "burst", "group": "checks", "outcome": "failed",
                    "message": "3 of 50 requests failed",
                    "details": ["status 503, expected 2xx", "body does not contain \"Hello\"\nbody: \"oops\""],
-                   "durationMs": 3140})
+                   "evidence": [], "durationMs": 3140})
         );
         assert_eq!(checks[4]["outcome"], "skipped");
         assert_eq!(checks[4]["message"], "an earlier check failed");

@@ -55,6 +55,7 @@ pub async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible
     let resp = match req.uri().path() {
         "/echo" => echo(req).await,
         "/sleep" => sleep(&query).await,
+        "/together" => together(&query).await,
         "/stream" => ticker(&query, "chunks", "text/plain", |i| format!("chunk {i}\n")),
         "/sse" => ticker(&query, "events", "text/event-stream", |i| {
             format!("data: {i}\n\n")
@@ -207,6 +208,57 @@ async fn sleep(query: &Query) -> Handled {
     println!("sleeping {ms} ms");
     tokio::time::sleep(Duration::from_millis(ms)).await;
     Ok(text(StatusCode::OK, format!("slept {ms} ms\n")))
+}
+
+/// Requests waiting at `/together`, and how many groups have been let through.
+struct Gate {
+    waiting: u64,
+    opened: u64,
+}
+
+static GATE: Mutex<Gate> = Mutex::new(Gate {
+    waiting: 0,
+    opened: 0,
+});
+
+/// Answers only once `n` requests wait here at the same time (then all of them at once), or
+/// 504 after `ms`: a test of concurrency passes only if the requests really overlapped.
+async fn together(query: &Query) -> Handled {
+    let n: u64 = number(query, "n", 2)?;
+    let ms: u64 = number(query, "ms", 10_000)?;
+    static OPENED: std::sync::OnceLock<tokio::sync::watch::Sender<u64>> =
+        std::sync::OnceLock::new();
+    let opened = OPENED.get_or_init(|| tokio::sync::watch::channel(0).0);
+    let mut watching = opened.subscribe();
+    let group = {
+        let mut gate = GATE.lock().unwrap_or_else(|e| e.into_inner());
+        gate.waiting += 1;
+        if gate.waiting >= n {
+            gate.waiting = 0;
+            gate.opened += 1;
+            opened.send_replace(gate.opened);
+            return Ok(text(StatusCode::OK, format!("{n} together\n")));
+        }
+        gate.opened
+    };
+    let wait = watching.wait_for(|opened| *opened > group);
+    if tokio::time::timeout(Duration::from_millis(ms), wait)
+        .await
+        .is_ok()
+    {
+        return Ok(text(StatusCode::OK, format!("{n} together\n")));
+    }
+    let mut gate = GATE.lock().unwrap_or_else(|e| e.into_inner());
+    // Opened between the timeout and the lock.
+    if gate.opened > group {
+        return Ok(text(StatusCode::OK, format!("{n} together\n")));
+    }
+    let arrived = gate.waiting;
+    gate.waiting -= 1;
+    Err(Failure::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!("only {arrived} of {n} requests were here together within {ms} ms\n"),
+    ))
 }
 
 /// Streams `count` pieces `interval_ms` apart, each as its own body frame, so that a
