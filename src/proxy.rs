@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::cloudrun;
 use crate::pool::Lease;
 pub use body::ProxyBody;
-use body::{BodyTooLarge, CappedBody};
+use body::{BodyTooLarge, CappedBody, ClientBodyError};
 
 /// Settings of the front end itself (per-revision settings travel in each [`Route`]).
 #[derive(Clone, Debug)]
@@ -276,6 +276,12 @@ impl<B: Backend> Proxy<B> {
                     cloudrun::REQUEST_TOO_LARGE,
                     false,
                 );
+            }
+            // The client's body broke off or was malformed: its fault, not the instance's,
+            // which must not be taken out of service (nor a new one started) for it.
+            Err(e) if caused_by::<ClientBodyError>(&e) => {
+                tracing::debug!("the client's request body failed: {e:?}");
+                return refusal(StatusCode::BAD_REQUEST, cloudrun::MALFORMED_REQUEST, true);
             }
             Err(e) => {
                 tracing::debug!("forwarding to {} failed: {e:?}", route.authority);

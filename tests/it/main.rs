@@ -5,6 +5,7 @@
 mod images;
 mod support;
 
+mod client_faults;
 mod failures;
 mod lifecycle;
 mod proxying;
