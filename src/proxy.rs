@@ -202,6 +202,21 @@ impl<B: Backend> Proxy<B> {
                 false,
             );
         }
+        // One authority, checked, routes the request and is the Host the app sees.
+        match headers::request_authority(request.version(), request.uri(), request.headers()) {
+            Ok(authority) => {
+                let headers = request.headers_mut();
+                headers.remove(header::HOST);
+                if let Some(authority) = authority {
+                    headers.insert(header::HOST, authority);
+                }
+            }
+            Err(e) => {
+                tracing::debug!("refused a request from {client}: {e}");
+                let close = client_http1;
+                return refusal(StatusCode::BAD_REQUEST, cloudrun::MALFORMED_REQUEST, close);
+            }
+        }
         let route = match self.backend.route(request.uri(), request.headers()).await {
             Ok(route) => route,
             Err(refused) => return refusal(refused.status, refused.text, false),
@@ -213,17 +228,8 @@ impl<B: Backend> Proxy<B> {
 
         let upgrade = client_http1 && !route.http2 && wants_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        // An HTTP/2 client's :authority is the Host an HTTP/1 app gets (set above).
         let (mut parts, body) = request.into_parts();
-        if !parts.headers.contains_key(header::HOST) {
-            // HTTP/2 clients send :authority instead; an HTTP/1 app expects Host.
-            if let Some(host) = parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                parts.headers.insert(header::HOST, host);
-            }
-        }
         headers::remove_hop_by_hop(&mut parts.headers, upgrade, route.http2);
         headers::remove_google_headers(&mut parts.headers);
         headers::set_forwarding(&mut parts.headers, client.ip(), "http");

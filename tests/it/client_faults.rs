@@ -78,3 +78,53 @@ async fn a_malformed_request_body_is_400_and_the_instance_is_not_blamed() {
     assert!(wrong.is_empty(), "not 400:\n{}", wrong.join("\n"));
     assert_eq!(get(&emulator.url("/")).await.status, 200);
 }
+
+#[tokio::test]
+async fn the_host_is_one_valid_authority_routed_by_and_forwarded_to_the_app() {
+    let emulator = Emulator::start(&service_name("host"), &[testapp_image()]).await;
+    let service_host = format!("{}.localhost:{}", emulator.service, emulator.addr.port());
+    let send =
+        |request: String| exchange(emulator.addr, request.as_bytes(), Duration::from_secs(5));
+    let invalid = [
+        "GET /echo HTTP/1.1\r\nhost: a.localhost\r\nhost: b.localhost\r\nconnection: close\r\n\r\n".to_string(),
+        "GET /echo HTTP/1.1\r\nconnection: close\r\n\r\n".to_string(),
+        "GET /echo HTTP/1.1\r\nhost: a b<>\"@evil\r\nconnection: close\r\n\r\n".to_string(),
+        "GET /echo HTTP/1.1\r\nhost: user@a.localhost\r\nconnection: close\r\n\r\n".to_string(),
+        format!("GET http://user@{service_host}/echo HTTP/1.1\r\nhost: {service_host}\r\nconnection: close\r\n\r\n"),
+    ];
+    for request in invalid {
+        let answer = send(request.clone());
+        assert_eq!(status_of(&answer), "400", "{request:?}: {answer}");
+        assert!(
+            answer.ends_with("Your client has issued a malformed or illegal request."),
+            "{answer}"
+        );
+    }
+    // HTTP/1.0 needs no Host.
+    let answer = send("GET / HTTP/1.0\r\n\r\n".to_string());
+    assert_eq!(status_of(&answer), "200", "{answer}");
+
+    // Absolute-form: the URI's authority routes the request and is the Host the app sees.
+    let answer = send(format!(
+        "GET http://nope.localhost/echo HTTP/1.1\r\nhost: {service_host}\r\nconnection: close\r\n\r\n"
+    ));
+    assert_eq!(status_of(&answer), "404", "{answer}");
+    let answer = send(format!(
+        "GET http://{service_host}/echo HTTP/1.1\r\nhost: nope.localhost\r\nconnection: close\r\n\r\n"
+    ));
+    assert_eq!(status_of(&answer), "200", "{answer}");
+    let echo: serde_json::Value =
+        serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(echo["headers"]["host"], serde_json::json!([service_host]));
+
+    // HTTP/2: a host header that disagrees with :authority is malformed.
+    let reply = request(
+        "GET",
+        &emulator.url("/echo"),
+        &[("host", "nope.localhost")],
+        Vec::new(),
+        true,
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+}
