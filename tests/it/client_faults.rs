@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::support::*;
 
@@ -127,4 +127,178 @@ async fn the_host_is_one_valid_authority_routed_by_and_forwarded_to_the_app() {
     )
     .await;
     assert_eq!(reply.status, 400, "{}", reply.body);
+}
+
+/// Waits for the proxy to close `stream` (EOF or reset) and says after how long; `None` if it
+/// was still open after `limit`.
+fn closed_within(mut stream: TcpStream, limit: Duration) -> Option<Duration> {
+    let began = Instant::now();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return Some(began.elapsed()),
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None
+            }
+            Err(_) => return Some(began.elapsed()),
+        }
+    }
+}
+
+/// Reads one whole response (with a `content-length`), leaving the connection open.
+fn read_response(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no content-length: {head}"));
+            if body.len() >= length {
+                return text;
+            }
+        }
+        let n = stream.read(&mut buffer).unwrap();
+        assert!(n > 0, "closed: {text}");
+        answer.extend_from_slice(&buffer[..n]);
+    }
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_from_accept_and_between_requests() {
+    let emulator = Emulator::start(&service_name("idle"), &[testapp_image()]).await;
+    let addr = emulator.addr;
+    // Silent from accept.
+    let silent = TcpStream::connect(addr).unwrap();
+    // An HTTP/1.1 keep-alive connection after one answered request.
+    let mut kept = TcpStream::connect(addr).unwrap();
+    kept.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(status_of(&read_response(&mut kept)), "200");
+    // HTTP/2 with prior knowledge: the preface and an empty SETTINGS frame, then nothing.
+    let mut h2 = TcpStream::connect(addr).unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    let limit = Duration::from_secs(30);
+    let waits = [silent, kept, h2].map(|s| std::thread::spawn(move || closed_within(s, limit)));
+    let closed: Vec<Option<Duration>> = waits.into_iter().map(|w| w.join().unwrap()).collect();
+    println!("closed after (silent, HTTP/1.1 keep-alive, HTTP/2): {closed:?}");
+    for (what, after) in ["silent", "HTTP/1.1 keep-alive", "HTTP/2"]
+        .iter()
+        .zip(&closed)
+    {
+        let after =
+            after.unwrap_or_else(|| panic!("the {what} connection is open after {limit:?}"));
+        // The 10 s of the README, not some other cause.
+        assert!(
+            after >= Duration::from_secs(8),
+            "{what} closed after {after:?}"
+        );
+    }
+    // The service still answers on a new connection.
+    assert_eq!(get(&emulator.url("/")).await.status, 200);
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_wait_and_the_cap_is_logged_once() {
+    let emulator = Emulator::start(
+        &service_name("conncap"),
+        &[testapp_image(), "--max-connections", "3"],
+    )
+    .await;
+    let open: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(emulator.addr).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+            assert_eq!(status_of(&read_response(&mut s)), "200");
+            s
+        })
+        .collect();
+    // Past the cap: connected by the kernel, but not served while the three stay open.
+    let mut waiting: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(emulator.addr).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+            s
+        })
+        .collect();
+    waiting[0]
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut buffer = [0u8; 64];
+    assert!(
+        waiting[0].read(&mut buffer).is_err(),
+        "served past the connection cap"
+    );
+    let notice = "client connections are open, the limit";
+    assert_eq!(
+        emulator.stderr().matches(notice).count(),
+        1,
+        "{}",
+        emulator.stderr()
+    );
+    drop(open);
+    for s in &mut waiting {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(status_of(&read_response(s)), "200");
+    }
+    assert_eq!(
+        emulator.stderr().matches(notice).count(),
+        1,
+        "{}",
+        emulator.stderr()
+    );
+}
+
+#[tokio::test]
+async fn out_of_file_descriptors_accepts_back_off_and_say_so_once() {
+    let emulator = Emulator::start(
+        &service_name("emfile"),
+        &[testapp_image(), "--max-connections", "1000"],
+    )
+    .await;
+    let pid = emulator.pid().to_string();
+    // The soft limit only: it can be raised back without privileges.
+    let set_limit = |n: &str| {
+        run_checked(std::process::Command::new("prlimit").args([
+            "--pid",
+            &pid,
+            &format!("--nofile={n}:"),
+        ]))
+    };
+    set_limit("64");
+    // More silent connections than descriptors: accepts fail with EMFILE.
+    let flood: Vec<TcpStream> = (0..120)
+        .filter_map(|_| TcpStream::connect(emulator.addr).ok())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !emulator.stderr().contains("accept failed") {
+        assert!(
+            Instant::now() < deadline,
+            "no accept failed:\n{}",
+            emulator.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Failures keep coming while the flood stays; they are said once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let failed = emulator.stderr().matches("accept failed").count();
+    drop(flood);
+    set_limit("20000");
+    assert_eq!(failed, 1, "{}", emulator.stderr());
+    assert_eq!(get(&emulator.url("/")).await.status, 200);
 }
