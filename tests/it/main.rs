@@ -7,6 +7,7 @@ mod support;
 
 mod client_faults;
 mod failures;
+mod faults;
 mod lifecycle;
 mod proxying;
 mod revisions;
