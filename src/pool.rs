@@ -791,6 +791,8 @@ impl Pool {
             state.members = kept;
             taken
         };
+        // Room under max instances for a deploy waiting in `ensure_ready`.
+        inner.changed.notify_waiters();
         self.stop_members(members, cloudrun::SHUTDOWN_GRACE, reason)
             .await;
     }
