@@ -39,6 +39,9 @@ pub const INSTANCE_COULD_NOT_START: &str =
 pub const UPSTREAM_REQUEST_TIMEOUT: &str = "upstream request timeout";
 /// 413 body: an HTTP/1 request body over 32 MiB.
 pub const REQUEST_TOO_LARGE: &str = "Your client issued a request that was too large.";
+/// 400: Google's front end on a request it cannot parse (a bad chunk size, a bad or missing
+/// `Host`).
+pub const MALFORMED_REQUEST: &str = "Your client has issued a malformed or illegal request.";
 
 /// The reason Cloud Run logs when an instance starts because of traffic.
 pub const REASON_AUTOSCALING: &str = "AUTOSCALING - Instance started due to traffic scaling.";

@@ -389,16 +389,27 @@ impl Pool {
             return;
         }
         let wanted = (state.waiters - coming).div_ceil(concurrency);
-        let running = state.members.iter().filter(|m| m.usable()).count();
-        let room =
-            (self.inner.scaling.max_instances as usize).saturating_sub(running + state.starting);
-        for _ in 0..wanted.min(room) {
-            self.spawn_start(state, cloudrun::REASON_AUTOSCALING, true);
+        for _ in 0..wanted {
+            if !self.spawn_start(state, cloudrun::REASON_AUTOSCALING, true) {
+                break;
+            }
         }
     }
 
-    /// Starts one instance in the background; `cold` when a request is waiting for it.
-    fn spawn_start(&self, state: &mut State, reason: &'static str, cold: bool) {
+    /// How many more instances max instances allows. Every instance that exists counts:
+    /// a suspect one (it may well be alive) and a draining one (it still runs) as much as
+    /// one starting or serving.
+    fn room(&self, state: &State) -> usize {
+        (self.inner.scaling.max_instances as usize)
+            .saturating_sub(state.members.len() + state.starting)
+    }
+
+    /// Starts one instance in the background, if max instances allows (every start but the
+    /// deploy's goes through here); `cold` when a request is waiting for it.
+    fn spawn_start(&self, state: &mut State, reason: &'static str, cold: bool) -> bool {
+        if self.room(state) == 0 {
+            return false;
+        }
         state.starting += 1;
         let delay = match state.last_failure_at {
             Some(at) if state.consecutive_failures > 0 => {
@@ -424,23 +435,34 @@ impl Pool {
                 }
             }
         });
+        true
     }
 
     /// Makes sure one instance is ready, starting it here (not in the background) so the
     /// caller gets the failure report: a deploy shows it to the user.
     pub async fn ensure_ready(&self) -> Result<(), StartFailure> {
-        let spare = {
-            let mut state = self.inner.lock();
-            if state.retiring {
-                // Serving again (traffic moved back): starts may go on.
-                state.retiring = false;
-                state.cancel = self.inner.ctx.shutdown.child_token();
+        let spare = loop {
+            let notified = self.inner.changed.notified();
+            tokio::pin!(notified);
+            {
+                let mut state = self.inner.lock();
+                if state.retiring {
+                    // Serving again (traffic moved back): starts may go on.
+                    state.retiring = false;
+                    state.cancel = self.inner.ctx.shutdown.child_token();
+                }
+                if state.members.iter().any(|m| !m.draining) {
+                    return Ok(());
+                }
+                // Within max instances: with no room (an instance starting, or one still
+                // draining), wait for it to become ready or to go.
+                if self.room(&state) > 0 {
+                    state.starting += 1;
+                    break state.spare.take();
+                }
+                notified.as_mut().enable();
             }
-            if state.members.iter().any(|m| !m.draining) {
-                return Ok(());
-            }
-            state.starting += 1;
-            state.spare.take()
+            notified.await;
         };
         self.start_instance(cloudrun::REASON_AUTOSCALING, false, spare)
             .await
@@ -752,7 +774,9 @@ impl Pool {
             cloudrun::REASON_AUTOSCALING
         };
         for _ in 0..decision.start {
-            self.spawn_start(&mut state, reason, false);
+            if !self.spawn_start(&mut state, reason, false) {
+                break;
+            }
         }
         let idle_timeout = inner.scaling.idle_timeout;
         let stopping: Vec<u64> = decision
@@ -810,6 +834,8 @@ impl Pool {
             state.members = kept;
             taken
         };
+        // Room under max instances for a deploy waiting in `ensure_ready`.
+        inner.changed.notify_waiters();
         self.stop_members(members, cloudrun::SHUTDOWN_GRACE, reason)
             .await;
     }

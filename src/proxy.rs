@@ -3,6 +3,7 @@
 //! protocol upgrades (WebSocket) through, and enforcing the request timeout and body limit.
 
 pub mod body;
+pub mod connection;
 pub mod headers;
 
 use std::borrow::Cow;
@@ -21,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,15 +30,22 @@ use tokio_util::task::TaskTracker;
 use crate::cloudrun;
 use crate::pool::Lease;
 pub use body::ProxyBody;
-use body::{BodyTooLarge, CappedBody};
+use body::{BodyTooLarge, CappedBody, ClientBodyError};
+use connection::{AcceptBackoff, Activity, LimitNotice, Tracked};
 
 /// Settings of the front end itself (per-revision settings travel in each [`Route`]).
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
     /// HTTP/1 request bodies over this get 413.
     pub max_http1_body: u64,
-    /// A client that has not sent its whole request head by then is disconnected.
+    /// A client that has not sent its whole request head by then (from accept, or from its
+    /// previous response) is disconnected.
     pub header_read_timeout: Duration,
+    /// A keep-alive connection (HTTP/1 or HTTP/2) with no request in progress for this long
+    /// is closed.
+    pub idle_timeout: Duration,
+    /// Connections open at once; past it, new ones wait in the listen backlog.
+    pub max_connections: usize,
     /// How long shutdown waits for in-flight requests and tunnels.
     pub drain_timeout: Duration,
 }
@@ -46,6 +55,8 @@ impl Default for ProxyConfig {
         ProxyConfig {
             max_http1_body: cloudrun::MAX_HTTP1_REQUEST_BODY,
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(10),
+            max_connections: connection::default_max_connections(),
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -146,30 +157,79 @@ impl<B: Backend> Proxy<B> {
             .timer(TokioTimer::new())
             .header_read_timeout(self.config.header_read_timeout);
         builder.http2().timer(TokioTimer::new());
+        let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        let mut limit_notice = LimitNotice::default();
+        let mut backoff = AcceptBackoff::default();
         loop {
+            // A free connection slot first: at the cap, new connections wait in the backlog.
+            let permit = match limit.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    if limit_notice.due(Instant::now()) {
+                        tracing::warn!(
+                            "{} client connections are open, the limit; new connections wait until one closes",
+                            self.config.max_connections
+                        );
+                    }
+                    tokio::select! {
+                        permit = limit.clone().acquire_owned() => {
+                            permit.expect("the connection limit is never closed")
+                        }
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            };
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
+                    Ok(accepted) => {
+                        backoff.succeeded();
+                        accepted
+                    }
                     Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        // Out of file descriptors and the like: back off instead of spinning,
+                        // and say so once a minute at most.
+                        let (log, wait) = backoff.failed(Instant::now());
+                        if log {
+                            tracing::warn!("accept failed: {e}; retrying with back-off (up to 1 s; further failures within a minute are not logged)");
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = shutdown.cancelled() => break,
+                        }
                         continue;
                     }
                 },
                 _ = shutdown.cancelled() => break,
             };
             let _ = stream.set_nodelay(true);
+            let activity = Activity::new(self.config.header_read_timeout, self.config.idle_timeout);
             let proxy = self.clone();
-            let service = hyper::service::service_fn(move |request| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
+            let service = hyper::service::service_fn({
+                let activity = activity.clone();
+                move |request| {
+                    let proxy = proxy.clone();
+                    let busy = activity.begin();
+                    async move {
+                        let response = proxy.handle(request, peer).await;
+                        Ok::<_, Infallible>(response.map(|inner| Tracked { inner, busy }))
+                    }
+                }
             });
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             let connection = graceful.watch(connection.into_owned());
             tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!("connection from {peer} ended: {e}");
+                // Held for the connection's life: its slot under the connection cap.
+                let _permit = permit;
+                tokio::select! {
+                    ended = connection => {
+                        if let Err(e) = ended {
+                            tracing::debug!("connection from {peer} ended: {e}");
+                        }
+                    }
+                    // No request in progress for too long: dropping the connection closes it.
+                    _ = activity.idle() => {
+                        tracing::debug!("closed an idle connection from {peer}");
+                    }
                 }
             });
         }
@@ -202,6 +262,21 @@ impl<B: Backend> Proxy<B> {
                 false,
             );
         }
+        // One authority, checked, routes the request and is the Host the app sees.
+        match headers::request_authority(request.version(), request.uri(), request.headers()) {
+            Ok(authority) => {
+                let headers = request.headers_mut();
+                headers.remove(header::HOST);
+                if let Some(authority) = authority {
+                    headers.insert(header::HOST, authority);
+                }
+            }
+            Err(e) => {
+                tracing::debug!("refused a request from {client}: {e}");
+                let close = client_http1;
+                return refusal(StatusCode::BAD_REQUEST, cloudrun::MALFORMED_REQUEST, close);
+            }
+        }
         let route = match self.backend.route(request.uri(), request.headers()).await {
             Ok(route) => route,
             Err(refused) => return refusal(refused.status, refused.text, false),
@@ -213,17 +288,8 @@ impl<B: Backend> Proxy<B> {
 
         let upgrade = client_http1 && !route.http2 && wants_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        // An HTTP/2 client's :authority is the Host an HTTP/1 app gets (set above).
         let (mut parts, body) = request.into_parts();
-        if !parts.headers.contains_key(header::HOST) {
-            // HTTP/2 clients send :authority instead; an HTTP/1 app expects Host.
-            if let Some(host) = parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                parts.headers.insert(header::HOST, host);
-            }
-        }
         headers::remove_hop_by_hop(&mut parts.headers, upgrade, route.http2);
         headers::remove_google_headers(&mut parts.headers);
         headers::set_forwarding(&mut parts.headers, client.ip(), "http");
@@ -276,6 +342,12 @@ impl<B: Backend> Proxy<B> {
                     cloudrun::REQUEST_TOO_LARGE,
                     false,
                 );
+            }
+            // The client's body broke off or was malformed: its fault, not the instance's,
+            // which must not be taken out of service (nor a new one started) for it.
+            Err(e) if caused_by::<ClientBodyError>(&e) => {
+                tracing::debug!("the client's request body failed: {e:?}");
+                return refusal(StatusCode::BAD_REQUEST, cloudrun::MALFORMED_REQUEST, true);
             }
             Err(e) => {
                 tracing::debug!("forwarding to {} failed: {e:?}", route.authority);

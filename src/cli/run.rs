@@ -112,6 +112,9 @@ pub struct RunArgs {
     /// send a request head, from accept or from the end of the previous response.
     #[arg(long, default_value = "10s", hide = true)]
     pub header_read_timeout: String,
+    /// Client connections open at once (default: half the open-file limit, at most 10000).
+    #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -155,6 +158,7 @@ pub struct RunConfig {
     pub default_service: Option<String>,
     pub upstream: UpstreamChoice,
     pub header_read_timeout: Duration,
+    pub max_connections: Option<usize>,
 }
 
 impl RunConfig {
@@ -246,6 +250,7 @@ impl RunConfig {
                 "--header-read-timeout",
                 &args.header_read_timeout,
             )?,
+            max_connections: args.max_connections.map(|n| n as usize),
         })
     }
 }
@@ -393,6 +398,9 @@ pub async fn run(args: RunArgs) -> Exit {
         Arc::new(platform.router()),
         ProxyConfig {
             header_read_timeout: config.header_read_timeout,
+            max_connections: config
+                .max_connections
+                .unwrap_or(ProxyConfig::default().max_connections),
             ..ProxyConfig::default()
         },
     );

@@ -102,6 +102,12 @@ pub struct CappedBody {
 /// Where a [`CappedBody`] leaves the unread rest of the client's body.
 pub type Overflow = Arc<Mutex<Option<Incoming>>>;
 
+/// Reading the client's request body failed (a malformed chunk, a client that went away
+/// mid-body): the client's fault, never the instance's.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the client's request body failed: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
 /// The request body passed the limit.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body is larger than the limit")]
@@ -141,7 +147,7 @@ impl Body for CappedBody {
                 this.remaining -= len;
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError(e).into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

@@ -1,10 +1,12 @@
-//! Request and response header rules of Cloud Run's front end: hop-by-hop headers removed
-//! (RFC 9110 §7.6.1), `X-Google-*` removed, forwarding and trace headers set.
+//! Request and response header rules of Cloud Run's front end: the one authority a request is
+//! routed by (RFC 9110 §7.2, RFC 9112 §3.2), hop-by-hop headers removed (RFC 9110 §7.6.1),
+//! `X-Google-*` removed, forwarding and trace headers set.
 
 use std::fmt::Write;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Uri, Version};
 use rand::Rng;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -14,6 +16,104 @@ static X_CLOUD_TRACE_CONTEXT: HeaderName = HeaderName::from_static("x-cloud-trac
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Why a request's authority (its `Host`) is refused with 400.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("more than one Host header")]
+    Duplicate,
+    #[error("an HTTP/1.1 request without a Host header")]
+    Missing,
+    #[error("a Host or authority that is not host[:port]")]
+    Invalid,
+    #[error("the Host header differs from the :authority")]
+    Conflict,
+}
+
+/// The one authority a request is routed by and forwarded with as `Host`, or what makes the
+/// request invalid (RFC 9112 §3.2: one Host, required in HTTP/1.1, `host[:port]` syntax).
+/// A target URI's authority (HTTP/1 absolute-form, HTTP/2 `:authority`) wins over `Host`
+/// (RFC 9112 §3.2.2); on HTTP/2 a `Host` that differs from `:authority` is malformed
+/// (RFC 9113 §8.3.1). `None`: an HTTP/1.0 request without Host, or HTTP/2 without either.
+pub fn request_authority(
+    version: Version,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Option<HeaderValue>, HostError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(HostError::Duplicate);
+    }
+    if let Some(host) = host {
+        if !is_host_port(host.as_bytes()) {
+            return Err(HostError::Invalid);
+        }
+    }
+    let authority = match uri.authority() {
+        Some(authority) if !is_host_port(authority.as_str().as_bytes()) => {
+            return Err(HostError::Invalid)
+        }
+        Some(authority) => {
+            Some(HeaderValue::from_str(authority.as_str()).map_err(|_| HostError::Invalid)?)
+        }
+        None => None,
+    };
+    match (version, authority, host) {
+        (Version::HTTP_2, Some(authority), Some(host))
+            if !authority.as_bytes().eq_ignore_ascii_case(host.as_bytes()) =>
+        {
+            Err(HostError::Conflict)
+        }
+        (Version::HTTP_2, authority, host) => Ok(authority.or_else(|| host.cloned())),
+        (version, _, None) if version >= Version::HTTP_11 => Err(HostError::Missing),
+        (_, authority, host) => Ok(authority.or_else(|| host.cloned())),
+    }
+}
+
+/// `uri-host [ ":" port ]` (RFC 3986 §3.2.2-3): a bracketed IP literal or a reg-name
+/// (unreserved, percent-encoded, sub-delims), no userinfo. Empty is valid: a Host for a URI
+/// without an authority.
+fn is_host_port(value: &[u8]) -> bool {
+    let (host, port) = if value.first() == Some(&b'[') {
+        let Some(end) = value.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &value[1..end];
+        let literal_ok = !literal.is_empty()
+            && literal
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b":.vV".contains(&b));
+        if !literal_ok {
+            return false;
+        }
+        (&value[..0], &value[end + 1..])
+    } else {
+        match value.iter().position(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &value[value.len()..]),
+        }
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    let mut rest = host;
+    let host_ok = loop {
+        match rest {
+            [] => break true,
+            [b'%', a, b, tail @ ..] if a.is_ascii_hexdigit() && b.is_ascii_hexdigit() => {
+                rest = tail
+            }
+            [b, tail @ ..] if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(b) => {
+                rest = tail
+            }
+            _ => break false,
+        }
+    };
+    port_ok && host_ok
+}
 
 /// The fixed hop-by-hop headers; those named in `Connection` are hop-by-hop too.
 fn fixed_hop_by_hop() -> [&'static HeaderName; 9] {
@@ -234,6 +334,90 @@ mod tests {
             );
         }
         headers
+    }
+
+    #[test]
+    fn the_authority_is_one_valid_host_and_the_target_uri_wins() {
+        let origin: Uri = "/echo".parse().unwrap();
+        let absolute: Uri = "http://b.localhost:8080/echo".parse().unwrap();
+        let value = |s: &'static str| Ok(Some(HeaderValue::from_static(s)));
+        let h11 = Version::HTTP_11;
+        assert_eq!(
+            request_authority(h11, &origin, &map(&[("host", "a.localhost:8080")])),
+            value("a.localhost:8080")
+        );
+        let mut two = map(&[("host", "a.localhost")]);
+        two.append(header::HOST, HeaderValue::from_static("b.localhost"));
+        assert_eq!(
+            request_authority(h11, &origin, &two),
+            Err(HostError::Duplicate)
+        );
+        assert_eq!(
+            request_authority(h11, &origin, &map(&[])),
+            Err(HostError::Missing)
+        );
+        assert_eq!(
+            request_authority(Version::HTTP_10, &origin, &map(&[])),
+            Ok(None)
+        );
+        assert_eq!(
+            request_authority(h11, &origin, &map(&[("host", "")])),
+            value("")
+        );
+        for bad in [
+            "a b<>\"@evil",
+            "user@a.localhost",
+            "a:b:c",
+            "a:80x",
+            "[::1",
+            "a%zz",
+            "a/b",
+        ] {
+            assert_eq!(
+                request_authority(h11, &origin, &map(&[("host", bad)])),
+                Err(HostError::Invalid),
+                "{bad}"
+            );
+        }
+        for good in ["[::1]:8080", "127.0.0.1", "a.localhost:", "x%41y"] {
+            assert!(
+                request_authority(h11, &origin, &map(&[("host", good)])).is_ok(),
+                "{good}"
+            );
+        }
+        // Absolute-form: the URI's authority wins over Host; Host is still required.
+        assert_eq!(
+            request_authority(h11, &absolute, &map(&[("host", "a.localhost")])),
+            value("b.localhost:8080")
+        );
+        assert_eq!(
+            request_authority(h11, &absolute, &map(&[])),
+            Err(HostError::Missing)
+        );
+        let userinfo: Uri = "http://u@b.localhost/".parse().unwrap();
+        assert_eq!(
+            request_authority(h11, &userinfo, &map(&[("host", "b.localhost")])),
+            Err(HostError::Invalid)
+        );
+        // HTTP/2: :authority and a differing host are malformed; either alone is enough.
+        let h2 = Version::HTTP_2;
+        assert_eq!(
+            request_authority(h2, &absolute, &map(&[("host", "a.localhost")])),
+            Err(HostError::Conflict)
+        );
+        assert_eq!(
+            request_authority(h2, &absolute, &map(&[("host", "B.localhost:8080")])),
+            value("b.localhost:8080")
+        );
+        assert_eq!(
+            request_authority(h2, &absolute, &map(&[])),
+            value("b.localhost:8080")
+        );
+        assert_eq!(
+            request_authority(h2, &origin, &map(&[("host", "a.localhost")])),
+            value("a.localhost")
+        );
+        assert_eq!(request_authority(h2, &origin, &map(&[])), Ok(None));
     }
 
     #[test]

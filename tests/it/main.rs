@@ -6,8 +6,10 @@ mod images;
 mod support;
 
 mod admin_security;
+mod client_faults;
 mod control;
 mod failures;
+mod faults;
 mod lifecycle;
 mod promises;
 mod proxying;

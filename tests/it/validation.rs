@@ -124,10 +124,12 @@ async fn names_follow_cloud_runs_rules_at_the_cli_and_the_api() {
         "http://{}/apis/serving.knative.dev/v1/namespaces/default",
         emulator.admin
     );
+    let authorization = format!("Bearer {}", emulator.admin_token());
+    let auth = ("authorization", authorization.as_str());
     let reply = request(
         "GET",
         &format!("{api}/services/a%2Fb"),
-        &[],
+        &[auth],
         Vec::new(),
         false,
     )
@@ -141,7 +143,7 @@ async fn names_follow_cloud_runs_rules_at_the_cli_and_the_api() {
     let reply = request(
         "DELETE",
         &format!("{api}/revisions/..%2Fx"),
-        &[],
+        &[auth],
         Vec::new(),
         false,
     )
@@ -153,7 +155,7 @@ async fn names_follow_cloud_runs_rules_at_the_cli_and_the_api() {
     let reply = request(
         "PUT",
         &format!("{api}/services/{service}"),
-        &[("content-type", "application/json")],
+        &[("content-type", "application/json"), auth],
         body.into_bytes(),
         false,
     )
