@@ -368,7 +368,10 @@ async fn start_created(
         id.clone(),
         printer.clone(),
     ));
-    let result = probe_until_ready(runtime, spec, mode, container_id, cancel).await;
+    let result = match probe_until_ready(runtime, spec, mode, container_id, cancel).await {
+        Ok(ready) => still_running(runtime, container_id).await.map(|()| ready),
+        Err(e) => Err(e),
+    };
     let (addr, attempts) = match result {
         Ok(ready) => ready,
         Err(e) => {
@@ -496,6 +499,24 @@ async fn probe_until_ready(
             last_diagnosis = diagnosis;
         }
     }
+}
+
+/// Confirms that a container whose probe just passed is still the one that answered. A
+/// container that died frees its bridge address, which Docker may give at once to another
+/// container listening on the same port (every instance of a busy engine does), and a probe
+/// dialling that address would then pass for the dead one. A container that is still
+/// running kept its address all along, so the answer was its own.
+async fn still_running(runtime: &Runtime, container_id: &str) -> Result<(), StartError> {
+    let info = runtime.inspect(container_id).await?;
+    if info.running {
+        return Ok(());
+    }
+    let code = match info.exit_code {
+        Some(code) => code,
+        None => runtime.wait_exit(container_id).await?,
+    };
+    let oom_killed = runtime.oom_killed(container_id, Some(code)).await;
+    Err(StartError::Exited { code, oom_killed })
 }
 
 /// How often a failing user startup probe is tried again.
