@@ -400,13 +400,21 @@ mod tests {
         assert_eq!(parse_memory("--memory", "0.5Gi").unwrap(), 512 << 20);
         let err = parse_memory("--memory", "lots").unwrap_err().to_string();
         assert!(err.starts_with("--memory: 'lots'"), "{err}");
-        assert!(parse_memory("--memory", "64Mi").is_err());
+        assert_eq!(
+            parse_memory("--memory", "64Mi").unwrap_err().to_string(),
+            "--memory: '64Mi' is out of range: Cloud Run's minimum memory is 128Mi"
+        );
         let err = parse_memory("--memory", "1Ti").unwrap_err().to_string();
         assert_eq!(
             err,
             "--memory: '1Ti' is out of range: Cloud Run's maximum memory is 32Gi"
         );
-        assert!(parse_memory("--memory", "99999999999Ei").is_err());
+        assert_eq!(
+            parse_memory("--memory", "99999999999Ei")
+                .unwrap_err()
+                .to_string(),
+            "--memory: '99999999999Ei' is out of range: Cloud Run's maximum memory is 32Gi"
+        );
     }
 
     #[test]
@@ -435,7 +443,13 @@ mod tests {
     fn huge_durations_are_out_of_range_not_a_panic() {
         let err = parse_duration("--timeout", "99999999999999999h").unwrap_err();
         assert!(err.to_string().contains("out of range"), "{err}");
-        assert!(parse_duration("--timeout", "18446744073709551615s18446744073709551615s").is_err());
+        let err = parse_duration("--timeout", "18446744073709551615s18446744073709551615s")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--timeout: '1844") && err.ends_with("is out of range"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -472,8 +486,14 @@ mod tests {
         assert_eq!(parse_cpu("--cpu", "1").unwrap(), 1000);
         assert_eq!(parse_cpu("--cpu", "0.5").unwrap(), 500);
         assert_eq!(parse_cpu("--cpu", "2000m").unwrap(), 2000);
-        assert!(parse_cpu("--cpu", "9").is_err());
-        assert!(parse_cpu("--cpu", "one").is_err());
+        assert_eq!(
+            parse_cpu("--cpu", "9").unwrap_err().to_string(),
+            "--cpu: '9' is outside Cloud Run's range of 0.08 to 8 CPUs"
+        );
+        assert_eq!(
+            parse_cpu("--cpu", "one").unwrap_err().to_string(),
+            "--cpu: 'one' is not a CPU amount; use e.g. 1, 2, 0.5 or 1000m"
+        );
     }
 
     #[test]
@@ -492,7 +512,11 @@ mod tests {
             Duration::from_millis(250)
         );
         for bad in ["", "m", "5 m", "5x", "-1"] {
-            assert!(parse_duration("t", bad).is_err(), "{bad:?} accepted");
+            let err = parse_duration("--timeout", bad).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!("--timeout: '{bad}' is not a duration; use seconds (300) or units (5m, 1h, 30s, 500ms)")
+            );
         }
     }
 
@@ -510,7 +534,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("'K_REVISION' is reserved"), "{err}");
-        assert!(parse_env_vars("--set-env-vars", "NOVALUE").is_err());
+        assert_eq!(
+            parse_env_vars("--set-env-vars", "NOVALUE")
+                .unwrap_err()
+                .to_string(),
+            "--set-env-vars: 'NOVALUE' is not of the form NAME=VALUE"
+        );
     }
 
     #[test]

@@ -494,6 +494,15 @@ mod tests {
             "spec.template.spec.containers[0].env[0].valueFrom.secretKeyRef"
         );
         assert!(e.message.contains("EMULATE_SECRET_NOPE_X"), "{e}");
+        // Or from `EMULATE_SECRET_<NAME>` (a name no other test uses: tests share the env).
+        std::env::set_var("EMULATE_SECRET_FROM_ENV_UNIT", "from-env");
+        let from_env = template(
+            "        env: [{name: DB, valueFrom: {secretKeyRef: {name: from-env-unit, key: latest}}}]\n",
+            "",
+        );
+        let config = resolve(&from_env, &Secrets::default(), &mut Vec::new()).unwrap();
+        std::env::remove_var("EMULATE_SECRET_FROM_ENV_UNIT");
+        assert_eq!(config.env, vec![("DB".to_string(), "from-env".to_string())]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
