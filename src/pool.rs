@@ -802,7 +802,13 @@ impl Pool {
     /// flight, or the request timeout passes, then stops and removes it.
     async fn drain_and_stop(&self, key: Option<u64>, reason: &str) {
         let inner = &self.inner;
-        let selected = |m: &Member| key.is_none_or(|k| m.key == k);
+        // The instances there now: one started while this drain waits (traffic came back to a
+        // retiring revision) is not this drain's to stop.
+        let keys: Vec<u64> = match key {
+            Some(key) => vec![key],
+            None => inner.lock().members.iter().map(|m| m.key).collect(),
+        };
+        let selected = |m: &Member| keys.contains(&m.key);
         let deadline = Instant::now() + inner.scaling.request_timeout;
         loop {
             let notified = inner.changed.notified();

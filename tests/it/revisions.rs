@@ -582,3 +582,63 @@ async fn several_services_run_in_one_emulator_and_route_by_host() {
     std::fs::remove_file(a).unwrap();
     std::fs::remove_file(b).unwrap();
 }
+
+#[tokio::test]
+async fn traffic_back_to_a_draining_revision_keeps_the_instance_started_for_it() {
+    let emulator = Arc::new(Emulator::start(&service_name("comeback"), &[testapp_image()]).await);
+    let first = revisions(&emulator).await[0].clone();
+    let old_instance = running_container_ids(&emulator.service);
+    assert_eq!(old_instance.len(), 1);
+    // A long request keeps the first revision's instance draining after the deploy.
+    let long = {
+        let url = emulator.url("/sleep?ms=6000");
+        tokio::spawn(async move { get(&url).await })
+    };
+    emulator
+        .wait_for_output("sleeping 6000 ms", Duration::from_secs(10))
+        .await;
+    emulator
+        .cli_ok(&["deploy", &emulator.service, "--update-env-vars", "V=2"])
+        .await;
+    let to_first = format!("{first}=100");
+    emulator
+        .cli_ok(&[
+            "services",
+            "update-traffic",
+            &emulator.service,
+            "--to-revisions",
+            &to_first,
+        ])
+        .await;
+    // The draining instance cannot take requests: a new one was started for the traffic.
+    let started_for_it: Vec<String> = running_container_ids(&emulator.service)
+        .into_iter()
+        .filter(|id| !old_instance.iter().any(|old| id.starts_with(old.as_str())))
+        .filter(|id| inspect(id)["Config"]["Labels"]["dev.emulate.revision"] == first.as_str())
+        .collect();
+    assert_eq!(started_for_it.len(), 1, "{}", emulator.stdout());
+    let reply = long.await.unwrap();
+    assert_eq!(
+        (reply.status, reply.revision.as_str()),
+        (200, first.as_str())
+    );
+    // The old instance goes once its request is done; the new one stays and serves.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while running_container_ids(&emulator.service)
+        .iter()
+        .any(|id| old_instance.contains(id))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            emulator.stdout()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        running_container_ids(&emulator.service).contains(&started_for_it[0]),
+        "the instance started for the returning traffic was stopped by the old drain:\n{}",
+        emulator.stdout()
+    );
+    assert_eq!(emulator.revision_for("localhost", "/echo").await, first);
+}
