@@ -21,8 +21,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use self::gate::Gate;
-use crate::knative;
-use crate::platform::{ApplyError, LookupError, Platform};
+use crate::control::knative;
+use crate::control::platform::{ApplyError, LookupError, Platform};
 
 /// The API's path prefix, as Cloud Run's v1 API and Knative spell it.
 pub const API_PREFIX: &str = "/apis/serving.knative.dev/v1/namespaces/";

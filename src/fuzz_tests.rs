@@ -11,10 +11,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::config;
-use crate::knative;
+use crate::control::knative;
+use crate::control::template::{self, Secrets};
+use crate::control::traffic;
 use crate::smoke::checks;
-use crate::template::{self, Secrets};
-use crate::traffic;
 
 /// Each parser gets at most this long (and at most `MAX_CASES` inputs).
 const BUDGET: Duration = Duration::from_secs(2);

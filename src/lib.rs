@@ -24,23 +24,17 @@ macro_rules! eprintln {
 }
 
 pub mod admin;
-pub mod autoscaler;
 pub mod cli;
 pub mod cloudrun;
 pub mod config;
-pub mod instance;
-pub mod knative;
+pub mod control;
+pub mod instances;
 pub mod logs;
-pub mod platform;
-pub mod pool;
-pub mod probe;
-pub mod proxy;
 pub mod runtime;
 pub mod sample;
+pub mod serve;
 pub mod shutdown;
 pub mod smoke;
-pub mod template;
-pub mod traffic;
 
 #[cfg(test)]
 mod fuzz_tests;

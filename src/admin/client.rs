@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::gate::{TOKEN_ENV, TOKEN_SCHEME};
 use super::{discovery_dir, API_PREFIX, NOTE_HEADER};
-use crate::knative;
+use crate::control::knative;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

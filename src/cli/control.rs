@@ -76,7 +76,7 @@ pub fn print_notes(notes: &[String]) {
 }
 
 /// ✔ ready, ✘ failed, … not known yet: a resource's `Ready` condition at a glance.
-pub fn ready_mark(conditions: &[crate::knative::Condition]) -> String {
+pub fn ready_mark(conditions: &[crate::control::knative::Condition]) -> String {
     match conditions
         .iter()
         .find(|c| c.kind == "Ready")

@@ -11,8 +11,8 @@ use super::control::{self, Format, Target};
 use super::Exit;
 use crate::cloudrun;
 use crate::config;
-use crate::knative;
-use crate::traffic::{self, TagUpdate, TargetKey};
+use crate::control::knative;
+use crate::control::traffic::{self, TagUpdate, TargetKey};
 
 #[derive(Debug, Args)]
 pub struct DeployArgs {

@@ -4,7 +4,7 @@ use clap::Subcommand;
 
 use super::control::{self, Format, Target};
 use super::Exit;
-use crate::knative;
+use crate::control::knative;
 
 #[derive(Debug, Subcommand)]
 pub enum RevisionsCommand {

@@ -15,16 +15,16 @@ use crate::admin::gate::TOKEN_ENV;
 use crate::admin::{self, AdminConfig, Announcement, Gate};
 use crate::cloudrun;
 use crate::config::{self, InvalidValue};
-use crate::instance::{self, UpstreamMode};
-use crate::knative;
+use crate::control::knative;
+use crate::control::platform::{ApplyError, Platform, PlatformConfig};
+use crate::control::template::Secrets;
+use crate::instances::instance::{self, UpstreamMode};
+use crate::instances::pool::InstanceContext;
 use crate::logs::LogPrinter;
-use crate::platform::{ApplyError, Platform, PlatformConfig};
-use crate::pool::InstanceContext;
-use crate::proxy::{Proxy, ProxyConfig};
 use crate::runtime::Runtime;
 use crate::sample;
+use crate::serve::proxy::{Proxy, ProxyConfig};
 use crate::shutdown::Signals;
-use crate::template::Secrets;
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The image to run, as you would pass it to `gcloud run deploy --image`. Without one,

@@ -7,8 +7,8 @@ use clap::{Args, Subcommand};
 
 use super::control::{self, Format, Target};
 use super::Exit;
-use crate::knative;
-use crate::traffic::{self, TagUpdate, TargetKey};
+use crate::control::knative;
+use crate::control::traffic::{self, TagUpdate, TargetKey};
 
 #[derive(Debug, Subcommand)]
 pub enum ServicesCommand {

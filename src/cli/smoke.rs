@@ -20,15 +20,15 @@ use tokio_util::sync::CancellationToken;
 use super::run::{self, RunArgs, RunConfig};
 use super::Exit;
 use crate::cloudrun;
-use crate::knative;
+use crate::control::knative;
+use crate::control::platform::{ApplyError, Platform, PlatformConfig};
+use crate::control::template::Secrets;
+use crate::instances::pool::{InstanceContext, Pool};
 use crate::logs::LogPrinter;
-use crate::platform::{ApplyError, Platform, PlatformConfig};
-use crate::pool::{InstanceContext, Pool};
-use crate::proxy::{Proxy, ProxyConfig};
+use crate::serve::proxy::{Proxy, ProxyConfig};
 use crate::shutdown::Signals;
 use crate::smoke::checks::{self, Check, Expect, Observed, RequestSpec, Scenario, StatusExpect};
 use crate::smoke::report::{CheckResult, Outcome, Report, CHECKS, PREFLIGHT};
-use crate::template::Secrets;
 
 #[derive(Debug, Args)]
 pub struct SmokeArgs {
@@ -81,7 +81,7 @@ fn build_checks(args: &SmokeArgs) -> Result<Vec<Check>, String> {
             .map_err(|e| format!("--checks: {}: {e}", path.display()))?;
         for (i, check) in file.checks.iter().enumerate() {
             if let Some(tag) = &check.request.tag {
-                crate::traffic::validate_tag(tag).map_err(|e| {
+                crate::control::traffic::validate_tag(tag).map_err(|e| {
                     format!("--checks: {}: checks[{i}].request.tag: {e}", path.display())
                 })?;
             }

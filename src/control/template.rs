@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::cloudrun;
 use crate::config;
-use crate::knative::{self, FieldError, RevisionTemplate};
-use crate::probe::{HealthCheck, HealthProbe};
+use crate::control::knative::{self, FieldError, RevisionTemplate};
+use crate::instances::probe::{HealthCheck, HealthProbe};
 
 /// Cloud Run's default maximum number of instances.
 pub const DEFAULT_MAX_INSTANCES: u32 = 100;
@@ -343,7 +343,7 @@ fn health_probe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::knative::parse_service_yaml;
+    use crate::control::knative::parse_service_yaml;
 
     fn template(extra_container: &str, extra_spec: &str) -> RevisionTemplate {
         let text = format!(

@@ -16,12 +16,14 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::autoscaler::{self, Autoscaler};
 use crate::cloudrun;
-use crate::instance::{self, Instance, RevisionSpec, StartError, StartFailure, UpstreamMode};
+use crate::instances::autoscaler::{self, Autoscaler};
+use crate::instances::instance::{
+    self, Instance, RevisionSpec, StartError, StartFailure, UpstreamMode,
+};
 use crate::logs::LogPrinter;
-use crate::proxy::Refusal;
 use crate::runtime::Runtime;
+use crate::serve::proxy::Refusal;
 
 /// How long a request waits for a free slot when no instance is starting for it.
 pub const NO_CAPACITY_WAIT: Duration = Duration::from_secs(10);

@@ -12,7 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
-use crate::pool::Lease;
+use crate::instances::pool::Lease;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

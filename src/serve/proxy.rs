@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cloudrun;
-use crate::pool::Lease;
+use crate::instances::pool::Lease;
 pub use body::ProxyBody;
 use body::{BodyTooLarge, CappedBody, ClientBodyError};
 use connection::{AcceptBackoff, Activity, LimitNotice, Tracked};

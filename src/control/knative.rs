@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::traffic::{self, TargetKey};
+use crate::control::traffic::{self, TargetKey};
 
 pub const API_VERSION: &str = "serving.knative.dev/v1";
 pub const LABEL_SERVICE: &str = "serving.knative.dev/service";

@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::cloudrun;
+use crate::instances::probe::{self, ListenDiagnosis};
 use crate::logs::{LineSplitter, LogPrinter};
-use crate::probe::{self, ListenDiagnosis};
 use crate::runtime::{
     ContainerSpec, ManagedContainer, Runtime, RuntimeError, LABEL_MANAGED, LABEL_OWNER,
     LABEL_REVISION, LABEL_SERVICE,

@@ -13,13 +13,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cloudrun;
-use crate::instance::{RevisionSpec, StartError};
-use crate::knative::{self, Condition, FieldError, ObjectMeta, RevisionTemplate};
-use crate::pool::{InstanceContext, Pool, Scaling};
-use crate::proxy::{Backend, Refusal, Route};
+use crate::control::knative::{self, Condition, FieldError, ObjectMeta, RevisionTemplate};
+use crate::control::template::{self, RevisionConfig, Secrets};
+use crate::control::traffic::{self, TargetKey, TrafficTarget};
+use crate::instances::instance::{RevisionSpec, StartError};
+use crate::instances::pool::{InstanceContext, Pool, Scaling};
 use crate::runtime::{self, RuntimeError};
-use crate::template::{self, RevisionConfig, Secrets};
-use crate::traffic::{self, TargetKey, TrafficTarget};
+use crate::serve::proxy::{Backend, Refusal, Route};
 
 /// Why an apply (deploy, replace, update-traffic) was refused or failed. Nothing changed.
 #[derive(Debug, thiserror::Error)]
