@@ -17,7 +17,7 @@ use crate::control::knative::{self, Condition, FieldError, ObjectMeta, RevisionT
 use crate::control::template::{self, RevisionConfig, Secrets};
 use crate::control::traffic::{self, TargetKey, TrafficTarget};
 use crate::instances::instance::{RevisionSpec, StartError};
-use crate::instances::pool::{InstanceContext, Pool, Scaling};
+use crate::instances::pool::{AcquireError, InstanceContext, Pool, Scaling};
 use crate::runtime::{self, RuntimeError};
 use crate::serve::proxy::{Backend, Refusal, Route};
 
@@ -1260,7 +1260,20 @@ impl Backend for Router {
                 )
             })?,
         };
-        let lease = revision.pool.acquire().await?;
+        let lease = revision.pool.acquire().await.map_err(|e| match e {
+            AcquireError::Overloaded | AcquireError::TimedOut => Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                cloudrun::NO_AVAILABLE_INSTANCE,
+            ),
+            AcquireError::StartFailed => Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                cloudrun::INSTANCE_COULD_NOT_START,
+            ),
+            AcquireError::Retiring => Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                cloudrun::MALFORMED_OR_UNREACHABLE,
+            ),
+        })?;
         Ok(Route {
             authority: lease.authority.clone(),
             http2: revision.http2,

@@ -1,8 +1,9 @@
 //! The instances of one revision, scaled the way Cloud Run scales them, and the leases
 //! requests hold on them. A request leases a slot on an instance (never more than
 //! `containerConcurrency` per instance) for its whole life (response body and WebSocket tunnel
-//! included); with no free slot it waits while instances start (a cold start at zero), gets 429
-//! after 10 s when max instances are all busy, and is refused at once past the waiting bound.
+//! included); with no free slot it waits while instances start (a cold start at zero), gives
+//! up after 10 s when max instances are all busy, and is refused at once past the waiting
+//! bound ([`AcquireError`]: the front end answers Cloud Run's 429 or 503).
 //! An autoscaler tick starts instances ahead of demand and removes idle ones after the idle
 //! timeout (down to min instances, or zero). Removal drains first: no new leases, in-flight
 //! requests finish, then SIGTERM, 10 s, SIGKILL.
@@ -11,7 +12,6 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use http::uri::Authority;
-use http::StatusCode;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +23,6 @@ use crate::instances::instance::{
 };
 use crate::logs::LogPrinter;
 use crate::runtime::Runtime;
-use crate::serve::proxy::Refusal;
 
 /// How long a request waits for a free slot when no instance is starting for it.
 pub const NO_CAPACITY_WAIT: Duration = Duration::from_secs(10);
@@ -232,20 +231,29 @@ impl PoolInner {
     }
 }
 
+/// Why a request got no slot on an instance, as the pool sees it. The front end turns each
+/// into Cloud Run's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AcquireError {
+    /// More requests are already waiting than the pool lets wait (one full load's worth):
+    /// refused at once.
+    #[error("too many requests are already waiting for an instance")]
+    Overloaded,
+    /// No slot freed in time: 10 s when no instance could start for the request (max
+    /// instances, all busy), or the request timeout while one started.
+    #[error("no instance had a free slot in time")]
+    TimedOut,
+    /// The start the request waited for failed, and no instance can serve it.
+    #[error("the instance started for the request failed to start")]
+    StartFailed,
+    /// The revision is being retired: it takes no new requests.
+    #[error("the revision is retiring")]
+    Retiring,
+}
+
 /// How long a crash-looping revision waits before its next start: 1 s, doubling, up to 32 s.
 fn backoff(consecutive_failures: u32) -> Duration {
     Duration::from_secs(1 << consecutive_failures.saturating_sub(1).min(5))
-}
-
-fn unavailable(text: &'static str) -> Refusal {
-    Refusal::new(StatusCode::SERVICE_UNAVAILABLE, text)
-}
-
-fn no_instance() -> Refusal {
-    Refusal::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        cloudrun::NO_AVAILABLE_INSTANCE,
-    )
 }
 
 impl Pool {
@@ -293,10 +301,10 @@ impl Pool {
     }
 
     /// Leases a slot, starting instances when every slot is taken (a cold start at zero): the
-    /// request waits for them. Gives up with 429 after 10 s when no instance can be started
-    /// (max instances, all busy), at once past the waiting bound, or with 503 when the start
-    /// it waited for failed.
-    pub async fn acquire(&self) -> Result<Lease, Refusal> {
+    /// request waits for them. Gives up after 10 s when no instance can be started (max
+    /// instances, all busy), at once past the waiting bound, or when the start it waited for
+    /// failed.
+    pub async fn acquire(&self) -> Result<Lease, AcquireError> {
         let inner = &self.inner;
         let arrived = Instant::now();
         let mut waiting = Waiting {
@@ -317,12 +325,12 @@ impl Pool {
                     return Ok(lease);
                 }
                 if state.retiring {
-                    return Err(unavailable(cloudrun::MALFORMED_OR_UNREACHABLE));
+                    return Err(AcquireError::Retiring);
                 }
                 if !waiting.counted {
                     if state.waiters >= inner.scaling.waiting_bound() {
                         state.stats.rejected += 1;
-                        return Err(no_instance());
+                        return Err(AcquireError::Overloaded);
                     }
                     state.waiters += 1;
                     waiting.counted = true;
@@ -339,7 +347,7 @@ impl Pool {
                 // otherwise wait through all of them.
                 let usable = state.members.iter().any(Member::usable);
                 if !usable && state.failed_starts != failed_before {
-                    return Err(unavailable(cloudrun::INSTANCE_COULD_NOT_START));
+                    return Err(AcquireError::StartFailed);
                 }
                 self.start_for_waiters(&mut state);
                 notified.as_mut().enable();
@@ -359,7 +367,7 @@ impl Pool {
                     return Ok(lease);
                 }
                 state.stats.rejected += 1;
-                return Err(no_instance());
+                return Err(AcquireError::TimedOut);
             }
         }
     }
