@@ -2,3 +2,4 @@
 //! and rewrites each request, and forwards it to the instance the router leases for it.
 
 pub mod proxy;
+pub mod router;

@@ -1,14 +1,12 @@
 //! The emulated Cloud Run control plane: services, their immutable revisions and their
 //! traffic, applied the way Knative Serving applies a Service (a changed template makes a new
-//! revision; traffic moves only to revisions that are ready), and the routing table the front
-//! end reads on every request.
+//! revision; traffic moves only to revisions that are ready). It publishes the routing table
+//! the front end's router reads on every request, and reads status back from it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
-use http::header::HOST;
-use http::{HeaderMap, StatusCode, Uri};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -17,9 +15,9 @@ use crate::control::knative::{self, Condition, FieldError, ObjectMeta, RevisionT
 use crate::control::template::{self, RevisionConfig, Secrets};
 use crate::control::traffic::{self, TargetKey, TrafficTarget};
 use crate::instances::instance::{RevisionSpec, StartError};
-use crate::instances::pool::{AcquireError, InstanceContext, Pool, Scaling};
+use crate::instances::pool::{InstanceContext, Pool, Scaling};
 use crate::runtime::{self, RuntimeError};
-use crate::serve::proxy::{Backend, Refusal, Route};
+use crate::serve::router::{self, RevisionRoute, Router, RoutingTable, ServiceRoutes};
 
 /// Why an apply (deploy, replace, update-traffic) was refused or failed. Nothing changed.
 #[derive(Debug, thiserror::Error)]
@@ -78,8 +76,8 @@ struct Inner {
     apply_lock: tokio::sync::Mutex<()>,
     /// The control plane's records; held only briefly, never across an await.
     state: Mutex<BTreeMap<String, ServiceState>>,
-    /// What the front end routes by; replaced whole, read per request.
-    routes: RwLock<Arc<RoutingTable>>,
+    /// Routes requests by the table `publish_routes` gives it.
+    router: Router,
     /// Revisions being drained and stopped in the background.
     retiring: TaskTracker,
     /// Applies in progress, each in a task of its own (see [`Platform::apply`]).
@@ -127,11 +125,11 @@ impl Platform {
     pub fn new(ctx: InstanceContext, config: PlatformConfig) -> Self {
         Platform {
             inner: Arc::new(Inner {
+                router: Router::new(config.port),
                 ctx,
                 config,
                 apply_lock: tokio::sync::Mutex::new(()),
                 state: Mutex::new(BTreeMap::new()),
-                routes: RwLock::new(Arc::new(RoutingTable::default())),
                 retiring: TaskTracker::new(),
                 applies: TaskTracker::new(),
                 service_tokens: Mutex::new(HashMap::new()),
@@ -149,11 +147,11 @@ impl Platform {
 
     /// The service URL: `http://SERVICE.localhost:PORT` (`*.localhost` is loopback).
     pub fn service_url(&self, service: &str) -> String {
-        format!("http://{service}.localhost:{}", self.port())
+        router::service_url(service, self.port())
     }
 
     pub fn tag_url(&self, tag: &str, service: &str) -> String {
-        format!("http://{tag}---{service}.localhost:{}", self.port())
+        router::tag_url(tag, service, self.port())
     }
 
     /// Creates or replaces a service, as `gcloud run services replace` (and deploy, which sends
@@ -567,12 +565,9 @@ impl Platform {
         });
     }
 
-    /// Rebuilds the routing table from the records and swaps it in.
+    /// Rebuilds the routing table from the records and publishes it to the router.
     fn publish_routes(&self, state: &BTreeMap<String, ServiceState>) {
-        let mut table = RoutingTable {
-            default_service: self.inner.config.default_service.clone(),
-            ..RoutingTable::default()
-        };
+        let mut table = RoutingTable::new(self.inner.config.default_service.clone());
         for (name, service) in state {
             let route_of = |revision: &str| {
                 service
@@ -580,36 +575,24 @@ impl Platform {
                     .iter()
                     .find(|r| r.name == revision)
                     .map(|r| RevisionRoute {
+                        revision: r.name.clone(),
                         pool: r.pool.clone(),
                         http2: r.config.http2,
                         timeout: r.config.timeout,
                     })
             };
-            let resolve = |key: &TargetKey| match key {
-                TargetKey::Latest => service.latest_ready.as_deref().and_then(route_of),
-                TargetKey::Revision(name) => route_of(name),
-            };
-            let mut route = ServiceRoute::default();
+            let mut routes = ServiceRoutes::default();
             for target in &service.traffic {
-                let Some(revision) = resolve(&target.key) else {
+                let latest = service.latest_ready.as_deref();
+                let Some(revision) = target.key.resolve(latest).and_then(route_of) else {
                     continue;
                 };
-                route.targets.push(RoutedTarget {
-                    revision: revision.pool.spec().revision.clone(),
-                    latest: target.key == TargetKey::Latest,
-                    percent: target.percent,
-                    tag: target.tag.clone(),
-                });
-                if let Some(tag) = &target.tag {
-                    route.tags.insert(tag.clone(), revision.clone());
-                }
-                if target.percent > 0 {
-                    route.split.push((revision, target.percent));
-                }
+                let follows_latest = target.key == TargetKey::Latest;
+                routes.add(revision, follows_latest, target.percent, target.tag.clone());
             }
-            table.services.insert(name.clone(), route);
+            table.insert(name.clone(), routes);
         }
-        *self.inner.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        self.inner.router.publish(table);
     }
 
     pub fn list_services(&self) -> Vec<knative::Service> {
@@ -711,15 +694,15 @@ impl Platform {
     pub fn list_revisions(&self, service: Option<&str>) -> Vec<knative::Revision> {
         let state = self.state();
         let table = self.routes();
+        let table = &*table;
         state
             .iter()
             .filter(|(name, _)| service.is_none_or(|s| s == name.as_str()))
             .flat_map(|(name, s)| {
-                let routed = table.routed(name);
                 s.revisions
                     .iter()
                     .rev()
-                    .map(move |r| revision_doc(name, routed, r))
+                    .map(move |r| revision_doc(name, table, r))
             })
             .collect()
     }
@@ -733,18 +716,14 @@ impl Platform {
                 s.revisions
                     .iter()
                     .find(|r| r.name == revision)
-                    .map(|r| revision_doc(name, table.routed(name), r))
+                    .map(|r| revision_doc(name, &table, r))
             })
             .ok_or_else(|| LookupError::NoRevision(revision.to_string()))
     }
 
     /// The routing table requests are routed by now.
     fn routes(&self) -> Arc<RoutingTable> {
-        self.inner
-            .routes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.inner.router.table()
     }
 
     /// Deletes a service: its revisions are drained and stopped. An apply of it in progress
@@ -789,17 +768,14 @@ impl Platform {
             .find(|(_, s)| s.revisions.iter().any(|r| r.name == revision))
             .ok_or_else(|| LookupError::NoRevision(revision.to_string()))?;
         let routed = table
-            .routed(service_name)
-            .iter()
-            .find(|t| t.revision == revision)
+            .targets_of(service_name, revision)
+            .next()
             .map(|t| (t.tag.clone(), t.percent));
+        let latest = service.latest_ready.as_deref();
         let asked = service
             .traffic
             .iter()
-            .find(|t| match &t.key {
-                TargetKey::Latest => service.latest_ready.as_deref() == Some(revision),
-                TargetKey::Revision(r) => r == revision,
-            })
+            .find(|t| t.key.resolve(latest) == Some(revision))
             .map(|t| (t.tag.clone(), t.percent));
         if let Some((tag, percent)) = routed.or(asked) {
             let how = match (tag, percent) {
@@ -853,8 +829,7 @@ impl Platform {
             .values()
             .flat_map(|s| s.revisions.iter().map(|r| r.pool.clone()))
             .collect();
-        *self.inner.routes.write().unwrap_or_else(|e| e.into_inner()) =
-            Arc::new(RoutingTable::default());
+        self.inner.router.publish(RoutingTable::default());
         let stops = pools.iter().map(|pool| async move {
             if immediate {
                 pool.kill_all().await;
@@ -873,14 +848,13 @@ impl Platform {
     pub fn serving_pools(&self, service: &str) -> Vec<Pool> {
         let state = self.state();
         let table = self.routes();
-        let routed = table.routed(service);
         let Some(record) = state.get(service) else {
             return Vec::new();
         };
         record
             .revisions
             .iter()
-            .filter(|r| routed.iter().any(|t| t.revision == r.name))
+            .filter(|r| table.targets_of(service, &r.name).next().is_some())
             .map(|r| r.pool.clone())
             .collect()
     }
@@ -895,9 +869,7 @@ impl Platform {
 
     /// The front end's view: a cheap handle that routes requests.
     pub fn router(&self) -> Router {
-        Router {
-            platform: self.clone(),
-        }
+        self.inner.router.clone()
     }
 }
 
@@ -981,11 +953,12 @@ fn new_revision_name(
 
 /// Revisions no traffic entry resolves to (neither a percent nor a tag): they are drained.
 fn unrouted_revisions(service: &ServiceState) -> Vec<Pool> {
+    let latest = service.latest_ready.as_deref();
     let routed = |name: &str| {
-        service.traffic.iter().any(|t| match &t.key {
-            TargetKey::Latest => service.latest_ready.as_deref() == Some(name),
-            TargetKey::Revision(r) => r == name,
-        })
+        service
+            .traffic
+            .iter()
+            .any(|t| t.key.resolve(latest) == Some(name))
     };
     service
         .revisions
@@ -995,11 +968,10 @@ fn unrouted_revisions(service: &ServiceState) -> Vec<Pool> {
         .collect()
 }
 
-/// A revision's document; its traffic percent is what the published `routed` entries of its
-/// service send it.
+/// A revision's document; its traffic percent is what the published routing table sends it.
 fn revision_doc(
     service_name: &str,
-    routed: &[RoutedTarget],
+    table: &RoutingTable,
     revision: &RevisionState,
 ) -> knative::Revision {
     let mut labels = BTreeMap::from([
@@ -1014,11 +986,7 @@ fn revision_doc(
         ),
     ]);
     labels.extend(revision.template.metadata.labels.clone());
-    let serving: u32 = routed
-        .iter()
-        .filter(|t| t.revision == revision.name)
-        .map(|t| t.percent)
-        .sum();
+    let serving = table.percent_of(service_name, &revision.name);
     let pool = revision.pool.status();
     let ready = Condition::new(
         "Ready",
@@ -1139,165 +1107,10 @@ pub fn timestamp(time: SystemTime) -> String {
     )
 }
 
-#[derive(Default)]
-struct RoutingTable {
-    services: HashMap<String, ServiceRoute>,
-    default_service: Option<String>,
-}
-
-impl RoutingTable {
-    /// A service's published traffic entries (none when it routes nowhere).
-    fn routed(&self, service: &str) -> &[RoutedTarget] {
-        self.services
-            .get(service)
-            .map(|r| r.targets.as_slice())
-            .unwrap_or_default()
-    }
-}
-
-#[derive(Default)]
-struct ServiceRoute {
-    split: Vec<(RevisionRoute, u32)>,
-    tags: HashMap<String, RevisionRoute>,
-    /// The traffic as published, by revision name: what status reports and what a revision
-    /// delete checks, so neither can disagree with where requests go.
-    targets: Vec<RoutedTarget>,
-}
-
-/// One published traffic entry, resolved to a revision.
-#[derive(Clone, Debug)]
-struct RoutedTarget {
-    revision: String,
-    /// Whether it follows LATEST (resolved when the table was published).
-    latest: bool,
-    percent: u32,
-    tag: Option<String>,
-}
-
-#[derive(Clone)]
-struct RevisionRoute {
-    pool: Pool,
-    http2: bool,
-    timeout: Duration,
-}
-
-/// Routes requests by host: `TAG---SERVICE.localhost` → the tagged revision;
-/// `SERVICE.localhost` → the service's traffic split; anything else → the only service (or
-/// the default one).
-#[derive(Clone)]
-pub struct Router {
-    platform: Platform,
-}
-
-/// Splits a request's host into (service, tag).
-fn parse_host(host: &str) -> (Option<&str>, Option<&str>) {
-    let host = host
-        .rsplit_once(':')
-        .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
-        .map_or(host, |(h, _)| h);
-    let Some(label) = host.strip_suffix(".localhost") else {
-        return (None, None);
-    };
-    match label.split_once("---") {
-        Some((tag, service)) => (Some(service), Some(tag)),
-        None => (Some(label), None),
-    }
-}
-
-impl Backend for Router {
-    async fn route(&self, uri: &Uri, headers: &HeaderMap) -> Result<Route, Refusal> {
-        let table = self
-            .platform
-            .inner
-            .routes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let host = headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| uri.authority().map(|a| a.as_str()))
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        let (service, tag) = parse_host(&host);
-        let service_route = match service {
-            Some(name) => table.services.get(name),
-            None if table.services.len() == 1 => table.services.values().next(),
-            None => table
-                .default_service
-                .as_deref()
-                .and_then(|d| table.services.get(d)),
-        };
-        let Some(service_route) = service_route else {
-            let names: Vec<String> = table
-                .services
-                .keys()
-                .map(|s| self.platform.service_url(s))
-                .collect();
-            return Err(Refusal::new(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "404 page not found: no service answers at '{host}'. Services here: {}\n",
-                    if names.is_empty() {
-                        "none".to_string()
-                    } else {
-                        names.join(", ")
-                    }
-                ),
-            ));
-        };
-        let revision = match tag {
-            Some(tag) => service_route.tags.get(tag).ok_or_else(|| {
-                Refusal::new(
-                    StatusCode::NOT_FOUND,
-                    format!("404 page not found: no revision is tagged '{tag}'\n"),
-                )
-            })?,
-            None => traffic::pick(&service_route.split, &mut rand::rng()).ok_or_else(|| {
-                Refusal::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    cloudrun::MALFORMED_OR_UNREACHABLE,
-                )
-            })?,
-        };
-        let lease = revision.pool.acquire().await.map_err(|e| match e {
-            AcquireError::Overloaded | AcquireError::TimedOut => Refusal::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                cloudrun::NO_AVAILABLE_INSTANCE,
-            ),
-            AcquireError::StartFailed => Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                cloudrun::INSTANCE_COULD_NOT_START,
-            ),
-            AcquireError::Retiring => Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                cloudrun::MALFORMED_OR_UNREACHABLE,
-            ),
-        })?;
-        Ok(Route {
-            authority: lease.authority.clone(),
-            http2: revision.http2,
-            request_timeout: revision.timeout,
-            lease,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hosts_name_services_and_tags() {
-        assert_eq!(parse_host("hello.localhost:8080"), (Some("hello"), None));
-        assert_eq!(
-            parse_host("candidate---hello.localhost:8080"),
-            (Some("hello"), Some("candidate"))
-        );
-        assert_eq!(parse_host("hello.localhost"), (Some("hello"), None));
-        assert_eq!(parse_host("localhost:8080"), (None, None));
-        assert_eq!(parse_host("127.0.0.1:8080"), (None, None));
-    }
+    use std::time::Duration;
 
     #[test]
     fn timestamps_are_rfc3339() {

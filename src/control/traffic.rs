@@ -38,6 +38,14 @@ impl TargetKey {
             TargetKey::Revision(text.to_owned())
         }
     }
+
+    /// The revision this key sends requests to, given the service's latest ready revision.
+    pub fn resolve<'a>(&'a self, latest_ready: Option<&'a str>) -> Option<&'a str> {
+        match self {
+            TargetKey::Latest => latest_ready,
+            TargetKey::Revision(name) => Some(name),
+        }
+    }
 }
 
 impl fmt::Display for TargetKey {
@@ -474,25 +482,6 @@ pub fn merged(targets: &[TrafficTarget]) -> Vec<TrafficTarget> {
     out
 }
 
-/// Picks one item at random, weighted by its percent; `None` when every weight
-/// is 0. It runs once per request, so it draws one number and scans once.
-pub fn pick<'a, T>(split: &'a [(T, u32)], rng: &mut impl rand::Rng) -> Option<&'a T> {
-    let total: u64 = split.iter().map(|(_, weight)| u64::from(*weight)).sum();
-    if total == 0 {
-        return None;
-    }
-    let mut point = rng.random_range(0..total);
-    for (item, weight) in split {
-        let weight = u64::from(*weight);
-        if point < weight {
-            return Some(item);
-        }
-        point -= weight;
-    }
-    // Unreachable: `point` starts below the sum of the weights it walks past.
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,6 +490,14 @@ mod tests {
 
     fn rev(name: &str) -> TargetKey {
         TargetKey::Revision(name.to_owned())
+    }
+
+    #[test]
+    fn keys_resolve_to_the_revision_they_send_requests_to() {
+        assert_eq!(TargetKey::Latest.resolve(Some("hello-2")), Some("hello-2"));
+        assert_eq!(TargetKey::Latest.resolve(None), None);
+        assert_eq!(rev("hello-1").resolve(Some("hello-2")), Some("hello-1"));
+        assert_eq!(rev("hello-1").resolve(None), Some("hello-1"));
     }
 
     fn at(key: TargetKey, percent: u32) -> TrafficTarget {
@@ -1095,31 +1092,5 @@ mod tests {
             }
         }
         assert!(successes > 10_000, "only {successes} updates succeeded");
-    }
-
-    #[test]
-    fn pick_follows_the_weights() {
-        let mut rng = StdRng::seed_from_u64(7);
-        let split = [("a", 30), ("b", 70)];
-        let picks = 10_000;
-        let a = (0..picks)
-            .filter(|_| pick(&split, &mut rng) == Some(&"a"))
-            .count();
-        let share = a as f64 / f64::from(picks);
-        assert!(
-            (share - 0.30).abs() <= 0.03,
-            "a was picked {share:.3} of the time"
-        );
-    }
-
-    #[test]
-    fn pick_skips_zero_weights_and_refuses_nothing() {
-        let mut rng = StdRng::seed_from_u64(1);
-        let split = [("zero", 0), ("all", 100), ("also-zero", 0)];
-        for _ in 0..1000 {
-            assert_eq!(pick(&split, &mut rng), Some(&"all"));
-        }
-        assert_eq!(pick::<&str>(&[], &mut rng), None);
-        assert_eq!(pick(&[("a", 0), ("b", 0)], &mut rng), None);
     }
 }

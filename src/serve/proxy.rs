@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -28,12 +28,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cloudrun;
-use crate::instances::pool::Lease;
+use crate::instances::pool::AcquireError;
+use crate::serve::router::{Backend, RouteError, Slot};
 pub use body::ProxyBody;
 use body::{BodyTooLarge, CappedBody, ClientBodyError};
 use connection::{AcceptBackoff, Activity, LimitNotice, Tracked};
 
-/// Settings of the front end itself (per-revision settings travel in each [`Route`]).
+/// Settings of the front end itself (per-revision settings travel in each
+/// [`Route`](crate::serve::router::Route)).
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
     /// HTTP/1 request bodies over this get 413.
@@ -60,42 +62,6 @@ impl Default for ProxyConfig {
             drain_timeout: Duration::from_secs(10),
         }
     }
-}
-
-/// Where one request goes: an instance's address, the revision's request settings, and the
-/// lease that keeps the instance counted busy until the exchange is over.
-pub struct Route {
-    pub authority: Authority,
-    /// End-to-end HTTP/2 cleartext (port named `h2c` or `--use-http2`).
-    pub http2: bool,
-    pub request_timeout: Duration,
-    pub lease: Lease,
-}
-
-/// A refusal of the proxy's own: status and Cloud Run's text for it.
-#[derive(Clone, Debug)]
-pub struct Refusal {
-    pub status: StatusCode,
-    pub text: Cow<'static, str>,
-}
-
-impl Refusal {
-    pub fn new(status: StatusCode, text: impl Into<Cow<'static, str>>) -> Self {
-        Refusal {
-            status,
-            text: text.into(),
-        }
-    }
-}
-
-/// Picks the instance for a request (host → service → traffic split → revision → instance),
-/// waiting for a cold start if needed.
-pub trait Backend: Send + Sync + 'static {
-    fn route(
-        &self,
-        uri: &Uri,
-        headers: &HeaderMap,
-    ) -> impl std::future::Future<Output = Result<Route, Refusal>> + Send;
 }
 
 type RequestBody = CappedBody;
@@ -277,9 +243,18 @@ impl<B: Backend> Proxy<B> {
                 return refusal(StatusCode::BAD_REQUEST, cloudrun::MALFORMED_REQUEST, close);
             }
         }
-        let route = match self.backend.route(request.uri(), request.headers()).await {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        let route = match self.backend.route(host).await {
             Ok(route) => route,
-            Err(refused) => return refusal(refused.status, refused.text, false),
+            Err(error) => {
+                let (status, text) = not_routed(&error);
+                return refusal(status, text, false);
+            }
         };
         // One timer bounds the whole exchange: waiting for the response head, then streaming
         // its body (and a tunnel's life for upgrades).
@@ -355,7 +330,7 @@ impl<B: Backend> Proxy<B> {
                     || caused_by::<std::io::Error>(&e)
                     || caused_by::<hyper::Error>(&e)
                 {
-                    route.lease.unreachable();
+                    route.slot.unreachable();
                 }
                 return refusal(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -377,7 +352,7 @@ impl<B: Backend> Proxy<B> {
                 client_upgrade,
                 upstream_upgrade,
                 deadline,
-                route.lease,
+                route.slot,
             ));
             let (parts, _) = response.into_parts();
             return Response::from_parts(parts, ProxyBody::empty());
@@ -389,7 +364,7 @@ impl<B: Backend> Proxy<B> {
             ProxyBody::Upstream {
                 inner: body,
                 deadline: timer,
-                _lease: route.lease,
+                _slot: route.slot,
             },
         )
     }
@@ -402,7 +377,7 @@ async fn tunnel(
     upstream: hyper::upgrade::OnUpgrade,
     deadline: Instant,
     // Held for the tunnel's life: the instance is busy until the WebSocket closes.
-    _lease: Lease,
+    _slot: Box<dyn Slot>,
 ) {
     let (client, upstream) = tokio::join!(client, upstream);
     let (Ok(client), Ok(upstream)) = (client, upstream) else {
@@ -444,6 +419,28 @@ fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
         current = e.source();
     }
     false
+}
+
+/// Cloud Run's answer to a request that reached no instance: status and text.
+fn not_routed(error: &RouteError) -> (StatusCode, Cow<'static, str>) {
+    match error {
+        RouteError::NoService { .. } | RouteError::NoTag(_) => (
+            StatusCode::NOT_FOUND,
+            format!("404 page not found: {error}\n").into(),
+        ),
+        RouteError::NoTraffic | RouteError::Acquire(AcquireError::Retiring) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            cloudrun::MALFORMED_OR_UNREACHABLE.into(),
+        ),
+        RouteError::Acquire(AcquireError::StartFailed) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            cloudrun::INSTANCE_COULD_NOT_START.into(),
+        ),
+        RouteError::Acquire(AcquireError::Overloaded | AcquireError::TimedOut) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            cloudrun::NO_AVAILABLE_INSTANCE.into(),
+        ),
+    }
 }
 
 /// A response of the proxy's own. `close` ends an HTTP/1 connection after it (the client may

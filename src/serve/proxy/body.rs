@@ -12,7 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
-use crate::instances::pool::Lease;
+use crate::serve::router::Slot;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -27,7 +27,7 @@ pub enum ProxyBody {
         inner: Incoming,
         deadline: Pin<Box<Sleep>>,
         /// Keeps the instance counted busy until the body is done or dropped.
-        _lease: Lease,
+        _slot: Box<dyn Slot>,
     },
     /// A complete body made by the proxy (an error page, or nothing).
     Full(Option<Bytes>),
