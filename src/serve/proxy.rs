@@ -489,3 +489,222 @@ mod tests {
         assert!(!caused_by::<std::io::Error>(&e));
     }
 }
+
+/// The proxy against a fake router and a plain hyper server standing in for an instance: no
+/// Docker, no pool. What a request is forwarded with, and what the proxy answers when routing
+/// fails or the instance cannot be reached.
+#[cfg(test)]
+mod with_a_fake_router {
+    use super::*;
+    use crate::serve::router::Route;
+    use bytes::Bytes;
+    use http::uri::Authority;
+    use http_body_util::Full;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio::sync::mpsc;
+
+    /// What happened to the slots the fake handed out.
+    #[derive(Debug, PartialEq)]
+    enum SlotEvent {
+        Unreachable,
+        Freed,
+    }
+
+    struct FakeSlot(mpsc::UnboundedSender<SlotEvent>);
+
+    impl Slot for FakeSlot {
+        fn unreachable(&self) {
+            let _ = self.0.send(SlotEvent::Unreachable);
+        }
+    }
+
+    impl Drop for FakeSlot {
+        fn drop(&mut self) {
+            let _ = self.0.send(SlotEvent::Freed);
+        }
+    }
+
+    /// Routes `app.localhost` to the app, `broken.localhost` to a server that hangs up on
+    /// every request, and every other host to the routing failure it names.
+    struct FakeRouter {
+        app: Authority,
+        broken: Authority,
+        slots: mpsc::UnboundedSender<SlotEvent>,
+    }
+
+    impl Backend for FakeRouter {
+        async fn route(&self, host: &str) -> Result<Route, RouteError> {
+            let label = host.split('.').next().unwrap_or_default();
+            let authority = match label {
+                "app" => self.app.clone(),
+                "broken" => self.broken.clone(),
+                "nowhere" => {
+                    return Err(RouteError::NoService {
+                        host: host.to_string(),
+                        services: vec!["http://app.localhost:8080".to_string()],
+                    })
+                }
+                "green---app" => return Err(RouteError::NoTag("green".to_string())),
+                "notraffic" => return Err(RouteError::NoTraffic),
+                "retiring" => return Err(AcquireError::Retiring.into()),
+                "startfailed" => return Err(AcquireError::StartFailed.into()),
+                "overloaded" => return Err(AcquireError::Overloaded.into()),
+                "timedout" => return Err(AcquireError::TimedOut.into()),
+                other => panic!("the test sent an unexpected host {other}"),
+            };
+            Ok(Route {
+                authority,
+                http2: false,
+                request_timeout: Duration::from_secs(30),
+                slot: Box::new(FakeSlot(self.slots.clone())),
+            })
+        }
+    }
+
+    /// An app that answers with the Host and path it was sent.
+    async fn app() -> Authority {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+                    let host = request.headers().get(header::HOST).cloned();
+                    let host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+                    let text = format!("host={host} path={}", request.uri());
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        authority
+    }
+
+    /// A server that accepts connections and closes them at once.
+    async fn hang_up() -> Authority {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        tokio::spawn(async move { while let Ok((_stream, _)) = listener.accept().await {} });
+        authority
+    }
+
+    struct Running {
+        addr: SocketAddr,
+        slots: mpsc::UnboundedReceiver<SlotEvent>,
+        stop: CancellationToken,
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.stop.cancel();
+        }
+    }
+
+    async fn proxy() -> Running {
+        let (tx, slots) = mpsc::unbounded_channel();
+        let router = FakeRouter {
+            app: app().await,
+            broken: hang_up().await,
+            slots: tx,
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let proxy = Proxy::new(Arc::new(router), ProxyConfig::default());
+        tokio::spawn(proxy.serve(listener, stop.clone()));
+        Running { addr, slots, stop }
+    }
+
+    /// Sends one HTTP/1.1 GET and returns the status line, the headers (lower case) and the
+    /// body, read until the proxy closes the connection.
+    async fn get(addr: SocketAddr, host: &str, path: &str) -> (String, String, String) {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").expect("a response head");
+        let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+        (
+            status.to_string(),
+            headers.to_ascii_lowercase(),
+            body.to_string(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_request_is_forwarded_to_the_routed_instance_and_its_slot_freed_after() {
+        let mut running = proxy().await;
+        let (status, _, body) = get(running.addr, "app.localhost:8080", "/hello?x=1").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(body, "host=app.localhost:8080 path=/hello?x=1");
+        assert_eq!(running.slots.recv().await, Some(SlotEvent::Freed));
+    }
+
+    #[tokio::test]
+    async fn an_instance_that_hangs_up_is_503_and_reported_unreachable() {
+        let mut running = proxy().await;
+        let (status, _, body) = get(running.addr, "broken.localhost", "/").await;
+        assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+        assert_eq!(body, cloudrun::MALFORMED_OR_UNREACHABLE);
+        assert_eq!(running.slots.recv().await, Some(SlotEvent::Unreachable));
+        assert_eq!(running.slots.recv().await, Some(SlotEvent::Freed));
+    }
+
+    #[tokio::test]
+    async fn routing_failures_get_cloud_runs_status_and_text() {
+        let running = proxy().await;
+        let cases = [
+            (
+                "nowhere.localhost:8080",
+                "HTTP/1.1 404 Not Found",
+                "404 page not found: no service answers at 'nowhere.localhost:8080'. Services here: http://app.localhost:8080\n",
+            ),
+            (
+                "green---app.localhost:8080",
+                "HTTP/1.1 404 Not Found",
+                "404 page not found: no revision is tagged 'green'\n",
+            ),
+            (
+                "notraffic.localhost",
+                "HTTP/1.1 503 Service Unavailable",
+                cloudrun::MALFORMED_OR_UNREACHABLE,
+            ),
+            (
+                "retiring.localhost",
+                "HTTP/1.1 503 Service Unavailable",
+                cloudrun::MALFORMED_OR_UNREACHABLE,
+            ),
+            (
+                "startfailed.localhost",
+                "HTTP/1.1 503 Service Unavailable",
+                cloudrun::INSTANCE_COULD_NOT_START,
+            ),
+            (
+                "overloaded.localhost",
+                "HTTP/1.1 429 Too Many Requests",
+                cloudrun::NO_AVAILABLE_INSTANCE,
+            ),
+            (
+                "timedout.localhost",
+                "HTTP/1.1 429 Too Many Requests",
+                cloudrun::NO_AVAILABLE_INSTANCE,
+            ),
+        ];
+        for (host, want_status, want_body) in cases {
+            let (status, headers, body) = get(running.addr, host, "/").await;
+            assert_eq!(
+                (status.as_str(), body.as_str()),
+                (want_status, want_body),
+                "{host}"
+            );
+            assert!(
+                headers.contains("content-type: text/plain; charset=utf-8"),
+                "{host}: {headers}"
+            );
+        }
+    }
+}
