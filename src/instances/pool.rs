@@ -217,7 +217,8 @@ pub struct PoolStatus {
     pub cold_starts: u64,
     pub last_cold_start_ms: Option<u64>,
     pub average_cold_start_ms: Option<u64>,
-    /// Requests refused with 429 (no instance available in time, or the waiting bound).
+    /// Requests refused for want of an instance (none free in time, or past the waiting
+    /// bound): Cloud Run's 429.
     pub rejected: u64,
     pub last_startup_ms: Option<u64>,
     pub crashes: u64,
