@@ -17,6 +17,17 @@ use support::*;
 #[tokio::test]
 async fn containers_of_a_killed_emulator_are_reaped_by_the_next_one() {
     let mut killed = Emulator::start(&service_name("orphan"), &[testapp_image()]).await;
+    // Killed once its spare container (made ahead for the next cold start) exists: a create
+    // still in flight in the engine when the emulator dies would only appear after the next
+    // emulator's reaper has looked.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while containers_of(&killed.service).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spare container was made"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     killed.signal("KILL");
     killed.wait(Duration::from_secs(10)).await;
     assert_eq!(
