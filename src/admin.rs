@@ -312,6 +312,42 @@ fn json<T: serde::Serialize>(code: StatusCode, value: &T) -> Response<Full<Bytes
 }
 
 /// Where running emulators announce their admin address: one file per process.
+/// Whether process `pid` has ended: no such process, or a zombie nobody has waited for yet.
+/// False where /proc cannot tell (not Linux): a file is then never removed on a guess.
+pub(crate) fn process_is_gone(pid: u32) -> bool {
+    if !std::path::Path::new("/proc/self/stat").exists() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the command name, which is in parentheses and may contain any
+        // character: read it after the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| matches!(state, "Z" | "X")),
+    }
+}
+
+/// Removes the discovery files of emulators that are gone (killed before they could remove
+/// their own), so that none of them can announce a port a live emulator now uses.
+fn remove_stale_announcements(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let pid = entry.file_name().to_str().and_then(|n| {
+            n.strip_prefix("admin-")?
+                .strip_suffix(".json")?
+                .parse::<u32>()
+                .ok()
+        });
+        if pid.is_some_and(process_is_gone) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 pub fn discovery_dir() -> PathBuf {
     std::env::temp_dir().join("emulate")
 }
@@ -334,6 +370,7 @@ impl Announcement {
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
         builder.create(&dir)?;
+        remove_stale_announcements(&dir);
         let path = dir.join(format!("admin-{}.json", std::process::id()));
         let body = serde_json::json!({
             "pid": std::process::id(),

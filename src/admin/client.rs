@@ -14,7 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 
 use super::gate::{TOKEN_ENV, TOKEN_SCHEME};
-use super::{discovery_dir, API_PREFIX, NOTE_HEADER};
+use super::{discovery_dir, process_is_gone, API_PREFIX, NOTE_HEADER};
 use crate::control::knative;
 
 #[derive(Debug, thiserror::Error)]
@@ -81,23 +81,6 @@ fn announced() -> Vec<Announced> {
         .collect()
 }
 
-/// Whether process `pid` has ended: no such process, or a zombie nobody has waited for yet.
-/// False where /proc cannot tell (not Linux): a file is then never removed on a guess.
-fn process_is_gone(pid: u32) -> bool {
-    if !std::path::Path::new("/proc/self/stat").exists() {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        // The state follows the command name, which is in parentheses and may contain any
-        // character: read it after the last ')'.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| matches!(state, "Z" | "X")),
-    }
-}
-
 /// A response's body and the notes the emulator attached to it.
 pub struct Answer<T> {
     pub value: T,
@@ -124,9 +107,12 @@ impl AdminClient {
                 .parse()
                 .map_err(|_| ClientError::BadAddress(addr.to_string()))?;
             let addr = super::connectable(addr);
+            // A file left by a killed emulator may announce the same (reused) port: only a
+            // live emulator's file counts.
             let token = token.or_else(|| {
                 announced()
                     .into_iter()
+                    .filter(|a| !a.pid.is_some_and(process_is_gone))
                     .find(|a| a.admin == addr)
                     .and_then(|a| a.token)
             });

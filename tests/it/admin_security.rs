@@ -422,3 +422,33 @@ async fn a_yaml_document_is_read_as_yaml() {
     .await;
     assert_eq!(reply.status, 200, "{reply:?}");
 }
+
+#[tokio::test]
+async fn a_killed_emulators_file_announcing_the_same_port_is_not_used() {
+    let emulator = Emulator::start(&service_name("stalefile"), &[testapp_image()]).await;
+    // Files as a killed emulator leaves them: the same (reused) admin port, another token,
+    // and a pid that is gone. Several, so that one of them comes before the live file in the
+    // directory's order.
+    let dir = emulator.discovery_file().parent().unwrap().to_path_buf();
+    let mut stale = Vec::new();
+    for _ in 0..20 {
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let pid = gone.id();
+        gone.wait().unwrap();
+        let file = dir.join(format!("admin-{pid}.json"));
+        let body = serde_json::json!({
+            "pid": pid,
+            "admin": emulator.admin_addr().to_string(),
+            "listen": "127.0.0.1:1",
+            "token": "not-this-runs-token",
+        });
+        std::fs::write(&file, body.to_string()).unwrap();
+        stale.push(file);
+    }
+    let done = emulator.cli(&["services", "list"]).await;
+    assert_eq!(done.status.code(), Some(0), "{}", done.stderr);
+    assert!(done.stdout.contains(&emulator.service), "{}", done.stdout);
+    for file in stale {
+        let _ = std::fs::remove_file(file);
+    }
+}
