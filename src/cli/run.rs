@@ -3,28 +3,24 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use super::Exit;
 use crate::admin::gate::TOKEN_ENV;
-use crate::admin::{self, AdminConfig, Announcement, Gate};
+use crate::admin::{self, Announcement};
+use crate::app::{AdminListen, Drain, Emulator, EmulatorConfig, Listener, Shutdown, StartError};
 use crate::cloudrun;
 use crate::config::{self, InvalidValue};
 use crate::control::knative;
-use crate::control::platform::{ApplyError, Platform, PlatformConfig};
-use crate::control::template::Secrets;
-use crate::instances::instance::{self, UpstreamMode};
-use crate::instances::pool::InstanceContext;
+use crate::control::platform::ApplyError;
+use crate::instances::instance::UpstreamMode;
 use crate::logs::LogPrinter;
 use crate::runtime::Runtime;
 use crate::sample;
-use crate::serve::proxy::{Proxy, ProxyConfig};
 use crate::shutdown::Signals;
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The image to run, as you would pass it to `gcloud run deploy --image`. Without one,
@@ -253,6 +249,29 @@ impl RunConfig {
             max_connections: args.max_connections.map(|n| n as usize),
         })
     }
+
+    /// The emulator these flags describe; `printer` says where containers' logs go.
+    pub fn emulator(&self, signals: &Signals, printer: LogPrinter) -> EmulatorConfig {
+        let defaults = EmulatorConfig::default();
+        EmulatorConfig {
+            listen: self.listen,
+            admin: Some(AdminListen {
+                listen: self.admin_listen,
+                allow_remote: self.admin_allow_remote,
+            }),
+            upstream: match self.upstream {
+                UpstreamChoice::Auto => None,
+                UpstreamChoice::ContainerIp => Some(UpstreamMode::ContainerIp),
+                UpstreamChoice::PublishedPort => Some(UpstreamMode::PublishedPort),
+            },
+            secrets_dir: self.secrets_dir.clone(),
+            default_service: self.default_service.clone(),
+            header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections.unwrap_or(defaults.max_connections),
+            printer,
+            signals: signals.clone(),
+        }
+    }
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> InvalidValue {
@@ -305,21 +324,13 @@ pub async fn run(args: RunArgs) -> Exit {
         Err(exit) => return exit,
     };
     let signals = Signals::install();
-    let runtime = match connect_and_reap().await {
-        Ok(runtime) => runtime,
-        Err(exit) => return exit,
+    let mut emulator = match Emulator::start(config.emulator(&signals, LogPrinter::stdout())).await
+    {
+        Ok(emulator) => emulator,
+        Err(e) => return start_failed(&e),
     };
-    // Bind before starting anything, so a busy port fails fast and leaves nothing behind.
-    let listener = match bind("--listen", config.listen).await {
-        Ok(listener) => listener,
-        Err(exit) => return exit,
-    };
-    let admin_listener = match bind("--admin-listen", config.admin_listen).await {
-        Ok(listener) => listener,
-        Err(exit) => return exit,
-    };
-    let listen = listener.local_addr().unwrap_or(config.listen);
-    let admin = admin_listener.local_addr().unwrap_or(config.admin_listen);
+    let listen = emulator.listen_addr();
+    let admin = emulator.admin_addr().unwrap_or(config.admin_listen);
     if !admin.ip().is_loopback() {
         eprintln!(
             "warning: the admin API listens off loopback, on {admin} (--admin-allow-remote): whoever reaches it with this run's token (in the discovery file under {}) can run containers on this machine.",
@@ -328,35 +339,21 @@ pub async fn run(args: RunArgs) -> Exit {
     }
 
     if documents.is_empty() {
-        let image = match resolve_image_flag(&runtime, &config.image).await {
+        let image = match resolve_image_flag(emulator.runtime(), &config.image).await {
             Ok(image) => image,
-            Err(exit) => return exit,
+            Err(exit) => {
+                emulator.shutdown(Shutdown::Immediate).await;
+                return exit;
+            }
         };
         documents.push(service_from_flags(&config, &image));
     }
-    let mode = upstream_mode(&runtime, config.upstream).await;
-    let platform = Platform::new(
-        InstanceContext {
-            runtime: runtime.clone(),
-            mode,
-            printer: LogPrinter::stdout(),
-            shutdown: signals.graceful.clone(),
-            immediate: signals.immediate.clone(),
-        },
-        PlatformConfig {
-            port: listen.port(),
-            secrets: Secrets {
-                dir: config.secrets_dir.clone(),
-            },
-            default_service: config.default_service.clone(),
-        },
-    );
 
     let mut deployed = Vec::new();
     for doc in documents {
         let name = doc.metadata.name.clone().unwrap_or_default();
         eprintln!("Deploying container to Cloud Run service [{name}] (emulated)");
-        match platform.apply(doc).await {
+        match emulator.platform().apply(doc).await {
             Ok(applied) => {
                 for note in &applied.notes {
                     eprintln!("note: {note}");
@@ -371,7 +368,7 @@ pub async fn run(args: RunArgs) -> Exit {
                     eprintln!("ERROR: {e}");
                     apply_exit(&e)
                 };
-                platform.shutdown(true).await;
+                emulator.shutdown(Shutdown::Immediate).await;
                 return exit;
             }
         }
@@ -383,60 +380,63 @@ pub async fn run(args: RunArgs) -> Exit {
         // Plain localhost reaches the only service, or the default one.
         eprintln!("Service URL: {}", service_url(listen));
     }
-    let gate = Gate::new(admin, config.admin_allow_remote);
+    let token = emulator.admin_token().unwrap_or_default().to_string();
     // Announced before the address is printed, so a verb started on seeing it finds the token.
-    let announcement = Announcement::write(admin, listen, &gate.token);
+    let announcement = Announcement::write(admin, listen, &token);
     eprintln!("Admin API: http://{admin} (emulate services list, emulate deploy ... find it by themselves)");
     if let Err(e) = &announcement {
         eprintln!(
-            "warning: cannot write the discovery file ({e}); CLI verbs will need --admin {admin} and {TOKEN_ENV}={}",
-            gate.token
+            "warning: cannot write the discovery file ({e}); CLI verbs will need --admin {admin} and {TOKEN_ENV}={token}"
         );
     }
-    let stop_accepting = CancellationToken::new();
-    let proxy = Proxy::new(
-        Arc::new(platform.router()),
-        ProxyConfig {
-            header_read_timeout: config.header_read_timeout,
-            max_connections: config
-                .max_connections
-                .unwrap_or(ProxyConfig::default().max_connections),
-            ..ProxyConfig::default()
-        },
-    );
-    let serving = tokio::spawn(proxy.serve(listener, stop_accepting.clone()));
-    let admin_task = tokio::spawn(admin::serve(
-        admin_listener,
-        platform.clone(),
-        AdminConfig {
-            gate,
-            header_read_timeout: config.header_read_timeout,
-        },
-        stop_accepting.clone(),
-    ));
+    emulator.serve();
 
     signals.graceful.cancelled().await;
     drop(announcement);
     eprintln!(
         "Shutting down: no new connections; in-flight requests may finish for up to {} s (press Ctrl-C again to stop at once).",
-        ProxyConfig::default().drain_timeout.as_secs()
+        emulator.drain_timeout().as_secs()
     );
-    stop_accepting.cancel();
-    let _ = admin_task.await;
-    tokio::select! {
-        report = serving => {
-            if report.is_ok_and(|r| !r.drained) {
-                eprintln!("Some requests were still in flight after the drain timeout; they were cut off.");
-            }
-        }
-        _ = signals.immediate.cancelled() => {}
+    if emulator.close().await == Drain::TimedOut {
+        eprintln!("Some requests were still in flight after the drain timeout; they were cut off.");
     }
     // A second Ctrl-C turns the stops in progress into kills (see Pool::stop_all).
-    platform.shutdown(false).await;
+    emulator.shutdown(Shutdown::Graceful).await;
     if signals.immediate.is_cancelled() {
         eprintln!("Stopped at once: instances were killed and removed.");
     }
     Exit::Success
+}
+
+/// Prints why the emulator could not start: Docker unreachable (exit 4) or a busy address
+/// (exit 1, naming the flag that chose it).
+pub(crate) fn start_failed(error: &StartError) -> Exit {
+    match error {
+        StartError::Docker(e) => {
+            eprintln!("error: {e}");
+            Exit::DockerUnavailable
+        }
+        StartError::Bind {
+            listener,
+            addr,
+            source,
+        } => {
+            let flag = match listener {
+                Listener::Proxy => "--listen",
+                Listener::Admin => "--admin-listen",
+            };
+            let hint = if source.kind() == std::io::ErrorKind::AddrInUse {
+                format!(
+                    " Something else (another emulate?) is using it; pick another address with {flag}, e.g. {flag} 127.0.0.1:{}",
+                    addr.port().wrapping_add(1).max(1024)
+                )
+            } else {
+                String::new()
+            };
+            eprintln!("error: {flag}: cannot listen on {addr}: {source}.{hint}");
+            Exit::Failure
+        }
+    }
 }
 
 /// Reads and checks the `-f` service files, naming the file and field of any error, and a
@@ -466,39 +466,6 @@ pub(crate) fn read_service_files(paths: &[PathBuf]) -> Result<Vec<knative::Servi
     Ok(documents.into_iter().map(|(_, d)| d).collect())
 }
 
-/// Reaches Docker (exit 4 if it cannot) and removes containers a killed emulator left behind.
-pub(crate) async fn connect_and_reap() -> Result<Runtime, Exit> {
-    let runtime = Runtime::connect().await.map_err(|e| {
-        eprintln!("error: {e}");
-        Exit::DockerUnavailable
-    })?;
-    match instance::reap_orphans(&runtime).await {
-        Ok(reaped) if !reaped.is_empty() => {
-            let names: Vec<&str> = reaped.iter().map(|c| c.name.as_str()).collect();
-            eprintln!(
-                "Removed {} container(s) left behind by an emulator that was killed: {}",
-                reaped.len(),
-                names.join(", ")
-            );
-        }
-        Ok(_) => {}
-        Err(e) => eprintln!("warning: could not look for leftover containers: {e}"),
-    }
-    Ok(runtime)
-}
-
-/// How to reach containers: the choice, or for `auto` what the engine allows.
-pub(crate) async fn upstream_mode(runtime: &Runtime, choice: UpstreamChoice) -> UpstreamMode {
-    match choice {
-        UpstreamChoice::ContainerIp => UpstreamMode::ContainerIp,
-        UpstreamChoice::PublishedPort => UpstreamMode::PublishedPort,
-        UpstreamChoice::Auto => match runtime.is_docker_desktop().await {
-            Ok(true) => UpstreamMode::PublishedPort,
-            _ => UpstreamMode::ContainerIp,
-        },
-    }
-}
-
 /// Exit code for a failed apply: the user's input (2; an image that is neither local nor
 /// pullable is input too, as the admin API's 400 says for `services replace`), the revision
 /// never ready (3), or anything else (1).
@@ -508,21 +475,6 @@ pub(crate) fn apply_exit(error: &ApplyError) -> Exit {
         ApplyError::NotReady(_) | ApplyError::Unsupported(_) => Exit::NotReady,
         ApplyError::Conflict(_) | ApplyError::Runtime(_) => Exit::Failure,
     }
-}
-
-pub(crate) async fn bind(flag: &str, addr: SocketAddr) -> Result<TcpListener, Exit> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
-            format!(
-                " Something else (another emulate?) is using it; pick another address with {flag}, e.g. {flag} 127.0.0.1:{}",
-                addr.port().wrapping_add(1).max(1024)
-            )
-        } else {
-            String::new()
-        };
-        eprintln!("error: {flag}: cannot listen on {addr}: {e}.{hint}");
-        Exit::Failure
-    })
 }
 
 /// Reads a service.yaml, naming the file and the field of any error; the names it gives
