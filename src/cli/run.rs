@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use super::invalid;
+use super::revision_flags::{new_service, RevisionChanges, RevisionFlags};
 use super::Exit;
 use crate::admin::gate::TOKEN_ENV;
 use crate::admin::{self, Announcement};
@@ -21,7 +23,14 @@ use crate::runtime::Runtime;
 use crate::sample;
 use crate::shutdown::Signals;
 
+/// `run` gives the revision flags that have one Cloud Run's default.
 #[derive(Debug, Args)]
+#[command(
+    mut_arg("port", |a| a.default_value("8080")),
+    mut_arg("memory", |a| a.default_value("512Mi")),
+    mut_arg("cpu", |a| a.default_value("1")),
+    mut_arg("timeout", |a| a.default_value("300")),
+)]
 pub struct RunArgs {
     /// The image to run, as you would pass it to `gcloud run deploy --image`. Without one,
     /// the built-in hello sample is built locally and run.
@@ -29,47 +38,8 @@ pub struct RunArgs {
     /// The service name (default: derived from the image name).
     #[arg(long)]
     pub service: Option<String>,
-    /// The port requests are sent to, set as $PORT in the container.
-    #[arg(long, default_value_t = cloudrun::DEFAULT_PORT, value_parser = clap::value_parser!(u16).range(1..))]
-    pub port: u16,
-    /// Env vars to set, `NAME=VALUE,NAME2=VALUE2` (gcloud's `^DELIM^` escaping works).
-    #[arg(long, value_name = "KEY=VALUE,...")]
-    pub set_env_vars: Vec<String>,
-    /// A file of env vars: YAML (`NAME: value`) or .env (`NAME=value`).
-    #[arg(long, value_name = "FILE")]
-    pub env_vars_file: Option<PathBuf>,
-    /// Memory limit, e.g. 512Mi or 2Gi.
-    #[arg(long, default_value = "512Mi")]
-    pub memory: String,
-    /// CPU limit, e.g. 1, 2 or 1000m.
-    #[arg(long, default_value = "1")]
-    pub cpu: String,
-    /// Request timeout: seconds (300) or with units (5m); at most 1h.
-    #[arg(long, default_value = "300")]
-    pub timeout: String,
-    /// Replace the image's entrypoint: `cmd,arg,...`.
-    #[arg(long, value_name = "COMMAND,...")]
-    pub command: Option<String>,
-    /// Replace the image's arguments (CMD): `arg,arg,...`.
-    #[arg(long, value_name = "ARG,...")]
-    pub args: Option<String>,
-    /// Maximum concurrent requests per instance (1 to 1000; 0 or unset is Cloud Run's
-    /// default: 80, or 1 with less than one CPU).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1000))]
-    pub concurrency: Option<u32>,
-    /// Instances kept running even when idle.
-    #[arg(long)]
-    pub min_instances: Option<u32>,
-    /// At most this many instances (Cloud Run's default is 100).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_instances: Option<u32>,
-    /// Remove an instance after it has been idle this long (Cloud Run keeps idle instances up
-    /// to 15 minutes); e.g. 30s.
-    #[arg(long, value_name = "DURATION")]
-    pub scale_to_zero_after: Option<String>,
-    /// Speak HTTP/2 cleartext (h2c) to the container end to end, as with a port named h2c.
-    #[arg(long)]
-    pub use_http2: bool,
+    #[command(flatten)]
+    pub revision: RevisionFlags,
     /// Where the emulator serves requests.
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: String,
@@ -132,19 +102,9 @@ pub enum ImageChoice {
 pub struct RunConfig {
     pub image: ImageChoice,
     pub service: String,
-    pub port: u16,
-    pub env: Vec<(String, String)>,
-    pub command: Option<Vec<String>>,
-    pub args: Option<Vec<String>>,
-    pub memory_bytes: u64,
-    pub cpu_millis: u64,
-    pub request_timeout: Duration,
+    /// The revision flags, checked; those with a default always have a value.
+    pub revision: RevisionChanges,
     pub startup_budget: Duration,
-    pub http2: bool,
-    pub concurrency: Option<u32>,
-    pub min_instances: Option<u32>,
-    pub max_instances: Option<u32>,
-    pub idle_timeout: Option<Duration>,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     /// The admin API may listen off loopback (`--admin-allow-remote`).
@@ -172,32 +132,10 @@ impl RunConfig {
             (None, ImageChoice::Sample) => "hello".to_string(),
         };
         cloudrun::validate_service_name(&service).map_err(|m| invalid("--service", m))?;
-        let mut env = Vec::new();
-        if let Some(path) = &args.env_vars_file {
-            env.extend(config::read_env_file("--env-vars-file", path)?);
-        }
-        for list in &args.set_env_vars {
-            env.extend(config::parse_env_vars("--set-env-vars", list)?);
-        }
-        config::check_no_duplicate_env("--set-env-vars", &env)?;
-        let request_timeout = config::parse_duration("--timeout", &args.timeout)?;
-        if request_timeout.is_zero() || request_timeout > cloudrun::MAX_REQUEST_TIMEOUT {
-            return Err(invalid(
-                "--timeout",
-                format!("'{}' must be between 1 second and 1 hour", args.timeout),
-            ));
-        }
+        let revision = args.revision.check()?;
         let startup_budget = config::parse_duration("--startup-timeout", &args.startup_timeout)?;
         if startup_budget.is_zero() {
             return Err(invalid("--startup-timeout", "must be more than zero"));
-        }
-        if let (Some(min), Some(max)) = (args.min_instances, args.max_instances) {
-            if min > max {
-                return Err(invalid(
-                    "--min-instances",
-                    format!("{min} is more than --max-instances {max}"),
-                ));
-            }
         }
         let admin_listen = parse_listen("--admin-listen", &args.admin_listen)?;
         if !admin_listen.ip().is_loopback() && !args.admin_allow_remote {
@@ -208,33 +146,11 @@ impl RunConfig {
                 ),
             ));
         }
-        let command = args.command.as_deref().map(config::split_list);
-        if command
-            .as_ref()
-            .is_some_and(|c| c.is_empty() || c[0].is_empty())
-        {
-            return Err(invalid("--command", "the command is empty"));
-        }
         Ok(RunConfig {
             image,
             service,
-            port: args.port,
-            env,
-            command,
-            args: args.args.as_deref().map(config::split_list),
-            memory_bytes: config::parse_memory("--memory", &args.memory)?,
-            cpu_millis: config::parse_cpu("--cpu", &args.cpu)?,
-            request_timeout,
+            revision,
             startup_budget,
-            http2: args.use_http2,
-            concurrency: args.concurrency,
-            min_instances: args.min_instances,
-            max_instances: args.max_instances,
-            idle_timeout: args
-                .scale_to_zero_after
-                .as_deref()
-                .map(|t| config::parse_duration("--scale-to-zero-after", t))
-                .transpose()?,
             listen: parse_listen("--listen", &args.listen)?,
             admin_listen,
             admin_allow_remote: args.admin_allow_remote,
@@ -271,13 +187,6 @@ impl RunConfig {
             printer,
             signals: signals.clone(),
         }
-    }
-}
-
-fn invalid(field: &str, message: impl Into<String>) -> InvalidValue {
-    InvalidValue {
-        field: field.to_string(),
-        message: message.into(),
     }
 }
 
@@ -506,40 +415,32 @@ pub(crate) async fn resolve_image_flag(
 
 /// The Service document `emulate run IMAGE --flags` describes, as gcloud would build it.
 pub(crate) fn service_from_flags(config: &RunConfig, image: &str) -> knative::Service {
-    let mut container = knative::Container {
-        image: image.to_string(),
-        command: config.command.clone(),
-        args: config.args.clone(),
-        ports: vec![knative::ContainerPort {
-            container_port: config.port,
-            name: Some(if config.http2 { "h2c" } else { "http1" }.to_string()),
+    let mut service = new_service(&config.service, image);
+    let template = &mut service.spec.template;
+    // The port is named for its protocol, and the limits are written in Cloud Run's form
+    // (1000m, 512Mi), as its defaults read.
+    template.spec.containers[0]
+        .ports
+        .push(knative::ContainerPort {
+            container_port: cloudrun::DEFAULT_PORT,
+            name: Some("http1".to_string()),
             protocol: None,
-        }],
-        env: config
-            .env
-            .iter()
-            .map(|(name, value)| knative::EnvVar {
-                name: name.clone(),
-                value: Some(value.clone()),
-                value_from: None,
-            })
-            .collect(),
-        resources: Some(knative::Resources {
-            limits: [
-                ("cpu".to_string(), format!("{}m", config.cpu_millis)),
-                ("memory".to_string(), format_memory(config.memory_bytes)),
-            ]
-            .into(),
-            extra: Default::default(),
-        }),
-        ..Default::default()
-    };
+        });
+    let mut revision = config.revision.clone();
+    if let Some(memory) = &mut revision.memory {
+        memory.text = format_memory(memory.amount);
+    }
+    if let Some(cpu) = &mut revision.cpu {
+        cpu.text = format!("{}m", cpu.amount);
+    }
+    revision.apply(template);
+    let container = &mut template.spec.containers[0];
     if config.startup_budget != cloudrun::DEFAULT_STARTUP_BUDGET {
         // One TCP attempt that may take the whole budget, like Cloud Run's default probe.
         let seconds = config.startup_budget.as_secs_f64().ceil() as u64;
         container.startup_probe = Some(knative::Probe {
             tcp_socket: Some(knative::ProbePort {
-                port: Some(config.port),
+                port: revision.port,
                 ..Default::default()
             }),
             timeout_seconds: Some(seconds),
@@ -548,43 +449,7 @@ pub(crate) fn service_from_flags(config: &RunConfig, image: &str) -> knative::Se
             ..Default::default()
         });
     }
-    let mut annotations = std::collections::BTreeMap::new();
-    if let Some(n) = config.min_instances {
-        annotations.insert(knative::ANNOTATION_MIN_SCALE.to_string(), n.to_string());
-    }
-    if let Some(n) = config.max_instances {
-        annotations.insert(knative::ANNOTATION_MAX_SCALE.to_string(), n.to_string());
-    }
-    if let Some(idle) = config.idle_timeout {
-        annotations.insert(
-            knative::ANNOTATION_IDLE_TIMEOUT.to_string(),
-            format!("{}s", idle.as_secs().max(1)),
-        );
-    }
-    knative::Service {
-        api_version: knative::API_VERSION.to_string(),
-        kind: "Service".to_string(),
-        metadata: knative::ObjectMeta {
-            name: Some(config.service.clone()),
-            ..Default::default()
-        },
-        spec: knative::ServiceSpec {
-            template: knative::RevisionTemplate {
-                metadata: knative::ObjectMeta {
-                    annotations,
-                    ..Default::default()
-                },
-                spec: knative::RevisionSpec {
-                    container_concurrency: config.concurrency,
-                    timeout_seconds: Some(config.request_timeout.as_secs().max(1)),
-                    containers: vec![container],
-                    ..Default::default()
-                },
-            },
-            ..Default::default()
-        },
-        status: None,
-    }
+    service
 }
 
 /// `512Mi`-style when whole mebibytes, else bytes.
@@ -644,13 +509,34 @@ mod tests {
     fn defaults_are_cloud_runs() {
         let c = config(&["us-docker.pkg.dev/p/r/my-app:v2"]).unwrap();
         assert_eq!(c.service, "my-app");
-        assert_eq!(c.port, 8080);
-        assert_eq!(c.memory_bytes, 512 << 20);
-        assert_eq!(c.cpu_millis, 1000);
-        assert_eq!(c.request_timeout, Duration::from_secs(300));
+        assert_eq!(c.revision.port, Some(8080));
+        assert_eq!(c.revision.memory.unwrap().amount, 512 << 20);
+        assert_eq!(c.revision.cpu.unwrap().amount, 1000);
+        assert_eq!(c.revision.request_timeout, Some(Duration::from_secs(300)));
         assert_eq!(c.startup_budget, Duration::from_secs(240));
         assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
         assert!(matches!(config(&[]).unwrap().image, ImageChoice::Sample));
+    }
+
+    #[test]
+    fn the_document_spells_out_cloud_runs_defaults() {
+        let c = config(&["img", "--cpu", "2", "--startup-timeout", "20s"]).unwrap();
+        let service = service_from_flags(&c, "the-image");
+        let spec = &service.spec.template.spec;
+        assert_eq!(spec.timeout_seconds, Some(300));
+        let container = &spec.containers[0];
+        assert_eq!(container.image, "the-image");
+        assert_eq!(container.ports[0].container_port, 8080);
+        assert_eq!(container.ports[0].name.as_deref(), Some("http1"));
+        // Limits in Cloud Run's form, whatever form the flag took.
+        let limits = &container.resources.as_ref().unwrap().limits;
+        assert_eq!(
+            (limits["memory"].as_str(), limits["cpu"].as_str()),
+            ("512Mi", "2000m")
+        );
+        let probe = container.startup_probe.as_ref().unwrap();
+        assert_eq!(probe.tcp_socket.as_ref().unwrap().port, Some(8080));
+        assert_eq!(probe.timeout_seconds, Some(20));
     }
 
     #[test]
