@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod deploy;
+pub mod documents;
 pub mod revision_flags;
 pub mod revisions;
 pub mod run;

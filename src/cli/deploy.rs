@@ -6,6 +6,7 @@
 use clap::Args;
 
 use super::control::{self, Format, Target};
+use super::documents::print_deployed;
 use super::revision_flags::{new_service, plain_env, RevisionFlags};
 use super::Exit;
 use crate::cloudrun;
@@ -176,7 +177,7 @@ async fn deploy(args: DeployArgs) -> Result<(), Exit> {
         .map_err(|e| control::fail(&e))?;
     control::print_notes(&answer.notes);
     match args.format {
-        Format::Table => print_result(&answer.value, &revision),
+        Format::Table => print_deployed(&answer.value, Some(&revision)),
         format => control::print_document(format, &answer.value),
     }
     Ok(())
@@ -210,32 +211,6 @@ fn apply_flags(service: &mut knative::Service, args: &DeployArgs) -> Result<(), 
         }
     }
     Ok(())
-}
-
-fn print_result(service: &knative::Service, revision: &str) {
-    let name = service.metadata.name.as_deref().unwrap_or("");
-    let Some(status) = &service.status else {
-        return;
-    };
-    let percent: u32 = status
-        .traffic
-        .iter()
-        .filter(|t| t.revision_name.as_deref() == Some(revision))
-        .filter_map(|t| t.percent)
-        .sum();
-    eprintln!("Service [{name}] revision [{revision}] has been deployed and is serving {percent} percent of traffic.");
-    if let Some(url) = &status.url {
-        eprintln!("Service URL: {url}");
-    }
-    for target in status
-        .traffic
-        .iter()
-        .filter(|t| t.revision_name.as_deref() == Some(revision))
-    {
-        if let (Some(tag), Some(url)) = (&target.tag, &target.url) {
-            eprintln!("The revision can be reached directly at {url} (tag '{tag}')");
-        }
-    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use super::documents::{print_deployed, read_service_files};
 use super::invalid;
 use super::revision_flags::{new_service, RevisionChanges, RevisionFlags};
 use super::Exit;
@@ -283,7 +284,7 @@ pub async fn run(args: RunArgs) -> Exit {
         }
     }
     for service in &deployed {
-        print_deployed(service);
+        print_deployed(service, None);
     }
     if deployed.len() == 1 || config.default_service.is_some() {
         // Plain localhost reaches the only service, or the default one.
@@ -348,33 +349,6 @@ pub(crate) fn start_failed(error: &StartError) -> Exit {
     }
 }
 
-/// Reads and checks the `-f` service files, naming the file and field of any error, and a
-/// service that two files both define (exit 2).
-pub(crate) fn read_service_files(paths: &[PathBuf]) -> Result<Vec<knative::Service>, Exit> {
-    let usage = |message: String| {
-        eprintln!("error: -f: {message}");
-        Exit::Usage
-    };
-    let mut documents: Vec<(&PathBuf, knative::Service)> = Vec::new();
-    for path in paths {
-        let document = read_service_file(path).map_err(usage)?;
-        let name = document.metadata.name.as_deref();
-        if let Some((first, _)) = documents
-            .iter()
-            .find(|(_, d)| name.is_some() && d.metadata.name.as_deref() == name)
-        {
-            return Err(usage(format!(
-                "{} and {} both define service '{}'; give each service one file",
-                first.display(),
-                path.display(),
-                name.unwrap_or_default()
-            )));
-        }
-        documents.push((path, document));
-    }
-    Ok(documents.into_iter().map(|(_, d)| d).collect())
-}
-
 /// Exit code for a failed apply: the user's input (2; an image that is neither local nor
 /// pullable is input too, as the admin API's 400 says for `services replace`), the revision
 /// never ready (3), or anything else (1).
@@ -384,16 +358,6 @@ pub(crate) fn apply_exit(error: &ApplyError) -> Exit {
         ApplyError::NotReady(_) | ApplyError::Unsupported(_) => Exit::NotReady,
         ApplyError::Conflict(_) | ApplyError::Runtime(_) => Exit::Failure,
     }
-}
-
-/// Reads a service.yaml, naming the file and the field of any error; the names it gives
-/// are checked too, so a bad file never reaches the emulator.
-pub fn read_service_file(path: &std::path::Path) -> Result<knative::Service, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let service =
-        knative::parse_service_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    knative::validate_names(&service).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(service)
 }
 
 /// The built-in sample is built here; a named image is left to the platform to find or pull.
@@ -460,33 +424,6 @@ pub fn format_memory(bytes: u64) -> String {
         format!("{}Mi", bytes >> 20)
     } else {
         bytes.to_string()
-    }
-}
-
-/// gcloud's closing lines of a deploy.
-pub fn print_deployed(service: &knative::Service) {
-    let name = service.metadata.name.as_deref().unwrap_or("");
-    let Some(status) = &service.status else {
-        return;
-    };
-    let revision = status
-        .latest_ready_revision_name
-        .as_deref()
-        .unwrap_or("(none)");
-    let percent: u32 = status
-        .traffic
-        .iter()
-        .filter(|t| t.revision_name.as_deref() == Some(revision))
-        .filter_map(|t| t.percent)
-        .sum();
-    eprintln!("Service [{name}] revision [{revision}] has been deployed and is serving {percent} percent of traffic.");
-    if let Some(url) = &status.url {
-        eprintln!("Service URL: {url}");
-    }
-    for target in &status.traffic {
-        if let (Some(tag), Some(url)) = (&target.tag, &target.url) {
-            eprintln!("The revision can be reached directly at {url} (tag '{tag}')");
-        }
     }
 }
 

@@ -193,7 +193,7 @@ pub async fn run(mut args: SmokeArgs) -> Exit {
             return Exit::Usage;
         }
     };
-    let mut documents = match run::read_service_files(&config.files) {
+    let mut documents = match super::documents::read_service_files(&config.files) {
         Ok(documents) => documents,
         Err(exit) => return exit,
     };
