@@ -115,6 +115,7 @@ pub enum Drain {
     Interrupted,
 }
 
+/// The emulator's entry point: see [`Emulator::start`].
 pub struct Emulator;
 
 impl Emulator {
