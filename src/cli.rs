@@ -3,6 +3,8 @@
 
 pub mod control;
 pub mod deploy;
+pub mod documents;
+pub mod revision_flags;
 pub mod revisions;
 pub mod run;
 pub mod services;
@@ -53,6 +55,14 @@ pub enum Exit {
     DockerUnavailable = 4,
     /// Interrupted (Ctrl-C) before the service was ready.
     Interrupted = 130,
+}
+
+/// A bad flag value: which flag, and why.
+pub(crate) fn invalid(flag: &str, message: impl Into<String>) -> crate::config::InvalidValue {
+    crate::config::InvalidValue {
+        field: flag.to_string(),
+        message: message.into(),
+    }
 }
 
 impl From<Exit> for ExitCode {

@@ -24,6 +24,7 @@ macro_rules! eprintln {
 }
 
 pub mod admin;
+pub mod app;
 pub mod cli;
 pub mod cloudrun;
 pub mod config;

@@ -3,18 +3,30 @@
 //! (a flag not given keeps the template's value) and sent whole; the emulator makes the
 //! revision, waits for it to be ready, and only then lets traffic reach it.
 
-use std::path::PathBuf;
-
 use clap::Args;
 
 use super::control::{self, Format, Target};
+use super::documents::print_deployed;
+use super::revision_flags::{new_service, plain_env, RevisionFlags};
 use super::Exit;
 use crate::cloudrun;
 use crate::config;
 use crate::control::knative;
 use crate::control::traffic::{self, TagUpdate, TargetKey};
 
+/// `deploy`'s revision flags change only what they name. Its env flags edit the service's
+/// env vars: `--set-env-vars` and `--env-vars-file` replace them all, so they cannot be
+/// combined with each other or with the flags that edit them one by one.
 #[derive(Debug, Args)]
+#[command(
+    // One list here: a second would only replace the first.
+    mut_arg("set_env_vars", |a| a
+        .action(clap::ArgAction::Set)
+        .help("Replace all env vars: `NAME=VALUE,...`.")),
+    mut_arg("env_vars_file", |a| a
+        .conflicts_with("set_env_vars")
+        .help("Replace all env vars with those of a YAML or .env file.")),
+)]
 pub struct DeployArgs {
     /// The service to deploy to (created if it does not exist).
     #[arg(value_parser = control::service_arg)]
@@ -22,51 +34,17 @@ pub struct DeployArgs {
     /// The image to deploy (required for a new service).
     #[arg(long)]
     pub image: Option<String>,
-    /// The container port, set as $PORT.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
-    pub port: Option<u16>,
-    /// Replace all env vars: `NAME=VALUE,...`.
-    #[arg(long, value_name = "KEY=VALUE,...", conflicts_with_all = ["update_env_vars", "remove_env_vars", "clear_env_vars"])]
-    pub set_env_vars: Option<String>,
+    #[command(flatten)]
+    pub revision: RevisionFlags,
     /// Add or change env vars: `NAME=VALUE,...`.
-    #[arg(long, value_name = "KEY=VALUE,...")]
+    #[arg(long, value_name = "KEY=VALUE,...", conflicts_with = "set_env_vars")]
     pub update_env_vars: Option<String>,
     /// Remove env vars: `NAME,...`.
-    #[arg(long, value_name = "KEY,...")]
+    #[arg(long, value_name = "KEY,...", conflicts_with = "set_env_vars")]
     pub remove_env_vars: Option<String>,
     /// Remove all env vars.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "set_env_vars")]
     pub clear_env_vars: bool,
-    /// Replace all env vars with those of a YAML or .env file.
-    #[arg(long, value_name = "FILE", conflicts_with = "set_env_vars")]
-    pub env_vars_file: Option<PathBuf>,
-    /// Maximum concurrent requests per instance (1-1000; 0 is Cloud Run's default: 80, or 1
-    /// with less than one CPU).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1000))]
-    pub concurrency: Option<u32>,
-    /// Request timeout: seconds or with units (5m); at most 1h.
-    #[arg(long)]
-    pub timeout: Option<String>,
-    #[arg(long)]
-    pub memory: Option<String>,
-    #[arg(long)]
-    pub cpu: Option<String>,
-    #[arg(long)]
-    pub min_instances: Option<u32>,
-    /// Remove an instance after it has been idle this long (e.g. 30s; Cloud Run: up to 15m).
-    #[arg(long, value_name = "DURATION")]
-    pub scale_to_zero_after: Option<String>,
-    #[arg(long)]
-    pub max_instances: Option<u32>,
-    /// Replace the entrypoint: `cmd,arg,...`.
-    #[arg(long)]
-    pub command: Option<String>,
-    /// Replace the arguments: `arg,...`.
-    #[arg(long)]
-    pub args: Option<String>,
-    /// Speak h2c to the container end to end (names the port h2c).
-    #[arg(long)]
-    pub use_http2: bool,
     /// Do not move traffic to the new revision (traffic following LATEST is pinned to the
     /// current revision).
     #[arg(long)]
@@ -199,139 +177,24 @@ async fn deploy(args: DeployArgs) -> Result<(), Exit> {
         .map_err(|e| control::fail(&e))?;
     control::print_notes(&answer.notes);
     match args.format {
-        Format::Table => print_result(&answer.value, &revision),
+        Format::Table => print_deployed(&answer.value, Some(&revision)),
         format => control::print_document(format, &answer.value),
     }
     Ok(())
 }
 
-fn new_service(name: &str, image: &str) -> knative::Service {
-    knative::Service {
-        api_version: knative::API_VERSION.to_string(),
-        kind: "Service".to_string(),
-        metadata: knative::ObjectMeta {
-            name: Some(name.to_string()),
-            ..Default::default()
-        },
-        spec: knative::ServiceSpec {
-            template: knative::RevisionTemplate {
-                metadata: Default::default(),
-                spec: knative::RevisionSpec {
-                    containers: vec![knative::Container {
-                        image: image.to_string(),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                },
-            },
-            ..Default::default()
-        },
-        status: None,
-    }
-}
-
-/// Changes the template as the flags say; what a flag does not mention stays.
+/// Changes the template as the flags say; what a flag does not mention stays. The env vars
+/// are replaced (`--set-env-vars`, `--env-vars-file`, `--clear-env-vars`), then removed, then
+/// updated, as gcloud orders them.
 fn apply_flags(service: &mut knative::Service, args: &DeployArgs) -> Result<(), String> {
-    let template = &mut service.spec.template;
-    let annotations = &mut template.metadata.annotations;
-    if let (Some(min), Some(max)) = (args.min_instances, args.max_instances) {
-        if min > max {
-            return Err(format!(
-                "--min-instances: {min} is more than --max-instances {max}"
-            ));
-        }
+    let mut changes = args.revision.check().map_err(|e| e.to_string())?;
+    if args.clear_env_vars && changes.env.is_none() {
+        changes.env = Some(Vec::new());
     }
-    if let Some(n) = args.min_instances {
-        annotations.insert(knative::ANNOTATION_MIN_SCALE.to_string(), n.to_string());
-    }
-    if let Some(n) = args.max_instances {
-        annotations.insert(knative::ANNOTATION_MAX_SCALE.to_string(), n.to_string());
-    }
-    if let Some(text) = &args.scale_to_zero_after {
-        let idle =
-            config::parse_duration("--scale-to-zero-after", text).map_err(|e| e.to_string())?;
-        annotations.insert(
-            knative::ANNOTATION_IDLE_TIMEOUT.to_string(),
-            format!("{}s", idle.as_secs().max(1)),
-        );
-    }
-    let spec = &mut template.spec;
-    if let Some(n) = args.concurrency {
-        spec.container_concurrency = Some(n);
-    }
-    if let Some(t) = &args.timeout {
-        let timeout = config::parse_duration("--timeout", t).map_err(|e| e.to_string())?;
-        spec.timeout_seconds = Some(timeout.as_secs());
-    }
-    if spec.containers.is_empty() {
-        spec.containers.push(knative::Container::default());
-    }
-    let container = &mut spec.containers[0];
+    changes.apply(&mut service.spec.template);
+    let container = &mut service.spec.template.spec.containers[0];
     if let Some(image) = &args.image {
         container.image = image.clone();
-    }
-    if let Some(port) = args.port {
-        match container.ports.first_mut() {
-            Some(p) => p.container_port = port,
-            None => container.ports.push(knative::ContainerPort {
-                container_port: port,
-                ..Default::default()
-            }),
-        }
-    }
-    if args.use_http2 {
-        match container.ports.first_mut() {
-            Some(p) => p.name = Some("h2c".to_string()),
-            None => container.ports.push(knative::ContainerPort {
-                container_port: cloudrun::DEFAULT_PORT,
-                name: Some("h2c".to_string()),
-                protocol: None,
-            }),
-        }
-    }
-    if let Some(command) = &args.command {
-        container.command = Some(config::split_list(command));
-    }
-    if let Some(a) = &args.args {
-        container.args = Some(config::split_list(a));
-    }
-    let limits = &mut container
-        .resources
-        .get_or_insert_with(Default::default)
-        .limits;
-    if let Some(memory) = &args.memory {
-        config::parse_memory("--memory", memory).map_err(|e| e.to_string())?;
-        limits.insert("memory".to_string(), memory.clone());
-    }
-    if let Some(cpu) = &args.cpu {
-        config::parse_cpu("--cpu", cpu).map_err(|e| e.to_string())?;
-        limits.insert("cpu".to_string(), cpu.clone());
-    }
-    if container
-        .resources
-        .as_ref()
-        .is_some_and(|r| r.limits.is_empty() && r.extra.is_empty())
-    {
-        container.resources = None;
-    }
-    // Env: replace (set, file, clear), then remove, then update, as gcloud orders them.
-    let mut replacement = None;
-    if args.clear_env_vars {
-        replacement = Some(Vec::new());
-    }
-    if let Some(path) = &args.env_vars_file {
-        replacement =
-            Some(config::read_env_file("--env-vars-file", path).map_err(|e| e.to_string())?);
-    }
-    if let Some(set) = &args.set_env_vars {
-        replacement =
-            Some(config::parse_env_vars("--set-env-vars", set).map_err(|e| e.to_string())?);
-    }
-    if let Some(pairs) = replacement {
-        container.env = pairs
-            .into_iter()
-            .map(|(name, value)| plain_env(name, value))
-            .collect();
     }
     if let Some(remove) = &args.remove_env_vars {
         let names = config::split_list(remove);
@@ -348,40 +211,6 @@ fn apply_flags(service: &mut knative::Service, args: &DeployArgs) -> Result<(), 
         }
     }
     Ok(())
-}
-
-fn plain_env(name: String, value: String) -> knative::EnvVar {
-    knative::EnvVar {
-        name,
-        value: Some(value),
-        value_from: None,
-    }
-}
-
-fn print_result(service: &knative::Service, revision: &str) {
-    let name = service.metadata.name.as_deref().unwrap_or("");
-    let Some(status) = &service.status else {
-        return;
-    };
-    let percent: u32 = status
-        .traffic
-        .iter()
-        .filter(|t| t.revision_name.as_deref() == Some(revision))
-        .filter_map(|t| t.percent)
-        .sum();
-    eprintln!("Service [{name}] revision [{revision}] has been deployed and is serving {percent} percent of traffic.");
-    if let Some(url) = &status.url {
-        eprintln!("Service URL: {url}");
-    }
-    for target in status
-        .traffic
-        .iter()
-        .filter(|t| t.revision_name.as_deref() == Some(revision))
-    {
-        if let (Some(tag), Some(url)) = (&target.tag, &target.url) {
-            eprintln!("The revision can be reached directly at {url} (tag '{tag}')");
-        }
-    }
 }
 
 #[cfg(test)]

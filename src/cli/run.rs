@@ -3,29 +3,35 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
+use super::documents::{print_deployed, read_service_files};
+use super::invalid;
+use super::revision_flags::{new_service, RevisionChanges, RevisionFlags};
 use super::Exit;
 use crate::admin::gate::TOKEN_ENV;
-use crate::admin::{self, AdminConfig, Announcement, Gate};
+use crate::admin::{self, Announcement};
+use crate::app::{AdminListen, Drain, Emulator, EmulatorConfig, Listener, Shutdown, StartError};
 use crate::cloudrun;
 use crate::config::{self, InvalidValue};
 use crate::control::knative;
-use crate::control::platform::{ApplyError, Platform, PlatformConfig};
-use crate::control::template::Secrets;
-use crate::instances::instance::{self, UpstreamMode};
-use crate::instances::pool::InstanceContext;
+use crate::control::platform::ApplyError;
+use crate::instances::instance::UpstreamMode;
 use crate::logs::LogPrinter;
 use crate::runtime::Runtime;
 use crate::sample;
-use crate::serve::proxy::{Proxy, ProxyConfig};
 use crate::shutdown::Signals;
+
+/// `run` gives the revision flags that have one Cloud Run's default.
 #[derive(Debug, Args)]
+#[command(
+    mut_arg("port", |a| a.default_value("8080")),
+    mut_arg("memory", |a| a.default_value("512Mi")),
+    mut_arg("cpu", |a| a.default_value("1")),
+    mut_arg("timeout", |a| a.default_value("300")),
+)]
 pub struct RunArgs {
     /// The image to run, as you would pass it to `gcloud run deploy --image`. Without one,
     /// the built-in hello sample is built locally and run.
@@ -33,47 +39,8 @@ pub struct RunArgs {
     /// The service name (default: derived from the image name).
     #[arg(long)]
     pub service: Option<String>,
-    /// The port requests are sent to, set as $PORT in the container.
-    #[arg(long, default_value_t = cloudrun::DEFAULT_PORT, value_parser = clap::value_parser!(u16).range(1..))]
-    pub port: u16,
-    /// Env vars to set, `NAME=VALUE,NAME2=VALUE2` (gcloud's `^DELIM^` escaping works).
-    #[arg(long, value_name = "KEY=VALUE,...")]
-    pub set_env_vars: Vec<String>,
-    /// A file of env vars: YAML (`NAME: value`) or .env (`NAME=value`).
-    #[arg(long, value_name = "FILE")]
-    pub env_vars_file: Option<PathBuf>,
-    /// Memory limit, e.g. 512Mi or 2Gi.
-    #[arg(long, default_value = "512Mi")]
-    pub memory: String,
-    /// CPU limit, e.g. 1, 2 or 1000m.
-    #[arg(long, default_value = "1")]
-    pub cpu: String,
-    /// Request timeout: seconds (300) or with units (5m); at most 1h.
-    #[arg(long, default_value = "300")]
-    pub timeout: String,
-    /// Replace the image's entrypoint: `cmd,arg,...`.
-    #[arg(long, value_name = "COMMAND,...")]
-    pub command: Option<String>,
-    /// Replace the image's arguments (CMD): `arg,arg,...`.
-    #[arg(long, value_name = "ARG,...")]
-    pub args: Option<String>,
-    /// Maximum concurrent requests per instance (1 to 1000; 0 or unset is Cloud Run's
-    /// default: 80, or 1 with less than one CPU).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1000))]
-    pub concurrency: Option<u32>,
-    /// Instances kept running even when idle.
-    #[arg(long)]
-    pub min_instances: Option<u32>,
-    /// At most this many instances (Cloud Run's default is 100).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_instances: Option<u32>,
-    /// Remove an instance after it has been idle this long (Cloud Run keeps idle instances up
-    /// to 15 minutes); e.g. 30s.
-    #[arg(long, value_name = "DURATION")]
-    pub scale_to_zero_after: Option<String>,
-    /// Speak HTTP/2 cleartext (h2c) to the container end to end, as with a port named h2c.
-    #[arg(long)]
-    pub use_http2: bool,
+    #[command(flatten)]
+    pub revision: RevisionFlags,
     /// Where the emulator serves requests.
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: String,
@@ -136,19 +103,9 @@ pub enum ImageChoice {
 pub struct RunConfig {
     pub image: ImageChoice,
     pub service: String,
-    pub port: u16,
-    pub env: Vec<(String, String)>,
-    pub command: Option<Vec<String>>,
-    pub args: Option<Vec<String>>,
-    pub memory_bytes: u64,
-    pub cpu_millis: u64,
-    pub request_timeout: Duration,
+    /// The revision flags, checked; those with a default always have a value.
+    pub revision: RevisionChanges,
     pub startup_budget: Duration,
-    pub http2: bool,
-    pub concurrency: Option<u32>,
-    pub min_instances: Option<u32>,
-    pub max_instances: Option<u32>,
-    pub idle_timeout: Option<Duration>,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     /// The admin API may listen off loopback (`--admin-allow-remote`).
@@ -176,32 +133,10 @@ impl RunConfig {
             (None, ImageChoice::Sample) => "hello".to_string(),
         };
         cloudrun::validate_service_name(&service).map_err(|m| invalid("--service", m))?;
-        let mut env = Vec::new();
-        if let Some(path) = &args.env_vars_file {
-            env.extend(config::read_env_file("--env-vars-file", path)?);
-        }
-        for list in &args.set_env_vars {
-            env.extend(config::parse_env_vars("--set-env-vars", list)?);
-        }
-        config::check_no_duplicate_env("--set-env-vars", &env)?;
-        let request_timeout = config::parse_duration("--timeout", &args.timeout)?;
-        if request_timeout.is_zero() || request_timeout > cloudrun::MAX_REQUEST_TIMEOUT {
-            return Err(invalid(
-                "--timeout",
-                format!("'{}' must be between 1 second and 1 hour", args.timeout),
-            ));
-        }
+        let revision = args.revision.check()?;
         let startup_budget = config::parse_duration("--startup-timeout", &args.startup_timeout)?;
         if startup_budget.is_zero() {
             return Err(invalid("--startup-timeout", "must be more than zero"));
-        }
-        if let (Some(min), Some(max)) = (args.min_instances, args.max_instances) {
-            if min > max {
-                return Err(invalid(
-                    "--min-instances",
-                    format!("{min} is more than --max-instances {max}"),
-                ));
-            }
         }
         let admin_listen = parse_listen("--admin-listen", &args.admin_listen)?;
         if !admin_listen.ip().is_loopback() && !args.admin_allow_remote {
@@ -212,33 +147,11 @@ impl RunConfig {
                 ),
             ));
         }
-        let command = args.command.as_deref().map(config::split_list);
-        if command
-            .as_ref()
-            .is_some_and(|c| c.is_empty() || c[0].is_empty())
-        {
-            return Err(invalid("--command", "the command is empty"));
-        }
         Ok(RunConfig {
             image,
             service,
-            port: args.port,
-            env,
-            command,
-            args: args.args.as_deref().map(config::split_list),
-            memory_bytes: config::parse_memory("--memory", &args.memory)?,
-            cpu_millis: config::parse_cpu("--cpu", &args.cpu)?,
-            request_timeout,
+            revision,
             startup_budget,
-            http2: args.use_http2,
-            concurrency: args.concurrency,
-            min_instances: args.min_instances,
-            max_instances: args.max_instances,
-            idle_timeout: args
-                .scale_to_zero_after
-                .as_deref()
-                .map(|t| config::parse_duration("--scale-to-zero-after", t))
-                .transpose()?,
             listen: parse_listen("--listen", &args.listen)?,
             admin_listen,
             admin_allow_remote: args.admin_allow_remote,
@@ -253,12 +166,28 @@ impl RunConfig {
             max_connections: args.max_connections.map(|n| n as usize),
         })
     }
-}
 
-fn invalid(field: &str, message: impl Into<String>) -> InvalidValue {
-    InvalidValue {
-        field: field.to_string(),
-        message: message.into(),
+    /// The emulator these flags describe; `printer` says where containers' logs go.
+    pub fn emulator(&self, signals: &Signals, printer: LogPrinter) -> EmulatorConfig {
+        let defaults = EmulatorConfig::default();
+        EmulatorConfig {
+            listen: self.listen,
+            admin: Some(AdminListen {
+                listen: self.admin_listen,
+                allow_remote: self.admin_allow_remote,
+            }),
+            upstream: match self.upstream {
+                UpstreamChoice::Auto => None,
+                UpstreamChoice::ContainerIp => Some(UpstreamMode::ContainerIp),
+                UpstreamChoice::PublishedPort => Some(UpstreamMode::PublishedPort),
+            },
+            secrets_dir: self.secrets_dir.clone(),
+            default_service: self.default_service.clone(),
+            header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections.unwrap_or(defaults.max_connections),
+            printer,
+            signals: signals.clone(),
+        }
     }
 }
 
@@ -305,21 +234,13 @@ pub async fn run(args: RunArgs) -> Exit {
         Err(exit) => return exit,
     };
     let signals = Signals::install();
-    let runtime = match connect_and_reap().await {
-        Ok(runtime) => runtime,
-        Err(exit) => return exit,
+    let mut emulator = match Emulator::start(config.emulator(&signals, LogPrinter::stdout())).await
+    {
+        Ok(emulator) => emulator,
+        Err(e) => return start_failed(&e),
     };
-    // Bind before starting anything, so a busy port fails fast and leaves nothing behind.
-    let listener = match bind("--listen", config.listen).await {
-        Ok(listener) => listener,
-        Err(exit) => return exit,
-    };
-    let admin_listener = match bind("--admin-listen", config.admin_listen).await {
-        Ok(listener) => listener,
-        Err(exit) => return exit,
-    };
-    let listen = listener.local_addr().unwrap_or(config.listen);
-    let admin = admin_listener.local_addr().unwrap_or(config.admin_listen);
+    let listen = emulator.listen_addr();
+    let admin = emulator.admin_addr().unwrap_or(config.admin_listen);
     if !admin.ip().is_loopback() {
         eprintln!(
             "warning: the admin API listens off loopback, on {admin} (--admin-allow-remote): whoever reaches it with this run's token (in the discovery file under {}) can run containers on this machine.",
@@ -328,35 +249,21 @@ pub async fn run(args: RunArgs) -> Exit {
     }
 
     if documents.is_empty() {
-        let image = match resolve_image_flag(&runtime, &config.image).await {
+        let image = match resolve_image_flag(emulator.runtime(), &config.image).await {
             Ok(image) => image,
-            Err(exit) => return exit,
+            Err(exit) => {
+                emulator.shutdown(Shutdown::Immediate).await;
+                return exit;
+            }
         };
         documents.push(service_from_flags(&config, &image));
     }
-    let mode = upstream_mode(&runtime, config.upstream).await;
-    let platform = Platform::new(
-        InstanceContext {
-            runtime: runtime.clone(),
-            mode,
-            printer: LogPrinter::stdout(),
-            shutdown: signals.graceful.clone(),
-            immediate: signals.immediate.clone(),
-        },
-        PlatformConfig {
-            port: listen.port(),
-            secrets: Secrets {
-                dir: config.secrets_dir.clone(),
-            },
-            default_service: config.default_service.clone(),
-        },
-    );
 
     let mut deployed = Vec::new();
     for doc in documents {
         let name = doc.metadata.name.clone().unwrap_or_default();
         eprintln!("Deploying container to Cloud Run service [{name}] (emulated)");
-        match platform.apply(doc).await {
+        match emulator.platform().apply(doc).await {
             Ok(applied) => {
                 for note in &applied.notes {
                     eprintln!("note: {note}");
@@ -371,131 +278,74 @@ pub async fn run(args: RunArgs) -> Exit {
                     eprintln!("ERROR: {e}");
                     apply_exit(&e)
                 };
-                platform.shutdown(true).await;
+                emulator.shutdown(Shutdown::Immediate).await;
                 return exit;
             }
         }
     }
     for service in &deployed {
-        print_deployed(service);
+        print_deployed(service, None);
     }
     if deployed.len() == 1 || config.default_service.is_some() {
         // Plain localhost reaches the only service, or the default one.
         eprintln!("Service URL: {}", service_url(listen));
     }
-    let gate = Gate::new(admin, config.admin_allow_remote);
+    let token = emulator.admin_token().unwrap_or_default().to_string();
     // Announced before the address is printed, so a verb started on seeing it finds the token.
-    let announcement = Announcement::write(admin, listen, &gate.token);
+    let announcement = Announcement::write(admin, listen, &token);
     eprintln!("Admin API: http://{admin} (emulate services list, emulate deploy ... find it by themselves)");
     if let Err(e) = &announcement {
         eprintln!(
-            "warning: cannot write the discovery file ({e}); CLI verbs will need --admin {admin} and {TOKEN_ENV}={}",
-            gate.token
+            "warning: cannot write the discovery file ({e}); CLI verbs will need --admin {admin} and {TOKEN_ENV}={token}"
         );
     }
-    let stop_accepting = CancellationToken::new();
-    let proxy = Proxy::new(
-        Arc::new(platform.router()),
-        ProxyConfig {
-            header_read_timeout: config.header_read_timeout,
-            max_connections: config
-                .max_connections
-                .unwrap_or(ProxyConfig::default().max_connections),
-            ..ProxyConfig::default()
-        },
-    );
-    let serving = tokio::spawn(proxy.serve(listener, stop_accepting.clone()));
-    let admin_task = tokio::spawn(admin::serve(
-        admin_listener,
-        platform.clone(),
-        AdminConfig {
-            gate,
-            header_read_timeout: config.header_read_timeout,
-        },
-        stop_accepting.clone(),
-    ));
+    emulator.serve();
 
     signals.graceful.cancelled().await;
     drop(announcement);
     eprintln!(
         "Shutting down: no new connections; in-flight requests may finish for up to {} s (press Ctrl-C again to stop at once).",
-        ProxyConfig::default().drain_timeout.as_secs()
+        emulator.drain_timeout().as_secs()
     );
-    stop_accepting.cancel();
-    let _ = admin_task.await;
-    tokio::select! {
-        report = serving => {
-            if report.is_ok_and(|r| !r.drained) {
-                eprintln!("Some requests were still in flight after the drain timeout; they were cut off.");
-            }
-        }
-        _ = signals.immediate.cancelled() => {}
+    if emulator.close().await == Drain::TimedOut {
+        eprintln!("Some requests were still in flight after the drain timeout; they were cut off.");
     }
     // A second Ctrl-C turns the stops in progress into kills (see Pool::stop_all).
-    platform.shutdown(false).await;
+    emulator.shutdown(Shutdown::Graceful).await;
     if signals.immediate.is_cancelled() {
         eprintln!("Stopped at once: instances were killed and removed.");
     }
     Exit::Success
 }
 
-/// Reads and checks the `-f` service files, naming the file and field of any error, and a
-/// service that two files both define (exit 2).
-pub(crate) fn read_service_files(paths: &[PathBuf]) -> Result<Vec<knative::Service>, Exit> {
-    let usage = |message: String| {
-        eprintln!("error: -f: {message}");
-        Exit::Usage
-    };
-    let mut documents: Vec<(&PathBuf, knative::Service)> = Vec::new();
-    for path in paths {
-        let document = read_service_file(path).map_err(usage)?;
-        let name = document.metadata.name.as_deref();
-        if let Some((first, _)) = documents
-            .iter()
-            .find(|(_, d)| name.is_some() && d.metadata.name.as_deref() == name)
-        {
-            return Err(usage(format!(
-                "{} and {} both define service '{}'; give each service one file",
-                first.display(),
-                path.display(),
-                name.unwrap_or_default()
-            )));
+/// Prints why the emulator could not start: Docker unreachable (exit 4) or a busy address
+/// (exit 1, naming the flag that chose it).
+pub(crate) fn start_failed(error: &StartError) -> Exit {
+    match error {
+        StartError::Docker(e) => {
+            eprintln!("error: {e}");
+            Exit::DockerUnavailable
         }
-        documents.push((path, document));
-    }
-    Ok(documents.into_iter().map(|(_, d)| d).collect())
-}
-
-/// Reaches Docker (exit 4 if it cannot) and removes containers a killed emulator left behind.
-pub(crate) async fn connect_and_reap() -> Result<Runtime, Exit> {
-    let runtime = Runtime::connect().await.map_err(|e| {
-        eprintln!("error: {e}");
-        Exit::DockerUnavailable
-    })?;
-    match instance::reap_orphans(&runtime).await {
-        Ok(reaped) if !reaped.is_empty() => {
-            let names: Vec<&str> = reaped.iter().map(|c| c.name.as_str()).collect();
-            eprintln!(
-                "Removed {} container(s) left behind by an emulator that was killed: {}",
-                reaped.len(),
-                names.join(", ")
-            );
+        StartError::Bind {
+            listener,
+            addr,
+            source,
+        } => {
+            let flag = match listener {
+                Listener::Proxy => "--listen",
+                Listener::Admin => "--admin-listen",
+            };
+            let hint = if source.kind() == std::io::ErrorKind::AddrInUse {
+                format!(
+                    " Something else (another emulate?) is using it; pick another address with {flag}, e.g. {flag} 127.0.0.1:{}",
+                    addr.port().wrapping_add(1).max(1024)
+                )
+            } else {
+                String::new()
+            };
+            eprintln!("error: {flag}: cannot listen on {addr}: {source}.{hint}");
+            Exit::Failure
         }
-        Ok(_) => {}
-        Err(e) => eprintln!("warning: could not look for leftover containers: {e}"),
-    }
-    Ok(runtime)
-}
-
-/// How to reach containers: the choice, or for `auto` what the engine allows.
-pub(crate) async fn upstream_mode(runtime: &Runtime, choice: UpstreamChoice) -> UpstreamMode {
-    match choice {
-        UpstreamChoice::ContainerIp => UpstreamMode::ContainerIp,
-        UpstreamChoice::PublishedPort => UpstreamMode::PublishedPort,
-        UpstreamChoice::Auto => match runtime.is_docker_desktop().await {
-            Ok(true) => UpstreamMode::PublishedPort,
-            _ => UpstreamMode::ContainerIp,
-        },
     }
 }
 
@@ -508,31 +358,6 @@ pub(crate) fn apply_exit(error: &ApplyError) -> Exit {
         ApplyError::NotReady(_) | ApplyError::Unsupported(_) => Exit::NotReady,
         ApplyError::Conflict(_) | ApplyError::Runtime(_) => Exit::Failure,
     }
-}
-
-pub(crate) async fn bind(flag: &str, addr: SocketAddr) -> Result<TcpListener, Exit> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
-            format!(
-                " Something else (another emulate?) is using it; pick another address with {flag}, e.g. {flag} 127.0.0.1:{}",
-                addr.port().wrapping_add(1).max(1024)
-            )
-        } else {
-            String::new()
-        };
-        eprintln!("error: {flag}: cannot listen on {addr}: {e}.{hint}");
-        Exit::Failure
-    })
-}
-
-/// Reads a service.yaml, naming the file and the field of any error; the names it gives
-/// are checked too, so a bad file never reaches the emulator.
-pub fn read_service_file(path: &std::path::Path) -> Result<knative::Service, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let service =
-        knative::parse_service_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    knative::validate_names(&service).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(service)
 }
 
 /// The built-in sample is built here; a named image is left to the platform to find or pull.
@@ -554,40 +379,32 @@ pub(crate) async fn resolve_image_flag(
 
 /// The Service document `emulate run IMAGE --flags` describes, as gcloud would build it.
 pub(crate) fn service_from_flags(config: &RunConfig, image: &str) -> knative::Service {
-    let mut container = knative::Container {
-        image: image.to_string(),
-        command: config.command.clone(),
-        args: config.args.clone(),
-        ports: vec![knative::ContainerPort {
-            container_port: config.port,
-            name: Some(if config.http2 { "h2c" } else { "http1" }.to_string()),
+    let mut service = new_service(&config.service, image);
+    let template = &mut service.spec.template;
+    // The port is named for its protocol, and the limits are written in Cloud Run's form
+    // (1000m, 512Mi), as its defaults read.
+    template.spec.containers[0]
+        .ports
+        .push(knative::ContainerPort {
+            container_port: cloudrun::DEFAULT_PORT,
+            name: Some("http1".to_string()),
             protocol: None,
-        }],
-        env: config
-            .env
-            .iter()
-            .map(|(name, value)| knative::EnvVar {
-                name: name.clone(),
-                value: Some(value.clone()),
-                value_from: None,
-            })
-            .collect(),
-        resources: Some(knative::Resources {
-            limits: [
-                ("cpu".to_string(), format!("{}m", config.cpu_millis)),
-                ("memory".to_string(), format_memory(config.memory_bytes)),
-            ]
-            .into(),
-            extra: Default::default(),
-        }),
-        ..Default::default()
-    };
+        });
+    let mut revision = config.revision.clone();
+    if let Some(memory) = &mut revision.memory {
+        memory.text = format_memory(memory.amount);
+    }
+    if let Some(cpu) = &mut revision.cpu {
+        cpu.text = format!("{}m", cpu.amount);
+    }
+    revision.apply(template);
+    let container = &mut template.spec.containers[0];
     if config.startup_budget != cloudrun::DEFAULT_STARTUP_BUDGET {
         // One TCP attempt that may take the whole budget, like Cloud Run's default probe.
         let seconds = config.startup_budget.as_secs_f64().ceil() as u64;
         container.startup_probe = Some(knative::Probe {
             tcp_socket: Some(knative::ProbePort {
-                port: Some(config.port),
+                port: revision.port,
                 ..Default::default()
             }),
             timeout_seconds: Some(seconds),
@@ -596,43 +413,7 @@ pub(crate) fn service_from_flags(config: &RunConfig, image: &str) -> knative::Se
             ..Default::default()
         });
     }
-    let mut annotations = std::collections::BTreeMap::new();
-    if let Some(n) = config.min_instances {
-        annotations.insert(knative::ANNOTATION_MIN_SCALE.to_string(), n.to_string());
-    }
-    if let Some(n) = config.max_instances {
-        annotations.insert(knative::ANNOTATION_MAX_SCALE.to_string(), n.to_string());
-    }
-    if let Some(idle) = config.idle_timeout {
-        annotations.insert(
-            knative::ANNOTATION_IDLE_TIMEOUT.to_string(),
-            format!("{}s", idle.as_secs().max(1)),
-        );
-    }
-    knative::Service {
-        api_version: knative::API_VERSION.to_string(),
-        kind: "Service".to_string(),
-        metadata: knative::ObjectMeta {
-            name: Some(config.service.clone()),
-            ..Default::default()
-        },
-        spec: knative::ServiceSpec {
-            template: knative::RevisionTemplate {
-                metadata: knative::ObjectMeta {
-                    annotations,
-                    ..Default::default()
-                },
-                spec: knative::RevisionSpec {
-                    container_concurrency: config.concurrency,
-                    timeout_seconds: Some(config.request_timeout.as_secs().max(1)),
-                    containers: vec![container],
-                    ..Default::default()
-                },
-            },
-            ..Default::default()
-        },
-        status: None,
-    }
+    service
 }
 
 /// `512Mi`-style when whole mebibytes, else bytes.
@@ -643,33 +424,6 @@ pub fn format_memory(bytes: u64) -> String {
         format!("{}Mi", bytes >> 20)
     } else {
         bytes.to_string()
-    }
-}
-
-/// gcloud's closing lines of a deploy.
-pub fn print_deployed(service: &knative::Service) {
-    let name = service.metadata.name.as_deref().unwrap_or("");
-    let Some(status) = &service.status else {
-        return;
-    };
-    let revision = status
-        .latest_ready_revision_name
-        .as_deref()
-        .unwrap_or("(none)");
-    let percent: u32 = status
-        .traffic
-        .iter()
-        .filter(|t| t.revision_name.as_deref() == Some(revision))
-        .filter_map(|t| t.percent)
-        .sum();
-    eprintln!("Service [{name}] revision [{revision}] has been deployed and is serving {percent} percent of traffic.");
-    if let Some(url) = &status.url {
-        eprintln!("Service URL: {url}");
-    }
-    for target in &status.traffic {
-        if let (Some(tag), Some(url)) = (&target.tag, &target.url) {
-            eprintln!("The revision can be reached directly at {url} (tag '{tag}')");
-        }
     }
 }
 
@@ -692,13 +446,34 @@ mod tests {
     fn defaults_are_cloud_runs() {
         let c = config(&["us-docker.pkg.dev/p/r/my-app:v2"]).unwrap();
         assert_eq!(c.service, "my-app");
-        assert_eq!(c.port, 8080);
-        assert_eq!(c.memory_bytes, 512 << 20);
-        assert_eq!(c.cpu_millis, 1000);
-        assert_eq!(c.request_timeout, Duration::from_secs(300));
+        assert_eq!(c.revision.port, Some(8080));
+        assert_eq!(c.revision.memory.unwrap().amount, 512 << 20);
+        assert_eq!(c.revision.cpu.unwrap().amount, 1000);
+        assert_eq!(c.revision.request_timeout, Some(Duration::from_secs(300)));
         assert_eq!(c.startup_budget, Duration::from_secs(240));
         assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
         assert!(matches!(config(&[]).unwrap().image, ImageChoice::Sample));
+    }
+
+    #[test]
+    fn the_document_spells_out_cloud_runs_defaults() {
+        let c = config(&["img", "--cpu", "2", "--startup-timeout", "20s"]).unwrap();
+        let service = service_from_flags(&c, "the-image");
+        let spec = &service.spec.template.spec;
+        assert_eq!(spec.timeout_seconds, Some(300));
+        let container = &spec.containers[0];
+        assert_eq!(container.image, "the-image");
+        assert_eq!(container.ports[0].container_port, 8080);
+        assert_eq!(container.ports[0].name.as_deref(), Some("http1"));
+        // Limits in Cloud Run's form, whatever form the flag took.
+        let limits = &container.resources.as_ref().unwrap().limits;
+        assert_eq!(
+            (limits["memory"].as_str(), limits["cpu"].as_str()),
+            ("512Mi", "2000m")
+        );
+        let probe = container.startup_probe.as_ref().unwrap();
+        assert_eq!(probe.tcp_socket.as_ref().unwrap().port, Some(8080));
+        assert_eq!(probe.timeout_seconds, Some(20));
     }
 
     #[test]

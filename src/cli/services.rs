@@ -280,7 +280,7 @@ async fn delete(name: &str, target: &Target) -> Result<(), Exit> {
 
 async fn replace(file: &std::path::Path, format: Format, target: &Target) -> Result<(), Exit> {
     // Checked here first, so a bad file never reaches (or changes) the emulator.
-    let service = super::run::read_service_file(file).map_err(|message| {
+    let service = super::documents::read_service_file(file).map_err(|message| {
         eprintln!("ERROR: {message}");
         Exit::Usage
     })?;
@@ -293,7 +293,7 @@ async fn replace(file: &std::path::Path, format: Format, target: &Target) -> Res
         .map_err(|e| control::fail(&e))?;
     control::print_notes(&answer.notes);
     match format {
-        Format::Table => super::run::print_deployed(&answer.value),
+        Format::Table => super::documents::print_deployed(&answer.value, None),
         format => control::print_document(format, &answer.value),
     }
     Ok(())

@@ -19,13 +19,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::run::{self, RunArgs, RunConfig};
 use super::Exit;
+use crate::app::{Emulator, EmulatorConfig, Running, Shutdown};
 use crate::cloudrun;
 use crate::control::knative;
-use crate::control::platform::{ApplyError, Platform, PlatformConfig};
-use crate::control::template::Secrets;
-use crate::instances::pool::{InstanceContext, Pool};
+use crate::control::platform::{ApplyError, Platform};
+use crate::instances::pool::Pool;
 use crate::logs::LogPrinter;
-use crate::serve::proxy::{Proxy, ProxyConfig};
 use crate::shutdown::Signals;
 use crate::smoke::checks::{self, Check, Expect, Observed, RequestSpec, Scenario, StatusExpect};
 use crate::smoke::report::{CheckResult, Outcome, Report, CHECKS, PREFLIGHT};
@@ -194,7 +193,7 @@ pub async fn run(mut args: SmokeArgs) -> Exit {
             return Exit::Usage;
         }
     };
-    let mut documents = match run::read_service_files(&config.files) {
+    let mut documents = match super::documents::read_service_files(&config.files) {
         Ok(documents) => documents,
         Err(exit) => return exit,
     };
@@ -214,52 +213,39 @@ pub async fn run(mut args: SmokeArgs) -> Exit {
         return smoke.finish(Exit::Failure);
     }
     let signals = Signals::install();
-    let runtime = match run::connect_and_reap().await {
-        Ok(runtime) => runtime,
-        Err(exit) => return exit,
+    let emulator = EmulatorConfig {
+        // No admin API: nothing but this smoke test drives its emulator.
+        admin: None,
+        default_service: None,
+        ..config.emulator(&signals, LogPrinter::stderr())
     };
-    let Ok(listener) = run::bind("--listen", config.listen).await else {
-        return Exit::Failure;
+    let mut emulator = match Emulator::start(emulator).await {
+        Ok(emulator) => emulator,
+        Err(e) => return run::start_failed(&e),
     };
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    let port = emulator.listen_addr().port();
     if documents.is_empty() {
-        match run::resolve_image_flag(&runtime, &config.image).await {
+        match run::resolve_image_flag(emulator.runtime(), &config.image).await {
             Ok(image) => documents.push(run::service_from_flags(&config, &image)),
-            Err(exit) => return exit,
+            Err(exit) => {
+                emulator.shutdown(Shutdown::Immediate).await;
+                return exit;
+            }
         }
     }
-    let platform = Platform::new(
-        InstanceContext {
-            runtime: runtime.clone(),
-            mode: run::upstream_mode(&runtime, config.upstream).await,
-            printer: LogPrinter::stderr(),
-            shutdown: signals.graceful.clone(),
-            immediate: signals.immediate.clone(),
-        },
-        PlatformConfig {
-            port,
-            secrets: Secrets {
-                dir: config.secrets_dir.clone(),
-            },
-            default_service: None,
-        },
-    );
-    let stop_accepting = CancellationToken::new();
-    let proxy = Proxy::new(Arc::new(platform.router()), ProxyConfig::default());
-    let serving = tokio::spawn(proxy.serve(listener, stop_accepting.clone()));
+    emulator.serve();
+    let platform = emulator.platform().clone();
 
     let exit = tokio::select! {
         exit = smoke.deploy_and_check(&platform, &documents, &checks, port) => exit,
         _ = signals.graceful.cancelled() => {
             eprintln!("Interrupted: removing everything this smoke test started.");
-            stop_accepting.cancel();
-            platform.shutdown(true).await;
+            emulator.shutdown(Shutdown::Immediate).await;
             return Exit::Interrupted;
         }
     };
-    stop_accepting.cancel();
-    let _ = serving.await;
-    smoke.shut_down(&platform).await;
+    emulator.close().await;
+    smoke.shut_down(emulator).await;
     smoke.finish(exit)
 }
 
@@ -484,10 +470,10 @@ impl Smoke {
     }
 
     /// Stops everything (SIGTERM, 10 s, SIGKILL) and reports the crash and shutdown findings.
-    async fn shut_down(&mut self, platform: &Platform) {
-        let pools: Vec<Pool> = platform.all_pools();
+    async fn shut_down(&mut self, emulator: Running) {
+        let pools: Vec<Pool> = emulator.platform().all_pools();
         let began = Instant::now();
-        platform.shutdown(false).await;
+        emulator.shutdown(Shutdown::Graceful).await;
         if self.report.failure_text.is_some() {
             return;
         }

@@ -1,6 +1,7 @@
 //! Stopping: Ctrl-C drains and removes, a container that ignores SIGTERM is killed after the
 //! grace period, and a second Ctrl-C stops at once. (Reaping a killed emulator's containers is
-//! tested in `tests/serial`, where no other emulator can reap them first.)
+//! tested in `tests/serial`, where no other emulator can reap them first.) The library's
+//! `Emulator` is started and stopped in process too, as `run` and `smoke` start it.
 
 use std::time::{Duration, Instant};
 
@@ -184,4 +185,25 @@ async fn a_hangup_with_its_output_closed_still_removes_the_container() {
         containers_of(&service).is_empty(),
         "the container was left behind"
     );
+}
+
+#[tokio::test]
+async fn the_library_starts_serves_and_stops_an_emulator_in_process() {
+    use emulate::app::{Emulator, EmulatorConfig, Shutdown};
+    let service = service_name("inproc");
+    let yaml = std::fs::read_to_string(service_yaml(&service, "")).unwrap();
+    let document = emulate::control::knative::parse_service_yaml(&yaml).unwrap();
+    let mut emulator = Emulator::start(EmulatorConfig::default())
+        .await
+        .expect("the emulator starts");
+    let applied = emulator.platform().apply(document).await;
+    assert!(applied.is_ok(), "the deploy failed: {:?}", applied.err());
+    emulator.serve();
+    let url = format!("http://{}/echo", emulator.listen_addr());
+    let host = format!("{service}.localhost");
+    let reply = request("GET", &url, &[("host", host.as_str())], Vec::new(), false).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(reply.revision.starts_with(&service), "{}", reply.revision);
+    emulator.shutdown(Shutdown::Graceful).await;
+    assert!(containers_of(&service).is_empty());
 }

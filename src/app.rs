@@ -1,0 +1,352 @@
+//! The emulator as one object: `Emulator::start(config)` reaches Docker, binds the front end
+//! and the admin API, and builds the platform; the `Running` it returns serves them and shuts
+//! everything down. `emulate run`, `emulate smoke` and tests all start the emulator here; the
+//! CLI keeps only flags, printing and exit codes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, AdminConfig, Gate};
+use crate::control::platform::{Platform, PlatformConfig};
+use crate::control::template::Secrets;
+use crate::instances::instance::{self, UpstreamMode};
+use crate::instances::pool::InstanceContext;
+use crate::logs::LogPrinter;
+use crate::runtime::{Runtime, RuntimeError};
+use crate::serve::proxy::{DrainReport, Proxy, ProxyConfig};
+use crate::shutdown::Signals;
+
+/// What an emulator is made of: plain data, so a test can build one with
+/// `EmulatorConfig::default()` (free loopback ports, no admin API).
+#[derive(Clone, Debug)]
+pub struct EmulatorConfig {
+    /// Where the front end listens.
+    pub listen: SocketAddr,
+    /// The admin API, if there is one (`emulate smoke` runs without).
+    pub admin: Option<AdminListen>,
+    /// How the proxy reaches containers; `None` picks what the engine allows.
+    pub upstream: Option<UpstreamMode>,
+    /// Where `secretKeyRef` env vars are read from.
+    pub secrets_dir: Option<PathBuf>,
+    /// The service plain `http://localhost:PORT` reaches when several exist.
+    pub default_service: Option<String>,
+    /// Clients of the front end and the admin API must send a request head within this.
+    pub header_read_timeout: Duration,
+    /// Client connections of the front end open at once.
+    pub max_connections: usize,
+    /// Where containers' logs and the instances' system lines are printed.
+    pub printer: LogPrinter,
+    /// The first is cancelled to stop gracefully (starts in progress give up), the second
+    /// to stop at once (stops in progress turn into kills).
+    pub signals: Signals,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        let proxy = ProxyConfig::default();
+        EmulatorConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: None,
+            upstream: None,
+            secrets_dir: None,
+            default_service: None,
+            header_read_timeout: proxy.header_read_timeout,
+            max_connections: proxy.max_connections,
+            printer: LogPrinter::stderr(),
+            signals: Signals::default(),
+        }
+    }
+}
+
+/// Where the admin API listens.
+#[derive(Clone, Debug)]
+pub struct AdminListen {
+    pub listen: SocketAddr,
+    /// The address may be off loopback (`--admin-allow-remote`).
+    pub allow_remote: bool,
+}
+
+/// Which of the emulator's listeners could not be bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    Proxy,
+    Admin,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The Docker engine could not be reached.
+    #[error(transparent)]
+    Docker(RuntimeError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        listener: Listener,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Requests in flight may finish (up to the drain timeout, cut short by the immediate
+    /// signal), then instances get SIGTERM and 10 s before SIGKILL.
+    Graceful,
+    /// No drain; instances are killed.
+    Immediate,
+}
+
+/// How the front end's drain ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drain {
+    /// Every request in flight finished.
+    Finished,
+    /// The drain timeout passed with requests still in flight; they were cut off.
+    TimedOut,
+    /// The immediate signal came first.
+    Interrupted,
+}
+
+/// The emulator's entry point: see [`Emulator::start`].
+pub struct Emulator;
+
+impl Emulator {
+    /// Reaches Docker (removing containers a killed emulator left behind), binds the
+    /// listeners and builds the platform. Nothing is served until [`Running::serve`], so
+    /// the caller may deploy first: a request never meets a service still deploying.
+    pub async fn start(config: EmulatorConfig) -> Result<Running, StartError> {
+        let runtime = Runtime::connect().await.map_err(StartError::Docker)?;
+        reap_orphans(&runtime).await;
+        // Bound before anything starts, so a busy port fails fast and leaves nothing behind.
+        let listener = bind(Listener::Proxy, config.listen).await?;
+        let admin = match &config.admin {
+            Some(admin) => {
+                let listener = bind(Listener::Admin, admin.listen).await?;
+                let addr = listener.local_addr().unwrap_or(admin.listen);
+                Some((listener, Gate::new(addr, admin.allow_remote)))
+            }
+            None => None,
+        };
+        let listen = listener.local_addr().unwrap_or(config.listen);
+        let mode = match config.upstream {
+            Some(mode) => mode,
+            None => match runtime.is_docker_desktop().await {
+                Ok(true) => UpstreamMode::PublishedPort,
+                _ => UpstreamMode::ContainerIp,
+            },
+        };
+        let platform = Platform::new(
+            InstanceContext {
+                runtime: runtime.clone(),
+                mode,
+                printer: config.printer.clone(),
+                shutdown: config.signals.graceful.clone(),
+                immediate: config.signals.immediate.clone(),
+            },
+            PlatformConfig {
+                port: listen.port(),
+                secrets: Secrets {
+                    dir: config.secrets_dir.clone(),
+                },
+                default_service: config.default_service.clone(),
+            },
+        );
+        Ok(Running {
+            config,
+            runtime,
+            platform,
+            listen,
+            admin_addr: admin.as_ref().map(|(_, gate)| gate.bound),
+            admin_token: admin.as_ref().map(|(_, gate)| gate.token.clone()),
+            waiting: Some(Waiting { listener, admin }),
+            tasks: TaskTracker::new(),
+            stop_accepting: CancellationToken::new(),
+            proxy: None,
+            admin_task: None,
+            drain: None,
+        })
+    }
+}
+
+/// The listeners bound at start, until [`Running::serve`] takes them.
+struct Waiting {
+    listener: TcpListener,
+    admin: Option<(TcpListener, Gate)>,
+}
+
+/// A started emulator. Call [`Running::shutdown`] before dropping it: that is what stops and
+/// removes the containers.
+pub struct Running {
+    config: EmulatorConfig,
+    runtime: Runtime,
+    platform: Platform,
+    listen: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    admin_token: Option<String>,
+    waiting: Option<Waiting>,
+    tasks: TaskTracker,
+    stop_accepting: CancellationToken,
+    proxy: Option<JoinHandle<DrainReport>>,
+    admin_task: Option<JoinHandle<()>>,
+    drain: Option<Drain>,
+}
+
+impl Running {
+    pub fn platform(&self) -> &Platform {
+        &self.platform
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The front end's address (the port bound, when the config asked for port 0).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The admin API's address, if it has one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The token the admin API asks for, if it has one.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin_token.as_deref()
+    }
+
+    /// Starts serving: the front end and the admin API accept connections from now on.
+    pub fn serve(&mut self) {
+        let Some(Waiting { listener, admin }) = self.waiting.take() else {
+            return;
+        };
+        let proxy = Proxy::new(
+            Arc::new(self.platform.router()),
+            ProxyConfig {
+                header_read_timeout: self.config.header_read_timeout,
+                max_connections: self.config.max_connections,
+                ..ProxyConfig::default()
+            },
+        );
+        self.proxy = Some(
+            self.tasks
+                .spawn(proxy.serve(listener, self.stop_accepting.clone())),
+        );
+        if let Some((listener, gate)) = admin {
+            self.admin_task = Some(self.tasks.spawn(admin::serve(
+                listener,
+                self.platform.clone(),
+                AdminConfig {
+                    gate,
+                    header_read_timeout: self.config.header_read_timeout,
+                },
+                self.stop_accepting.clone(),
+            )));
+        }
+    }
+
+    /// How long requests in flight may finish after the emulator stops accepting.
+    pub fn drain_timeout(&self) -> Duration {
+        ProxyConfig::default().drain_timeout
+    }
+
+    /// Stops accepting connections and lets the requests in flight finish: the admin API's
+    /// first, then the front end's, for up to the drain timeout or until the immediate signal.
+    pub async fn close(&mut self) -> Drain {
+        if let Some(drain) = self.drain {
+            return drain;
+        }
+        self.waiting = None;
+        self.stop_accepting.cancel();
+        if let Some(admin) = self.admin_task.take() {
+            let _ = admin.await;
+        }
+        let drain = match self.proxy.take() {
+            None => Drain::Finished,
+            Some(mut proxy) => tokio::select! {
+                report = &mut proxy => match report {
+                    Ok(report) if !report.drained => Drain::TimedOut,
+                    _ => Drain::Finished,
+                },
+                _ = self.config.signals.immediate.cancelled() => {
+                    // The stop is immediate: connections still open are cut off.
+                    proxy.abort();
+                    Drain::Interrupted
+                }
+            },
+        };
+        self.drain = Some(drain);
+        drain
+    }
+
+    /// Stops everything and waits for it: the listeners close, instances (starting ones
+    /// included) are stopped and removed, and every task of the emulator has ended.
+    pub async fn shutdown(mut self, how: Shutdown) {
+        match how {
+            Shutdown::Graceful => {
+                self.close().await;
+                self.platform.shutdown(false).await;
+            }
+            Shutdown::Immediate => {
+                self.waiting = None;
+                self.stop_accepting.cancel();
+                if let Some(proxy) = self.proxy.take() {
+                    proxy.abort();
+                }
+                if let Some(admin) = self.admin_task.take() {
+                    admin.abort();
+                }
+                self.platform.shutdown(true).await;
+            }
+        }
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Removes containers an emulator that was killed left behind, and says so.
+async fn reap_orphans(runtime: &Runtime) {
+    match instance::reap_orphans(runtime).await {
+        Ok(reaped) if !reaped.is_empty() => {
+            let names: Vec<&str> = reaped.iter().map(|c| c.name.as_str()).collect();
+            eprintln!(
+                "Removed {} container(s) left behind by an emulator that was killed: {}",
+                reaped.len(),
+                names.join(", ")
+            );
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: could not look for leftover containers: {e}"),
+    }
+}
+
+async fn bind(listener: Listener, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            listener,
+            addr,
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_config_takes_free_loopback_ports_and_no_admin_api() {
+        let config = EmulatorConfig::default();
+        assert_eq!(config.listen, "127.0.0.1:0".parse().unwrap());
+        assert!(config.admin.is_none());
+        assert!(config.upstream.is_none());
+    }
+}
