@@ -8,7 +8,7 @@
 //! `-- --duration 5 --connections 32 --rounds 3 --only cold,herd`). It needs a running Docker
 //! engine. Every container it starts is removed at the end, on errors, panics and Ctrl-C too.
 
-#[path = "../tests/it/images.rs"]
+#[path = "../tests/common/images.rs"]
 mod images;
 
 use std::collections::{BTreeMap, VecDeque};
