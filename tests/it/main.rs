@@ -1,7 +1,9 @@
 //! Integration tests: the real `emulate` binary, a real Docker engine, real HTTP clients.
 //! Images are built from the sources in `docker/` (nothing is pulled).
 
-#[path = "images.rs"]
+#[path = "../common/emulator.rs"]
+mod emulator;
+#[path = "../common/images.rs"]
 mod images;
 mod support;
 

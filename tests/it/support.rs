@@ -1,10 +1,10 @@
 //! Test fixtures: the test images (built once per run from `docker/`), an `Emulator` that runs
 //! the real binary and cleans up after itself, and small HTTP helpers.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::emulator::{owned_by, owner_listing, run_command, Announcement, NotServing, Process};
 pub use crate::images::{context, require_docker, run_checked, testapp_image};
 
 /// An amd64-labelled image whose binary is arm64: an ELF header with e_machine = 183
@@ -111,13 +112,7 @@ pub fn service_name(prefix: &str) -> String {
 /// The `emulate` binary as a command, with no `EMULATE_*` variable of the outer environment
 /// (an admin address, a secret, a log level) reaching it unless the test sets it.
 pub fn emulate_command() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_emulate"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("EMULATE_") {
-            command.env_remove(name);
-        }
-    }
-    command
+    crate::emulator::emulate_command(env!("CARGO_BIN_EXE_emulate"))
 }
 
 /// Containers (running or not) of a service, by the emulator's label.
@@ -220,32 +215,14 @@ pub fn running_container_ids(service: &str) -> Vec<String> {
 /// The real `emulate` binary, running one service. Dropping it kills the process and removes
 /// any container of its service, so a failing test leaves nothing behind.
 pub struct Emulator {
-    child: Child,
+    process: Process,
     pub service: String,
     pub addr: SocketAddr,
     /// The admin API's address (`emulate deploy` etc. talk to it).
     pub admin: String,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-    /// The threads reading stdout and stderr: they end when the process closes its pipes.
-    readers: Vec<std::thread::JoinHandle<()>>,
     /// Whether the test sent SIGKILL: such an emulator cannot clean up, and its containers are
     /// left for the next one to reap.
     killed: std::sync::atomic::AtomicBool,
-}
-
-fn collect(
-    stream: impl std::io::Read + Send + 'static,
-    sink: Arc<Mutex<String>>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            let mut sink = sink.lock().unwrap();
-            sink.push_str(&line);
-            sink.push('\n');
-        }
-    })
 }
 
 /// What a finished emulator printed.
@@ -258,33 +235,14 @@ pub struct Finished {
 
 impl Emulator {
     fn spawn(service: &str, args: &[&str], env: &[(&str, &str)]) -> Emulator {
-        let mut command = emulate_command();
-        command
-            .arg("run")
-            .args(["--service", service, "--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env("NO_COLOR", "1");
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().expect("the emulate binary runs");
-        let stdout = Arc::new(Mutex::new(String::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let readers = vec![
-            collect(child.stdout.take().unwrap(), stdout.clone()),
-            collect(child.stderr.take().unwrap(), stderr.clone()),
-        ];
+        let mut command = run_command(env!("CARGO_BIN_EXE_emulate"), service, args);
+        command.envs(env.iter().copied());
+        let process = Process::spawn(&mut command, usize::MAX).expect("the emulate binary runs");
         Emulator {
-            child,
+            process,
             service: service.to_string(),
             addr: "127.0.0.1:0".parse().unwrap(),
             admin: String::new(),
-            stdout,
-            stderr,
-            readers,
             killed: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -299,35 +257,20 @@ impl Emulator {
     pub async fn start_with_env(service: &str, args: &[&str], env: &[(&str, &str)]) -> Emulator {
         require_docker();
         let mut emulator = Emulator::spawn(service, args, env);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let stderr = emulator.stderr();
-            let port = stderr
-                .lines()
-                .find_map(|l| l.strip_prefix("Service URL: http://localhost:"))
-                .and_then(|p| p.trim().parse::<u16>().ok());
-            let admin = stderr
-                .lines()
-                .find_map(|l| l.strip_prefix("Admin API: http://"))
-                .and_then(|rest| rest.split_whitespace().next());
-            if let (Some(port), Some(admin)) = (port, admin) {
-                emulator.addr = SocketAddr::from(([127, 0, 0, 1], port));
-                emulator.admin = admin.to_string();
-                return emulator;
+        match emulator.process.announced(Duration::from_secs(60)).await {
+            Ok(Announcement { addr, admin }) => {
+                emulator.addr = addr;
+                emulator.admin = admin;
+                emulator
             }
-            if let Ok(Some(status)) = emulator.child.try_wait() {
-                panic!(
-                    "emulate exited with {status} before serving:\n{}\n{}",
-                    emulator.stdout(),
-                    emulator.stderr()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "emulate did not serve within 60 s:\n{}",
+            Err(NotServing::Exited(status)) => panic!(
+                "emulate exited with {status} before serving:\n{}\n{}",
+                emulator.stdout(),
                 emulator.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            ),
+            Err(NotServing::TimedOut) => {
+                panic!("emulate did not serve within 60 s:\n{}", emulator.stderr())
+            }
         }
     }
 
@@ -449,15 +392,15 @@ impl Emulator {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     pub fn stdout(&self) -> String {
-        self.stdout.lock().unwrap().clone()
+        self.process.stdout()
     }
 
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.process.stderr()
     }
 
     /// Waits until the emulator (or one of its containers, whose lines it prints) has printed
@@ -491,25 +434,13 @@ impl Emulator {
 
     /// Waits for the process to end, then for its output to be read.
     pub async fn wait(&mut self, limit: Duration) -> Finished {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
+        let Some(status) = self.process.exited(limit).await else {
+            panic!(
                 "emulate still running after {limit:?}:\n{}\n{}",
                 self.stdout(),
                 self.stderr()
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        // The reader threads finish when the pipes close: join them so that nothing printed
-        // is missed.
-        let readers = std::mem::take(&mut self.readers);
-        tokio::task::spawn_blocking(move || readers.into_iter().for_each(|r| drop(r.join())))
-            .await
-            .unwrap();
         Finished {
             status,
             stdout: self.stdout(),
@@ -523,31 +454,8 @@ impl Drop for Emulator {
     /// asserts that it removed every container it started: a leak fails the test. Forced
     /// removal follows the check, as cleanup only, so a leak is never masked.
     fn drop(&mut self) {
-        let pid = self.child.id();
-        if let Ok(None) = self.child.try_wait() {
-            let interrupt = || {
-                let _ = Command::new("kill")
-                    .arg("-INT")
-                    .arg(pid.to_string())
-                    .status();
-            };
-            interrupt();
-            // A drain (10 s) plus a container's SIGTERM grace period (10 s), with room to spare.
-            let deadline = Instant::now() + Duration::from_secs(40);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if matches!(self.child.try_wait(), Ok(None)) {
-                interrupt();
-                let deadline = Instant::now() + Duration::from_secs(15);
-                while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        }
-        let lingered = matches!(self.child.try_wait(), Ok(None));
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let pid = self.pid();
+        let lingered = self.process.stop();
         let mut leaked = containers_owned_by(pid);
         leaked.extend(containers_of(&self.service));
         leaked.sort();
@@ -575,22 +483,8 @@ impl Drop for Emulator {
 
 /// The containers (running or not) whose owner label names process `pid` of this host.
 pub fn containers_owned_by(pid: u32) -> Vec<String> {
-    let out = run_checked(Command::new("docker").args([
-        "ps",
-        "-a",
-        "--filter",
-        "label=dev.emulate.managed=true",
-        "--format",
-        "{{.ID}} {{.Label \"dev.emulate.owner\"}}",
-    ]));
-    out.lines()
-        .filter_map(|line| {
-            let (id, owner) = line.split_once(' ')?;
-            // HOST:PID:STARTTIME
-            let owner_pid = owner.rsplit(':').nth(1)?;
-            (owner_pid == pid.to_string()).then(|| id.to_string())
-        })
-        .collect()
+    let listing = owner_listing("label=dev.emulate.managed=true", true);
+    owned_by(&run_checked(Command::new("docker").args(listing)), pid)
 }
 
 /// A response, read whole.

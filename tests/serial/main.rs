@@ -4,7 +4,10 @@
 //! Every `emulate run` reaps the containers of dead emulators on the whole host, so the
 //! reaper's own test could see another test's emulator reap its orphan first.
 
-#[path = "../it/images.rs"]
+#[path = "../common/emulator.rs"]
+#[allow(dead_code)]
+mod emulator;
+#[path = "../common/images.rs"]
 mod images;
 #[path = "../it/support.rs"]
 #[allow(dead_code)]
