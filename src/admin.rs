@@ -279,7 +279,7 @@ fn apply_error(error: ApplyError) -> Response<Full<Bytes>> {
         ApplyError::Invalid(_) | ApplyError::Traffic(_) | ApplyError::Image(_) => {
             (StatusCode::BAD_REQUEST, "BadRequest")
         }
-        ApplyError::Unsupported(_) => (StatusCode::UNPROCESSABLE_ENTITY, "UnsupportedPlatform"),
+        ApplyError::Unsupported { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "UnsupportedPlatform"),
         ApplyError::NotReady(_) => (StatusCode::UNPROCESSABLE_ENTITY, "RevisionFailed"),
         ApplyError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
         ApplyError::Runtime(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),

@@ -505,7 +505,7 @@ pub(crate) async fn upstream_mode(runtime: &Runtime, choice: UpstreamChoice) -> 
 pub(crate) fn apply_exit(error: &ApplyError) -> Exit {
     match error {
         ApplyError::Invalid(_) | ApplyError::Traffic(_) | ApplyError::Image(_) => Exit::Usage,
-        ApplyError::NotReady(_) | ApplyError::Unsupported(_) => Exit::NotReady,
+        ApplyError::NotReady(_) | ApplyError::Unsupported { .. } => Exit::NotReady,
         ApplyError::Conflict(_) | ApplyError::Runtime(_) => Exit::Failure,
     }
 }

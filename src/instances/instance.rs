@@ -126,13 +126,8 @@ impl StartFailure {
                 probe_failure: Some(_),
                 ..
             } => {
-                if let Some(startup) = &spec.startup_probe {
-                    out.push_str(&cloudrun::user_startup_probe_failed(
-                        startup.kind(),
-                        startup.failure_threshold,
-                        spec.container_display_name(),
-                        &startup.target(),
-                    ));
+                if let Some(line) = self.startup_probe_failed(spec) {
+                    out.push_str(&line);
                     out.push('\n');
                 }
             }
@@ -155,48 +150,71 @@ impl StartFailure {
             }
         }
         out.push_str("\nDiagnosis: ");
-        match &self.error {
-            StartError::ExecFormat { message } => {
-                out.push_str(&format!(
-                    "the container's binary is not for linux/amd64, so the kernel refused to run it ({message}).\n"
-                ));
-                out.push_str(&cloudrun::AMD64_HINT.replace("IMAGE", &spec.image));
-            }
-            StartError::Exited { code, oom_killed: true } => out.push_str(&format!(
+        out.push_str(&self.diagnosis(spec).unwrap_or_default());
+        out
+    }
+
+    /// Cloud Run's line for a user's HTTP or gRPC startup probe that never passed on an app
+    /// that listens; None for any other failure.
+    pub fn startup_probe_failed(&self, spec: &RevisionSpec) -> Option<String> {
+        match (&self.error, &spec.startup_probe) {
+            (
+                StartError::NotReady {
+                    probe_failure: Some(_),
+                    ..
+                },
+                Some(startup),
+            ) => Some(cloudrun::user_startup_probe_failed(
+                startup.kind(),
+                startup.failure_threshold,
+                spec.container_display_name(),
+                &startup.target(),
+            )),
+            _ => None,
+        }
+    }
+
+    /// The local diagnosis: why the start failed and what to do about it. None for a Docker
+    /// failure or a cancelled start, which have none.
+    pub fn diagnosis(&self, spec: &RevisionSpec) -> Option<String> {
+        Some(match &self.error {
+            StartError::ExecFormat { message } => format!(
+                "the container's binary is not for linux/amd64, so the kernel refused to run it ({message}).\n{}",
+                cloudrun::AMD64_HINT.replace("IMAGE", &spec.image)
+            ),
+            StartError::Exited { code, oom_killed: true } => format!(
                 "the container was killed for exceeding its memory limit of {} MiB (exit code {code}). Raise it with --memory, or use less memory at startup.",
                 spec.memory_bytes >> 20
-            )),
-            StartError::Exited { code, .. } => out.push_str(&format!(
+            ),
+            StartError::Exited { code, .. } => format!(
                 "the container exited with code {code} before listening on port {}. Its last log lines above usually say why; reproduce with: docker run --rm -e PORT={} {}",
                 spec.port, spec.port, spec.image
-            )),
+            ),
             StartError::NotReady {
                 probe_failure: Some(why),
                 ..
-            } => {
-                if let Some(startup) = &spec.startup_probe {
-                    out.push_str(&format!(
-                        "the app listens on port {}, but its {} startup probe {} never passed: the last attempt {why}. It passes on {}; fix the endpoint, or point startupProbe at one that answers once the app is ready.",
-                        spec.port,
-                        startup.kind(),
-                        startup.target(),
-                        match startup.check {
-                            probe::HealthCheck::Http { .. } => "HTTP 200-399",
-                            probe::HealthCheck::Grpc { .. } => "a SERVING health check",
-                        }
-                    ));
-                }
-            }
+            } => match &spec.startup_probe {
+                Some(startup) => format!(
+                    "the app listens on port {}, but its {} startup probe {} never passed: the last attempt {why}. It passes on {}; fix the endpoint, or point startupProbe at one that answers once the app is ready.",
+                    spec.port,
+                    startup.kind(),
+                    startup.target(),
+                    match startup.check {
+                        probe::HealthCheck::Http { .. } => "HTTP 200-399",
+                        probe::HealthCheck::Grpc { .. } => "a SERVING health check",
+                    }
+                ),
+                None => String::new(),
+            },
             StartError::NotReady {
                 diagnosis: Some(d), ..
-            } => out.push_str(&d.explain(spec.port)),
-            StartError::NotReady { diagnosis: None, .. } => out.push_str(&format!(
+            } => d.explain(spec.port),
+            StartError::NotReady { diagnosis: None, .. } => format!(
                 "nothing answered on port {} within {:?}. Check that the app listens on 0.0.0.0:$PORT; if it only starts slowly, raise --startup-timeout.",
                 spec.port, spec.startup_budget
-            )),
-            StartError::Runtime(_) | StartError::Cancelled => {}
-        }
-        out
+            ),
+            StartError::Runtime(_) | StartError::Cancelled => return None,
+        })
     }
 }
 
