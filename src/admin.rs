@@ -159,7 +159,7 @@ async fn handle(platform: &Platform, request: Request<Incoming>) -> Response<Ful
             let parsed = if yaml {
                 match std::str::from_utf8(&body) {
                     Ok(text) => knative::parse_service_yaml(text),
-                    Err(_) => Err(knative::FieldError::new(
+                    Err(_) => Err(crate::config::FieldError::new(
                         "(document)",
                         "a YAML body must be UTF-8",
                     )),

@@ -6,23 +6,52 @@ use std::time::Duration;
 
 use crate::cloudrun::RESERVED_ENV;
 
-/// A bad value in a flag or file: which one, and why.
-#[derive(Debug, thiserror::Error)]
+/// A bad value in a flag, a file or a document: where (the flag, or the dotted path of the
+/// document's field), and why. Every layer reports bad input with it, from flags to the admin
+/// API's documents.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
-pub struct InvalidValue {
+pub struct FieldError {
     pub field: String,
     pub message: String,
+    /// What kind of mistake, for callers that treat one apart (smoke reports a reserved env
+    /// name as one of Cloud Run's preflight findings, not as a usage error).
+    pub problem: Problem,
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> InvalidValue {
-    InvalidValue {
-        field: field.to_string(),
-        message: message.into(),
+/// The kinds of bad value a caller may treat apart from the rest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Problem {
+    #[default]
+    Invalid,
+    /// An env var name Cloud Run sets itself (`PORT`, `K_SERVICE`...).
+    ReservedEnvName { name: String },
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+            problem: Problem::Invalid,
+        }
+    }
+
+    /// The same error, its message prefixed with where it was found (a file's path).
+    fn within(self, place: impl std::fmt::Display) -> Self {
+        FieldError {
+            message: format!("{place}: {}", self.message),
+            ..self
+        }
     }
 }
 
+fn invalid(field: &str, message: impl Into<String>) -> FieldError {
+    FieldError::new(field, message)
+}
+
 /// Parses a Kubernetes quantity of memory (`512Mi`, `1Gi`, `1G`, `268435456`) into bytes.
-pub fn parse_memory(field: &str, text: &str) -> Result<u64, InvalidValue> {
+pub fn parse_memory(field: &str, text: &str) -> Result<u64, FieldError> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -78,7 +107,7 @@ pub fn parse_memory(field: &str, text: &str) -> Result<u64, InvalidValue> {
 }
 
 /// Parses a CPU limit (`1`, `2`, `0.5`, `1000m`) into millicores.
-pub fn parse_cpu(field: &str, text: &str) -> Result<u64, InvalidValue> {
+pub fn parse_cpu(field: &str, text: &str) -> Result<u64, FieldError> {
     let text = text.trim();
     let millis = if let Some(m) = text.strip_suffix('m') {
         m.parse::<u64>().ok()
@@ -105,7 +134,7 @@ pub fn parse_cpu(field: &str, text: &str) -> Result<u64, InvalidValue> {
 
 /// Parses a duration as gcloud does: plain seconds (`300`) or with units (`5m`, `1h`, `1m30s`,
 /// `500ms`).
-pub fn parse_duration(field: &str, text: &str) -> Result<Duration, InvalidValue> {
+pub fn parse_duration(field: &str, text: &str) -> Result<Duration, FieldError> {
     let bad = || {
         invalid(
             field,
@@ -161,7 +190,7 @@ pub fn split_list(text: &str) -> Vec<String> {
 
 /// Parses `--set-env-vars K=V,K2=V2` into pairs, checking names and values; a name given
 /// twice is refused.
-pub fn parse_env_vars(field: &str, text: &str) -> Result<Vec<(String, String)>, InvalidValue> {
+pub fn parse_env_vars(field: &str, text: &str) -> Result<Vec<(String, String)>, FieldError> {
     let pairs = split_list(text)
         .into_iter()
         .map(|item| {
@@ -175,7 +204,7 @@ pub fn parse_env_vars(field: &str, text: &str) -> Result<Vec<(String, String)>, 
             check_env_value(field, name, value)?;
             Ok((name.to_string(), value.to_string()))
         })
-        .collect::<Result<Vec<_>, InvalidValue>>()?;
+        .collect::<Result<Vec<_>, FieldError>>()?;
     check_no_duplicate_env(field, &pairs)?;
     Ok(pairs)
 }
@@ -186,7 +215,7 @@ pub const MAX_ENV_LEN: usize = 32768;
 /// Checks an env var name as Cloud Run's API does: non-empty, at most 32768 characters,
 /// printable ASCII without `=` (Kubernetes' relaxed rule, which Cloud Run's API follows since
 /// it dropped the C_IDENTIFIER requirement), and not one Cloud Run reserves.
-pub fn check_env_name(field: &str, name: &str) -> Result<(), InvalidValue> {
+pub fn check_env_name(field: &str, name: &str) -> Result<(), FieldError> {
     let printable_ascii = name
         .bytes()
         .all(|b| (b' '..=b'~').contains(&b) && b != b'=');
@@ -200,20 +229,25 @@ pub fn check_env_name(field: &str, name: &str) -> Result<(), InvalidValue> {
         ));
     }
     if RESERVED_ENV.contains(&name) {
-        return Err(invalid(
-            field,
-            format!(
-                "the env var name '{name}' is reserved: Cloud Run sets {} itself. Remove it from your settings (use --port to change PORT)",
-                RESERVED_ENV.join(", ")
-            ),
-        ));
+        return Err(FieldError {
+            problem: Problem::ReservedEnvName {
+                name: name.to_string(),
+            },
+            ..invalid(
+                field,
+                format!(
+                    "the env var name '{name}' is reserved: Cloud Run sets {} itself. Remove it from your settings (use --port to change PORT)",
+                    RESERVED_ENV.join(", ")
+                ),
+            )
+        });
     }
     Ok(())
 }
 
 /// Checks an env var value: no NUL byte (a process environment cannot carry one) and at most
 /// 32768 bytes.
-pub fn check_env_value(field: &str, name: &str, value: &str) -> Result<(), InvalidValue> {
+pub fn check_env_value(field: &str, name: &str, value: &str) -> Result<(), FieldError> {
     if value.contains('\0') {
         return Err(invalid(
             field,
@@ -233,7 +267,7 @@ pub fn check_env_value(field: &str, name: &str, value: &str) -> Result<(), Inval
 }
 
 /// Refuses a name given twice in one list.
-pub fn check_no_duplicate_env(field: &str, pairs: &[(String, String)]) -> Result<(), InvalidValue> {
+pub fn check_no_duplicate_env(field: &str, pairs: &[(String, String)]) -> Result<(), FieldError> {
     let mut seen = std::collections::BTreeSet::new();
     for (name, _) in pairs {
         if !seen.insert(name.as_str()) {
@@ -317,7 +351,7 @@ fn flow_depth(text: &str) -> usize {
 
 /// Reads an env vars file: YAML (`NAME: value`, what `gcloud --env-vars-file` takes) or a
 /// `.env` file (`NAME=value` lines, `#` comments, optional quotes).
-pub fn read_env_file(field: &str, path: &Path) -> Result<Vec<(String, String)>, InvalidValue> {
+pub fn read_env_file(field: &str, path: &Path) -> Result<Vec<(String, String)>, FieldError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))?;
     check_document(&text).map_err(|m| invalid(field, format!("{}: {m}", path.display())))?;
@@ -338,7 +372,7 @@ pub fn read_env_file(field: &str, path: &Path) -> Result<Vec<(String, String)>, 
     } else {
         parse_env_yaml(&text).map_err(|m| invalid(field, format!("{}: {m}", path.display())))?
     };
-    let in_file = |e: InvalidValue| invalid(field, format!("{}: {}", path.display(), e.message));
+    let in_file = |e: FieldError| e.within(path.display());
     for (name, value) in &pairs {
         check_env_name(field, name).map_err(in_file)?;
         check_env_value(field, name, value).map_err(in_file)?;
@@ -535,6 +569,20 @@ mod tests {
             .to_string();
         assert!(err.contains("'K_REVISION' is reserved"), "{err}");
         assert_eq!(
+            parse_env_vars("--set-env-vars", "K_REVISION=x")
+                .unwrap_err()
+                .problem,
+            Problem::ReservedEnvName {
+                name: "K_REVISION".into()
+            }
+        );
+        assert_eq!(
+            parse_env_vars("--set-env-vars", "A=1,A=2")
+                .unwrap_err()
+                .problem,
+            Problem::Invalid
+        );
+        assert_eq!(
             parse_env_vars("--set-env-vars", "NOVALUE")
                 .unwrap_err()
                 .to_string(),
@@ -566,6 +614,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("'PORT' is reserved"));
+        // A reserved name is told by its kind, in a file as on the command line.
+        let in_file = read_env_file("--env-vars-file", &dotenv).unwrap_err();
+        assert_eq!(
+            in_file.problem,
+            Problem::ReservedEnvName {
+                name: "PORT".into()
+            }
+        );
+        assert_eq!(in_file.field, "--env-vars-file");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

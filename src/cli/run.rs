@@ -14,7 +14,7 @@ use super::Exit;
 use crate::admin::gate::TOKEN_ENV;
 use crate::admin::{self, AdminConfig, Announcement, Gate};
 use crate::cloudrun;
-use crate::config::{self, InvalidValue};
+use crate::config::{self, FieldError};
 use crate::control::knative;
 use crate::control::platform::{ApplyError, Platform, PlatformConfig};
 use crate::control::template::Secrets;
@@ -162,7 +162,7 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    pub fn from_args(args: RunArgs) -> Result<Self, InvalidValue> {
+    pub fn from_args(args: RunArgs) -> Result<Self, FieldError> {
         let image = match args.image {
             Some(image) if image.trim().is_empty() => {
                 return Err(invalid("IMAGE", "the image name is empty"))
@@ -255,15 +255,12 @@ impl RunConfig {
     }
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> InvalidValue {
-    InvalidValue {
-        field: field.to_string(),
-        message: message.into(),
-    }
+fn invalid(field: &str, message: impl Into<String>) -> FieldError {
+    FieldError::new(field, message)
 }
 
 /// `--listen` takes `HOST:PORT`, `:PORT` or `PORT` (on 127.0.0.1).
-fn parse_listen(flag: &str, text: &str) -> Result<SocketAddr, InvalidValue> {
+fn parse_listen(flag: &str, text: &str) -> Result<SocketAddr, FieldError> {
     let text = text.trim();
     let with_host = if let Some(port) = text.strip_prefix(':') {
         format!("127.0.0.1:{port}")
@@ -678,7 +675,7 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    fn config(args: &[&str]) -> Result<RunConfig, InvalidValue> {
+    fn config(args: &[&str]) -> Result<RunConfig, FieldError> {
         let mut argv = vec!["emulate", "run"];
         argv.extend_from_slice(args);
         let cli = crate::cli::Cli::try_parse_from(argv).expect("flags parse");

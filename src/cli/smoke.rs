@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::run::{self, RunArgs, RunConfig};
 use super::Exit;
 use crate::cloudrun;
+use crate::config::Problem;
 use crate::control::knative;
 use crate::control::platform::{ApplyError, NotReady, Platform, PlatformConfig, RevisionFailure};
 use crate::control::template::Secrets;
@@ -180,7 +181,7 @@ pub async fn run(mut args: SmokeArgs) -> Exit {
     let config = match RunConfig::from_args(args.service) {
         Ok(config) => config,
         // A reserved name is one of Cloud Run's preflight findings, not a usage error.
-        Err(e) if e.message.contains("is reserved") => {
+        Err(e) if matches!(e.problem, Problem::ReservedEnvName { .. }) => {
             smoke.fail(
                 PREFLIGHT,
                 "no reserved env names",

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::config::FieldError;
 use crate::control::traffic::{self, TargetKey};
 
 pub const API_VERSION: &str = "serving.knative.dev/v1";
@@ -348,23 +349,6 @@ pub struct List<T> {
     #[serde(default)]
     pub kind: String,
     pub items: Vec<T>,
-}
-
-/// A document that does not parse or has a bad field: where, and what is wrong.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct FieldError {
-    pub path: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
 }
 
 /// Parses a Service from YAML (JSON is YAML too), naming the field of any error. The
@@ -866,16 +850,16 @@ spec:
         let text = CONTRACT_EXAMPLE.replace("containerPort: 8080", "containerPort: eighty");
         let error = parse_service_yaml(&text).unwrap_err();
         assert_eq!(
-            error.path,
+            error.field,
             "spec.template.spec.containers[0].ports[0].containerPort"
         );
         assert!(error.message.starts_with("expected an integer"), "{error}");
         let error =
             parse_service_yaml("apiVersion: serving.knative.dev/v1\nkind: Service\nspec: [1]\n")
                 .unwrap_err();
-        assert_eq!(error.path, "spec");
+        assert_eq!(error.field, "spec");
         let error = parse_service_yaml("kind: Pod\n").unwrap_err();
-        assert_eq!(error.path, "kind");
+        assert_eq!(error.field, "kind");
     }
 
     #[test]
@@ -885,22 +869,22 @@ spec:
         assert_eq!(error.to_string(), "kind: required: set kind: Service");
         let wrong = CONTRACT_EXAMPLE.replace("serving.knative.dev/v1", "apps/v1");
         let error = parse_service_yaml(&wrong).unwrap_err();
-        assert_eq!(error.path, "apiVersion");
+        assert_eq!(error.field, "apiVersion");
         assert!(error.message.contains("found \"apps/v1\""), "{error}");
         let no_version = CONTRACT_EXAMPLE.replace("apiVersion: serving.knative.dev/v1\n", "");
         assert_eq!(
-            parse_service_yaml(&no_version).unwrap_err().path,
+            parse_service_yaml(&no_version).unwrap_err().field,
             "apiVersion"
         );
         let json = br#"{"apiVersion":"serving.knative.dev/v1","metadata":{"name":"a"}}"#;
-        assert_eq!(parse_service_json(json).unwrap_err().path, "kind");
+        assert_eq!(parse_service_json(json).unwrap_err().field, "kind");
     }
 
     #[test]
     fn unknown_fields_are_refused_with_a_suggestion() {
         let typo = CONTRACT_EXAMPLE.replace("containerConcurrency: 80", "containerConcurency: 1");
         let error = parse_service_yaml(&typo).unwrap_err();
-        assert_eq!(error.path, "spec.template.spec.containerConcurency");
+        assert_eq!(error.field, "spec.template.spec.containerConcurency");
         assert!(
             error
                 .message
@@ -913,13 +897,13 @@ spec:
         );
         let error = parse_service_yaml(&deep).unwrap_err();
         assert_eq!(
-            error.path,
+            error.field,
             "spec.template.spec.containers[0].ports[0].protocl"
         );
         assert!(error.message.contains("did you mean protocol?"), "{error}");
         let nothing_close = CONTRACT_EXAMPLE.replace("  traffic:", "  zzzzzzzzzz: 1\n  traffic:");
         let error = parse_service_yaml(&nothing_close).unwrap_err();
-        assert_eq!(error.path, "spec.zzzzzzzzzz");
+        assert_eq!(error.field, "spec.zzzzzzzzzz");
         assert!(!error.message.contains("did you mean"), "{error}");
         // Known fields the emulator does not model are still accepted.
         let known = CONTRACT_EXAMPLE.replace(
@@ -934,7 +918,7 @@ spec:
         let negative =
             CONTRACT_EXAMPLE.replace("containerConcurrency: 80", "containerConcurrency: -1");
         let error = parse_service_yaml(&negative).unwrap_err();
-        assert_eq!(error.path, "spec.template.spec.containerConcurrency");
+        assert_eq!(error.field, "spec.template.spec.containerConcurrency");
         assert_eq!(error.message, "-1 is out of range: it must be 0 or more");
         let big = CONTRACT_EXAMPLE.replace("containerPort: 8080", "containerPort: 70000");
         let error = parse_service_yaml(&big).unwrap_err();
@@ -953,14 +937,14 @@ spec:
         };
         for bad in ["a---b", "a/b", "../x", "Hello"] {
             let error = validate_names(&service(bad).unwrap()).unwrap_err();
-            assert_eq!(error.path, "metadata.name", "{bad}");
+            assert_eq!(error.field, "metadata.name", "{bad}");
         }
         let ok = service("hello").unwrap();
         assert_eq!(validate_names(&ok), Ok(()));
         let mut bad_revision = ok.clone();
         bad_revision.spec.template.metadata.name = Some("hello-../x".into());
         assert_eq!(
-            validate_names(&bad_revision).unwrap_err().path,
+            validate_names(&bad_revision).unwrap_err().field,
             "spec.template.metadata.name"
         );
         let mut bad_tag = ok.clone();
@@ -969,7 +953,7 @@ spec:
         bad_tag.spec.template.metadata.name = None;
         bad_tag.spec.traffic[1].revision_name = Some(format!("{}-1", "s".repeat(20)));
         assert_eq!(
-            validate_names(&bad_tag).unwrap_err().path,
+            validate_names(&bad_tag).unwrap_err().field,
             "spec.traffic[0].tag"
         );
     }
@@ -1011,14 +995,14 @@ spec:
             ..Default::default()
         }];
         let error = traffic_from_doc(&bad).unwrap_err();
-        assert_eq!(error.path, "spec.traffic[0]");
+        assert_eq!(error.field, "spec.traffic[0]");
         let big = [TrafficTarget {
             latest_revision: Some(true),
             percent: Some(101),
             ..Default::default()
         }];
         assert_eq!(
-            traffic_from_doc(&big).unwrap_err().path,
+            traffic_from_doc(&big).unwrap_err().field,
             "spec.traffic[0].percent"
         );
         assert_eq!(traffic_from_doc(&[]).unwrap(), None);

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cloudrun;
-use crate::control::knative::{self, Condition, FieldError, ObjectMeta, RevisionTemplate};
+use crate::config::FieldError;
+use crate::control::knative::{self, Condition, ObjectMeta, RevisionTemplate};
 use crate::control::template::{self, RevisionConfig, Secrets};
 use crate::control::traffic::{self, TargetKey, TrafficTarget};
 use crate::instances::instance::{RevisionSpec, StartError, StartFailure};

@@ -80,7 +80,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::report::format_duration;
-use crate::control::knative::FieldError;
+use crate::config::FieldError;
 
 /// The most requests a `concurrent` check may send at once. More would measure the machine
 /// running CI rather than the service.
