@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use crate::cloudrun::RESERVED_ENV;
 
+pub mod serde_errors;
+
 /// A bad value in a flag, a file or a document: where (the flag, or the dotted path of the
 /// document's field), and why. Every layer reports bad input with it, from flags to the admin
 /// API's documents.

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::config::FieldError;
+use crate::config::{serde_errors, FieldError};
 use crate::control::traffic::{self, TargetKey};
 
 pub const API_VERSION: &str = "serving.knative.dev/v1";
@@ -357,7 +357,7 @@ pub struct List<T> {
 pub fn parse_service_yaml(text: &str) -> Result<Service, FieldError> {
     crate::config::check_document(text).map_err(|m| FieldError::new("(document)", m))?;
     let value: serde_json::Value = serde_yaml_ng::from_str(text)
-        .map_err(|e| FieldError::new("(document)", friendly(&e.to_string())))?;
+        .map_err(|e| serde_errors::field_error(".", &e.to_string()))?;
     service_from_value(value)
 }
 
@@ -401,17 +401,8 @@ fn service_from_value(value: serde_json::Value) -> Result<Service, FieldError> {
         }
     }
     check_fields(&value, Shape::Service, "")?;
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        FieldError::new(
-            if path == "." {
-                "(document)".to_string()
-            } else {
-                path
-            },
-            friendly(&e.inner().to_string()),
-        )
-    })
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| serde_errors::field_error(&e.path().to_string(), &e.inner().to_string()))
 }
 
 /// A value quoted in a message, cut short.
@@ -571,7 +562,7 @@ fn check_fields(value: &serde_json::Value, shape: Shape, path: &str) -> Result<(
             format!("{path}.{shown}")
         };
         let Some((_, child_shape, list)) = fields.iter().find(|(name, ..)| name == key) else {
-            let hint = closest(key, fields.iter().map(|(name, ..)| *name))
+            let hint = serde_errors::closest(key, fields.iter().map(|(name, ..)| *name))
                 .map(|name| format!("; did you mean {name}?"))
                 .unwrap_or_default();
             return Err(FieldError::new(
@@ -589,40 +580,6 @@ fn check_fields(value: &serde_json::Value, shape: Shape, path: &str) -> Result<(
         }
     }
     Ok(())
-}
-
-/// The known name closest to a misspelt one: same letters in another case, or at most a
-/// third of its letters changed.
-fn closest<'a>(key: &str, names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    names
-        .map(|name| {
-            let distance = if name.eq_ignore_ascii_case(key) {
-                0
-            } else {
-                edit_distance(&key.to_ascii_lowercase(), &name.to_ascii_lowercase())
-            };
-            (distance, name)
-        })
-        .filter(|(distance, name)| *distance <= (name.len() / 3).max(1))
-        .min_by_key(|(distance, _)| *distance)
-        .map(|(_, name)| name)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut previous = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let current = row[j + 1];
-            row[j + 1] = (previous + usize::from(ca != *cb))
-                .min(row[j] + 1)
-                .min(current + 1);
-            previous = current;
-        }
-    }
-    row[b.len()]
 }
 
 /// Checks the names a document gives: the service, the revision, and the revisions and tags
@@ -659,37 +616,6 @@ pub fn validate_names(service: &Service) -> Result<(), FieldError> {
         }
     }
     Ok(())
-}
-
-/// Serde's messages speak Rust ("expected u16"); users wrote YAML.
-fn friendly(message: &str) -> String {
-    let message = message.split(" at line ").next().unwrap_or(message);
-    for (int, max) in [
-        ("u16", u64::from(u16::MAX)),
-        ("u32", u64::from(u32::MAX)),
-        ("u64", u64::MAX),
-        ("i32", i32::MAX as u64),
-        ("i64", i64::MAX as u64),
-        ("usize", u64::MAX),
-    ] {
-        if let Some(found) = message
-            .strip_prefix("invalid type: ")
-            .and_then(|m| m.strip_suffix(&format!(", expected {int}")))
-        {
-            return format!("expected an integer, found {found}");
-        }
-        if let Some(found) = message
-            .strip_prefix("invalid value: integer `")
-            .and_then(|m| m.strip_suffix(&format!("`, expected {int}")))
-        {
-            return if found.starts_with('-') {
-                format!("{found} is out of range: it must be 0 or more")
-            } else {
-                format!("{found} is out of range: it must be at most {max}")
-            };
-        }
-    }
-    message.to_string()
 }
 
 /// The traffic of a document as the traffic math's targets, each entry checked (revisionName

@@ -80,7 +80,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::report::format_duration;
-use crate::config::FieldError;
+use crate::config::{serde_errors, FieldError};
 
 /// The most requests a `concurrent` check may send at once. More would measure the machine
 /// running CI rather than the service.
@@ -644,7 +644,7 @@ pub fn parse_checks_file(text: &str) -> Result<ChecksFile, FieldError> {
     let deserializer = serde_yaml_ng::Deserializer::from_str(text);
     let raw: RawFile = serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();
-        serde_error(&path, &e.into_inner().to_string())
+        serde_errors::field_error(&path, &e.into_inner().to_string())
     })?;
     if raw.checks.is_empty() {
         return Err(FieldError::new(
@@ -1145,140 +1145,6 @@ fn parse_status_field(text: &str) -> Result<StatusExpect, String> {
         ));
     }
     StatusExpect::parse(text)
-}
-
-/// A serde error as a field error: the path it found, and its message in the words of YAML
-/// rather than of Rust ("a list", not "a sequence").
-fn serde_error(path: &str, inner: &str) -> FieldError {
-    // serde_yaml_ng starts some messages with its own notion of the path.
-    let message = match inner.split_once(": ") {
-        Some((head, tail))
-            if !head.contains(' ')
-                && (path == head
-                    || path
-                        .strip_prefix(head)
-                        .is_some_and(|rest| rest.starts_with(['.', '[']))) =>
-        {
-            tail
-        }
-        _ => inner,
-    };
-    // A document-level error (a YAML syntax error, a missing `checks`) has no field to point
-    // at, so the line and column are its only "where"; elsewhere the path says it better.
-    if path == "." || path == "?" || path.is_empty() {
-        return FieldError::new("(document)", friendly(message));
-    }
-    let message = match message.rsplit_once(" at line ") {
-        Some((message, location))
-            if location
-                .split_once(" column ")
-                .is_some_and(|(line, column)| {
-                    line.parse::<u64>().is_ok() && column.parse::<u64>().is_ok()
-                }) =>
-        {
-            message
-        }
-        _ => message,
-    };
-    FieldError::new(path, friendly(message))
-}
-
-fn friendly(message: &str) -> String {
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        if let Some((key, allowed)) = rest.split_once('`') {
-            return unknown_key(key, allowed);
-        }
-    }
-    if let Some(key) = message.strip_prefix("missing field ") {
-        return format!("missing required key {key}");
-    }
-    if let Some(key) = message.strip_prefix("duplicate field ") {
-        return format!("key {key} is given twice");
-    }
-    for prefix in ["invalid type: ", "invalid value: "] {
-        if let Some((found, expected)) = message
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.rsplit_once(", expected "))
-        {
-            return format!(
-                "expected {}, found {}",
-                yaml_expected(expected),
-                yaml_found(found)
-            );
-        }
-    }
-    message.to_string()
-}
-
-fn yaml_expected(expected: &str) -> &str {
-    match expected {
-        "i64" | "u64" | "i32" | "u32" | "u16" | "usize" => "an integer",
-        "a sequence" => "a list",
-        "a map" => "a mapping",
-        other => other,
-    }
-}
-
-fn yaml_found(found: &str) -> String {
-    match found {
-        "unit value" => "nothing (null)".to_string(),
-        "sequence" => "a list".to_string(),
-        "map" => "a mapping".to_string(),
-        other => {
-            // `integer `5``, `boolean `true``, `integer `1e20` as u128`: the value alone.
-            match other.split('`').nth(1) {
-                Some(value) => value.to_string(),
-                None => other.strip_prefix("string ").unwrap_or(other).to_string(),
-            }
-        }
-    }
-}
-
-/// "unknown key `expct`, did you mean `expect`? ..." from serde's list of the keys it knows.
-fn unknown_key(key: &str, allowed: &str) -> String {
-    let known: Vec<&str> = allowed.split('`').skip(1).step_by(2).collect();
-    let mut message = format!("unknown key `{key}`");
-    if let Some(near) = known
-        .iter()
-        .filter(|k| is_near(key, k))
-        .min_by_key(|k| edit_distance(key, k))
-    {
-        message.push_str(&format!(", did you mean `{near}`?"));
-    }
-    if !known.is_empty() {
-        let known: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
-        message.push_str(&format!(" (the keys here are {})", known.join(", ")));
-    }
-    message
-}
-
-/// Close enough to be a typo: one edit in four, or the same key in another case or with
-/// `_` or `-` (`latency_below` for `latencyBelow`).
-fn is_near(typed: &str, known: &str) -> bool {
-    let squash = |s: &str| -> String {
-        s.chars()
-            .filter(|c| *c != '_' && *c != '-')
-            .flat_map(char::to_lowercase)
-            .collect()
-    };
-    squash(typed) == squash(known) || edit_distance(typed, known) <= known.len().div_ceil(4)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (above + 1)
-                .min(row[j] + 1)
-                .min(diagonal + usize::from(ca != *cb));
-            diagonal = above;
-        }
-    }
-    row[b.len()]
 }
 
 #[cfg(test)]
