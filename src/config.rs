@@ -134,47 +134,99 @@ pub fn parse_cpu(field: &str, text: &str) -> Result<u64, FieldError> {
     Ok(millis)
 }
 
-/// Parses a duration as gcloud does: plain seconds (`300`) or with units (`5m`, `1h`, `1m30s`,
-/// `500ms`).
+/// Parses a duration flag or setting: plain seconds as gcloud takes them (`300`), or units
+/// (`5m`, `1h`, `1m30s`, `500ms`, `1.5s`); see [`duration`].
 pub fn parse_duration(field: &str, text: &str) -> Result<Duration, FieldError> {
-    let bad = || {
-        invalid(
+    duration(text).map_err(|e| match e {
+        DurationError::Malformed => invalid(
             field,
             format!("'{text}' is not a duration; use seconds (300) or units (5m, 1h, 30s, 500ms)"),
-        )
-    };
+        ),
+        DurationError::OutOfRange => invalid(field, format!("'{}' is out of range", text.trim())),
+    })
+}
+
+/// Why a text is not a duration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DurationError {
+    Malformed,
+    /// Too large for a duration.
+    OutOfRange,
+}
+
+/// The one duration grammar, of flags, documents and checks files: a bare number of seconds
+/// (gcloud's `300`, optionally `+300`), or one or more numbers each with a unit (`ms`, `s`,
+/// `m`, `h`) that add up (`1m30s`), with spaces allowed around units (`3 s`). A number may have
+/// up to nine decimals (`1.5s`, `.25s`): nanoseconds.
+pub fn duration(text: &str) -> Result<Duration, DurationError> {
     let text = text.trim();
     if text.is_empty() {
-        return Err(bad());
+        return Err(DurationError::Malformed);
     }
-    if let Ok(seconds) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(seconds));
+    if is_bare_number(text) {
+        let number = text.strip_prefix('+').unwrap_or(text);
+        return to_duration(nanos(number, 1_000_000_000)?);
     }
-    let mut total = Duration::ZERO;
+    let mut total: u128 = 0;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        if digits == 0 {
-            return Err(bad());
-        }
-        let value: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ms" => Some(Duration::from_millis(value)),
-            "s" => Some(Duration::from_secs(value)),
-            "m" => value.checked_mul(60).map(Duration::from_secs),
-            "h" => value.checked_mul(3600).map(Duration::from_secs),
-            _ => return Err(bad()),
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or(DurationError::Malformed)?;
+        let (number, after) = rest.split_at(number_len);
+        let after = after.trim_start();
+        let unit_len = after
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(after.len());
+        let nanos_per_unit: u128 = match &after[..unit_len] {
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => return Err(DurationError::Malformed),
         };
-        total = unit
-            .and_then(|unit| total.checked_add(unit))
-            .ok_or_else(|| invalid(field, format!("'{text}' is out of range")))?;
-        rest = &rest[unit_len..];
+        total = total
+            .checked_add(nanos(number, nanos_per_unit)?)
+            .ok_or(DurationError::OutOfRange)?;
+        rest = after[unit_len..].trim_start();
     }
-    Ok(total)
+    to_duration(total)
+}
+
+/// A number without a unit (`300`, `1.5`), which [`duration`] reads as seconds.
+pub fn is_bare_number(text: &str) -> bool {
+    let number = text.trim();
+    let number = number.strip_prefix('+').unwrap_or(number);
+    !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+/// `number` (digits, at most one `.`, at most nine decimals) of units of `per_unit` ns.
+fn nanos(number: &str, per_unit: u128) -> Result<u128, DurationError> {
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let digits_only = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && fraction.is_empty())
+        || !digits_only(whole)
+        || !digits_only(fraction)
+        || fraction.len() > 9
+    {
+        return Err(DurationError::Malformed);
+    }
+    // Digits only: a failed parse is an overflow.
+    let parse = |s: &str| match s.is_empty() {
+        true => Ok(0u128),
+        false => s.parse::<u128>().map_err(|_| DurationError::OutOfRange),
+    };
+    let scale = 10u128.pow(fraction.len() as u32);
+    let (whole, fraction) = (parse(whole)?, parse(fraction)?);
+    whole
+        .checked_mul(per_unit)
+        .and_then(|n| n.checked_add(fraction * per_unit / scale))
+        .ok_or(DurationError::OutOfRange)
+}
+
+fn to_duration(nanos: u128) -> Result<Duration, DurationError> {
+    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| DurationError::OutOfRange)?;
+    Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32))
 }
 
 /// Splits a gcloud list flag value: comma-separated, or with another delimiter chosen by a
@@ -547,7 +599,20 @@ mod tests {
             parse_duration("t", "250ms").unwrap(),
             Duration::from_millis(250)
         );
-        for bad in ["", "m", "5 m", "5x", "-1"] {
+        // One grammar with checks files: fractions, hours and spaced units too.
+        assert_eq!(
+            parse_duration("t", "5 m").unwrap(),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            parse_duration("t", "1.5s").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            parse_duration("t", "+300").unwrap(),
+            Duration::from_secs(300)
+        );
+        for bad in ["", "m", "5x", "-1", "1m30", "1.2.3s", "1e3ms", "s5", "."] {
             let err = parse_duration("--timeout", bad).unwrap_err().to_string();
             assert_eq!(
                 err,

@@ -80,7 +80,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::report::format_duration;
-use crate::config::{serde_errors, FieldError};
+use crate::config::{self, serde_errors, DurationError, FieldError};
 
 /// The most requests a `concurrent` check may send at once. More would measure the machine
 /// running CI rather than the service.
@@ -525,52 +525,20 @@ pub fn json_path<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
 
 const DURATION_HINT: &str = "expected a duration like 500ms, 2s or 1m";
 
-/// Reads `500ms`, `2s`, `1.5s` or `1m`.
+/// Reads a duration in the grammar of [`config::duration`] (`500ms`, `2s`, `1.5s`, `1m`,
+/// `1m30s`), but with a unit: a bare `500` in a latency limit is more likely meant as
+/// milliseconds than as the seconds it would be in a flag.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let nanos_per_unit: u128 = match unit.trim() {
-        "ms" => 1_000_000,
-        "s" => 1_000_000_000,
-        "m" => 60_000_000_000,
-        "" if !number.is_empty() => {
-            return Err(format!(
-                "{DURATION_HINT}, found {text:?} (add a unit: ms, s or m)"
-            ))
-        }
-        _ => return Err(format!("{DURATION_HINT}, found {text:?}")),
-    };
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    let digits_only = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    // Nine decimals reach nanoseconds even in seconds; more would only be noise.
-    if (whole.is_empty() && fraction.is_empty())
-        || !digits_only(whole)
-        || !digits_only(fraction)
-        || fraction.len() > 9
-    {
-        return Err(format!("{DURATION_HINT}, found {text:?}"));
+    if config::is_bare_number(text) {
+        return Err(format!(
+            "{DURATION_HINT}, found {text:?} (add a unit: ms, s or m)"
+        ));
     }
-    let too_long = || format!("{text:?} is too long a duration");
-    let whole: u128 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().map_err(|_| too_long())?
-    };
-    let scale = 10u128.pow(fraction.len() as u32);
-    let fraction: u128 = if fraction.is_empty() {
-        0
-    } else {
-        fraction.parse().map_err(|_| too_long())?
-    };
-    let nanos = whole
-        .checked_mul(nanos_per_unit)
-        .and_then(|n| n.checked_add(fraction * nanos_per_unit / scale))
-        .ok_or_else(too_long)?;
-    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| too_long())?;
-    Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32))
+    config::duration(text).map_err(|e| match e {
+        DurationError::Malformed => format!("{DURATION_HINT}, found {text:?}"),
+        DurationError::OutOfRange => format!("{text:?} is too long a duration"),
+    })
 }
 
 /// Reads `--request 'METHOD /path'`, or just `/path` for a GET.
@@ -1731,12 +1699,14 @@ mod tests {
         assert_eq!(parse_duration("0.1s"), Ok(Duration::from_millis(100)));
         assert_eq!(parse_duration(" 3 s "), Ok(Duration::from_secs(3)));
         assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO));
+        // One grammar with the flags: hours and sums too.
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         for bad in [
             "",
             "ms",
             "5",
             "-1s",
-            "1h",
             "1.2.3s",
             "1e3ms",
             "1.0000000001s",
