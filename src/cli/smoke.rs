@@ -404,9 +404,10 @@ impl Smoke {
                     .collect();
                 let start_error = failure.map(RevisionFailure::error);
                 // A user's HTTP or gRPC startup probe that never passed, on an app that listens.
-                let probe_line = failure.and_then(RevisionFailure::startup_probe_failed);
-                let timed_out = matches!(start_error, Some(StartError::NotReady { .. }));
-                if probe_line.is_some() {
+                let probe_failed = matches!(start_error, Some(StartError::ProbeFailed { .. }));
+                let timed_out =
+                    probe_failed || matches!(start_error, Some(StartError::NotReady { .. }));
+                if probe_failed {
                     self.pass(PREFLIGHT, "listens on 0.0.0.0:$PORT", took);
                 } else {
                     self.fail(
@@ -422,7 +423,8 @@ impl Smoke {
                         PREFLIGHT,
                         "starts within the startup probe's budget",
                         took,
-                        probe_line
+                        failure
+                            .and_then(RevisionFailure::startup_probe_failed)
                             .unwrap_or_else(|| "the startup probe's budget ran out".to_string()),
                         Vec::new(),
                     );
@@ -1132,13 +1134,7 @@ mod tests {
 
     #[test]
     fn a_startup_that_never_listens_runs_out_of_budget() {
-        let found = preflight(
-            StartError::NotReady {
-                diagnosis: None,
-                probe_failure: None,
-            },
-            None,
-        );
+        let found = preflight(StartError::NotReady { diagnosis: None }, None);
         assert_eq!(found[2].0, "listens on 0.0.0.0:$PORT");
         assert!(
             found[2].1.starts_with("Default STARTUP TCP probe failed"),
@@ -1167,9 +1163,8 @@ mod tests {
             failure_threshold: 3,
         };
         let found = preflight(
-            StartError::NotReady {
-                diagnosis: None,
-                probe_failure: Some("got 500".into()),
+            StartError::ProbeFailed {
+                why: "got 500".into(),
             },
             Some(probe),
         );

@@ -91,13 +91,14 @@ pub enum StartError {
     ExecFormat { message: String },
     #[error("{}", cloudrun::container_called_exit(*code))]
     Exited { code: i64, oom_killed: bool },
+    /// Nothing answered on the port within the startup budget; the listen diagnosis says
+    /// what the app listens on instead, when it can be read.
     #[error("the startup probe timed out")]
-    NotReady {
-        diagnosis: Option<ListenDiagnosis>,
-        /// With a user's HTTP or gRPC startup probe on an app that listens: why its last
-        /// attempt failed.
-        probe_failure: Option<String>,
-    },
+    NotReady { diagnosis: Option<ListenDiagnosis> },
+    /// The app listens, but the user's HTTP or gRPC startup probe never passed within the
+    /// startup budget: why its last attempt failed.
+    #[error("the startup probe timed out")]
+    ProbeFailed { why: String },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error("interrupted before the instance was ready")]
@@ -122,10 +123,7 @@ impl StartFailure {
                 out.push_str(&cloudrun::container_called_exit(*code));
                 out.push('\n');
             }
-            StartError::NotReady {
-                probe_failure: Some(_),
-                ..
-            } => {
+            StartError::ProbeFailed { .. } => {
                 if let Some(line) = self.startup_probe_failed(spec) {
                     out.push_str(&line);
                     out.push('\n');
@@ -158,18 +156,14 @@ impl StartFailure {
     /// that listens; None for any other failure.
     pub fn startup_probe_failed(&self, spec: &RevisionSpec) -> Option<String> {
         match (&self.error, &spec.startup_probe) {
-            (
-                StartError::NotReady {
-                    probe_failure: Some(_),
-                    ..
-                },
-                Some(startup),
-            ) => Some(cloudrun::user_startup_probe_failed(
-                startup.kind(),
-                startup.failure_threshold,
-                spec.container_display_name(),
-                &startup.target(),
-            )),
+            (StartError::ProbeFailed { .. }, Some(startup)) => {
+                Some(cloudrun::user_startup_probe_failed(
+                    startup.kind(),
+                    startup.failure_threshold,
+                    spec.container_display_name(),
+                    &startup.target(),
+                ))
+            }
             _ => None,
         }
     }
@@ -190,10 +184,7 @@ impl StartFailure {
                 "the container exited with code {code} before listening on port {}. Its last log lines above usually say why; reproduce with: docker run --rm -e PORT={} {}",
                 spec.port, spec.port, spec.image
             ),
-            StartError::NotReady {
-                probe_failure: Some(why),
-                ..
-            } => match &spec.startup_probe {
+            StartError::ProbeFailed { why } => match &spec.startup_probe {
                 Some(startup) => format!(
                     "the app listens on port {}, but its {} startup probe {} never passed: the last attempt {why}. It passes on {}; fix the endpoint, or point startupProbe at one that answers once the app is ready.",
                     spec.port,
@@ -206,10 +197,8 @@ impl StartFailure {
                 ),
                 None => String::new(),
             },
-            StartError::NotReady {
-                diagnosis: Some(d), ..
-            } => d.explain(spec.port),
-            StartError::NotReady { diagnosis: None, .. } => format!(
+            StartError::NotReady { diagnosis: Some(d) } => d.explain(spec.port),
+            StartError::NotReady { diagnosis: None } => format!(
                 "nothing answered on port {} within {:?}. Check that the app listens on 0.0.0.0:$PORT; if it only starts slowly, raise --startup-timeout.",
                 spec.port, spec.startup_budget
             ),
@@ -489,9 +478,9 @@ async fn probe_until_ready(
                 .pid
                 .and_then(probe::listening_sockets)
                 .and_then(|s| probe::diagnose(&s, spec.port));
-            return Err(StartError::NotReady {
-                diagnosis,
-                probe_failure,
+            return Err(match probe_failure {
+                Some(why) => StartError::ProbeFailed { why },
+                None => StartError::NotReady { diagnosis },
             });
         }
         if !warned && now >= next_check {
