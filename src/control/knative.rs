@@ -364,7 +364,7 @@ pub fn parse_service_yaml(text: &str) -> Result<Service, FieldError> {
 /// Parses a Service from the admin API's JSON body, naming the field of any error.
 pub fn parse_service_json(body: &[u8]) -> Result<Service, FieldError> {
     let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| FieldError::new("(document)", e.to_string()))?;
+        serde_json::from_slice(body).map_err(|e| serde_errors::field_error(".", &e.to_string()))?;
     service_from_value(value)
 }
 
