@@ -12,7 +12,7 @@
 //!       bodyContains: Hello               # a string or a list of strings
 //!       bodyMatches: 'K_REVISION=\w+'     # a regex or a list of regexes
 //!       headers: {Content-Type: text/html}
-//!       latencyBelow: 500ms               # units ms, s and m
+//!       latencyBelow: 500ms               # units ms, s, m and h (1m30s, 1.5s)
 //!   - name: items API
 //!     request: GET /api/items?limit=1     # "METHOD /path" is short for {method, path}
 //!     expect:
