@@ -159,7 +159,7 @@ async fn handle(platform: &Platform, request: Request<Incoming>) -> Response<Ful
             let parsed = if yaml {
                 match std::str::from_utf8(&body) {
                     Ok(text) => knative::parse_service_yaml(text),
-                    Err(_) => Err(knative::FieldError::new(
+                    Err(_) => Err(crate::config::FieldError::new(
                         "(document)",
                         "a YAML body must be UTF-8",
                     )),
@@ -279,7 +279,7 @@ fn apply_error(error: ApplyError) -> Response<Full<Bytes>> {
         ApplyError::Invalid(_) | ApplyError::Traffic(_) | ApplyError::Image(_) => {
             (StatusCode::BAD_REQUEST, "BadRequest")
         }
-        ApplyError::Unsupported(_) => (StatusCode::UNPROCESSABLE_ENTITY, "UnsupportedPlatform"),
+        ApplyError::Unsupported { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "UnsupportedPlatform"),
         ApplyError::NotReady(_) => (StatusCode::UNPROCESSABLE_ENTITY, "RevisionFailed"),
         ApplyError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
         ApplyError::Runtime(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),

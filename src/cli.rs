@@ -58,11 +58,8 @@ pub enum Exit {
 }
 
 /// A bad flag value: which flag, and why.
-pub(crate) fn invalid(flag: &str, message: impl Into<String>) -> crate::config::InvalidValue {
-    crate::config::InvalidValue {
-        field: flag.to_string(),
-        message: message.into(),
-    }
+pub(crate) fn invalid(flag: &str, message: impl Into<String>) -> crate::config::FieldError {
+    crate::config::FieldError::new(flag, message)
 }
 
 impl From<Exit> for ExitCode {

@@ -6,23 +6,54 @@ use std::time::Duration;
 
 use crate::cloudrun::RESERVED_ENV;
 
-/// A bad value in a flag or file: which one, and why.
-#[derive(Debug, thiserror::Error)]
+pub mod serde_errors;
+
+/// A bad value in a flag, a file or a document: where (the flag, or the dotted path of the
+/// document's field), and why. Every layer reports bad input with it, from flags to the admin
+/// API's documents.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
-pub struct InvalidValue {
+pub struct FieldError {
     pub field: String,
     pub message: String,
+    /// What kind of mistake, for callers that treat one apart (smoke reports a reserved env
+    /// name as one of Cloud Run's preflight findings, not as a usage error).
+    pub problem: Problem,
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> InvalidValue {
-    InvalidValue {
-        field: field.to_string(),
-        message: message.into(),
+/// The kinds of bad value a caller may treat apart from the rest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Problem {
+    #[default]
+    Invalid,
+    /// An env var name Cloud Run sets itself (`PORT`, `K_SERVICE`...).
+    ReservedEnvName { name: String },
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+            problem: Problem::Invalid,
+        }
+    }
+
+    /// The same error, its message prefixed with where it was found (a file's path).
+    fn within(self, place: impl std::fmt::Display) -> Self {
+        FieldError {
+            message: format!("{place}: {}", self.message),
+            ..self
+        }
     }
 }
 
+fn invalid(field: &str, message: impl Into<String>) -> FieldError {
+    FieldError::new(field, message)
+}
+
 /// Parses a Kubernetes quantity of memory (`512Mi`, `1Gi`, `1G`, `268435456`) into bytes.
-pub fn parse_memory(field: &str, text: &str) -> Result<u64, InvalidValue> {
+pub fn parse_memory(field: &str, text: &str) -> Result<u64, FieldError> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -78,7 +109,7 @@ pub fn parse_memory(field: &str, text: &str) -> Result<u64, InvalidValue> {
 }
 
 /// Parses a CPU limit (`1`, `2`, `0.5`, `1000m`) into millicores.
-pub fn parse_cpu(field: &str, text: &str) -> Result<u64, InvalidValue> {
+pub fn parse_cpu(field: &str, text: &str) -> Result<u64, FieldError> {
     let text = text.trim();
     let millis = if let Some(m) = text.strip_suffix('m') {
         m.parse::<u64>().ok()
@@ -103,47 +134,99 @@ pub fn parse_cpu(field: &str, text: &str) -> Result<u64, InvalidValue> {
     Ok(millis)
 }
 
-/// Parses a duration as gcloud does: plain seconds (`300`) or with units (`5m`, `1h`, `1m30s`,
-/// `500ms`).
-pub fn parse_duration(field: &str, text: &str) -> Result<Duration, InvalidValue> {
-    let bad = || {
-        invalid(
+/// Parses a duration flag or setting: plain seconds as gcloud takes them (`300`), or units
+/// (`5m`, `1h`, `1m30s`, `500ms`, `1.5s`); see [`duration`].
+pub fn parse_duration(field: &str, text: &str) -> Result<Duration, FieldError> {
+    duration(text).map_err(|e| match e {
+        DurationError::Malformed => invalid(
             field,
             format!("'{text}' is not a duration; use seconds (300) or units (5m, 1h, 30s, 500ms)"),
-        )
-    };
+        ),
+        DurationError::OutOfRange => invalid(field, format!("'{}' is out of range", text.trim())),
+    })
+}
+
+/// Why a text is not a duration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DurationError {
+    Malformed,
+    /// Too large for a duration.
+    OutOfRange,
+}
+
+/// The one duration grammar, of flags, documents and checks files: a bare number of seconds
+/// (gcloud's `300`, optionally `+300`), or one or more numbers each with a unit (`ms`, `s`,
+/// `m`, `h`) that add up (`1m30s`), with spaces allowed around units (`3 s`). A number may have
+/// up to nine decimals (`1.5s`, `.25s`): nanoseconds.
+pub fn duration(text: &str) -> Result<Duration, DurationError> {
     let text = text.trim();
     if text.is_empty() {
-        return Err(bad());
+        return Err(DurationError::Malformed);
     }
-    if let Ok(seconds) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(seconds));
+    if is_bare_number(text) {
+        let number = text.strip_prefix('+').unwrap_or(text);
+        return to_duration(nanos(number, 1_000_000_000)?);
     }
-    let mut total = Duration::ZERO;
+    let mut total: u128 = 0;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        if digits == 0 {
-            return Err(bad());
-        }
-        let value: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ms" => Some(Duration::from_millis(value)),
-            "s" => Some(Duration::from_secs(value)),
-            "m" => value.checked_mul(60).map(Duration::from_secs),
-            "h" => value.checked_mul(3600).map(Duration::from_secs),
-            _ => return Err(bad()),
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or(DurationError::Malformed)?;
+        let (number, after) = rest.split_at(number_len);
+        let after = after.trim_start();
+        let unit_len = after
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(after.len());
+        let nanos_per_unit: u128 = match &after[..unit_len] {
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => return Err(DurationError::Malformed),
         };
-        total = unit
-            .and_then(|unit| total.checked_add(unit))
-            .ok_or_else(|| invalid(field, format!("'{text}' is out of range")))?;
-        rest = &rest[unit_len..];
+        total = total
+            .checked_add(nanos(number, nanos_per_unit)?)
+            .ok_or(DurationError::OutOfRange)?;
+        rest = after[unit_len..].trim_start();
     }
-    Ok(total)
+    to_duration(total)
+}
+
+/// A number without a unit (`300`, `1.5`), which [`duration`] reads as seconds.
+pub fn is_bare_number(text: &str) -> bool {
+    let number = text.trim();
+    let number = number.strip_prefix('+').unwrap_or(number);
+    !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+/// `number` (digits, at most one `.`, at most nine decimals) of units of `per_unit` ns.
+fn nanos(number: &str, per_unit: u128) -> Result<u128, DurationError> {
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let digits_only = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && fraction.is_empty())
+        || !digits_only(whole)
+        || !digits_only(fraction)
+        || fraction.len() > 9
+    {
+        return Err(DurationError::Malformed);
+    }
+    // Digits only: a failed parse is an overflow.
+    let parse = |s: &str| match s.is_empty() {
+        true => Ok(0u128),
+        false => s.parse::<u128>().map_err(|_| DurationError::OutOfRange),
+    };
+    let scale = 10u128.pow(fraction.len() as u32);
+    let (whole, fraction) = (parse(whole)?, parse(fraction)?);
+    whole
+        .checked_mul(per_unit)
+        .and_then(|n| n.checked_add(fraction * per_unit / scale))
+        .ok_or(DurationError::OutOfRange)
+}
+
+fn to_duration(nanos: u128) -> Result<Duration, DurationError> {
+    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| DurationError::OutOfRange)?;
+    Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32))
 }
 
 /// Splits a gcloud list flag value: comma-separated, or with another delimiter chosen by a
@@ -161,7 +244,7 @@ pub fn split_list(text: &str) -> Vec<String> {
 
 /// Parses `--set-env-vars K=V,K2=V2` into pairs, checking names and values; a name given
 /// twice is refused.
-pub fn parse_env_vars(field: &str, text: &str) -> Result<Vec<(String, String)>, InvalidValue> {
+pub fn parse_env_vars(field: &str, text: &str) -> Result<Vec<(String, String)>, FieldError> {
     let pairs = split_list(text)
         .into_iter()
         .map(|item| {
@@ -175,7 +258,7 @@ pub fn parse_env_vars(field: &str, text: &str) -> Result<Vec<(String, String)>, 
             check_env_value(field, name, value)?;
             Ok((name.to_string(), value.to_string()))
         })
-        .collect::<Result<Vec<_>, InvalidValue>>()?;
+        .collect::<Result<Vec<_>, FieldError>>()?;
     check_no_duplicate_env(field, &pairs)?;
     Ok(pairs)
 }
@@ -186,7 +269,7 @@ pub const MAX_ENV_LEN: usize = 32768;
 /// Checks an env var name as Cloud Run's API does: non-empty, at most 32768 characters,
 /// printable ASCII without `=` (Kubernetes' relaxed rule, which Cloud Run's API follows since
 /// it dropped the C_IDENTIFIER requirement), and not one Cloud Run reserves.
-pub fn check_env_name(field: &str, name: &str) -> Result<(), InvalidValue> {
+pub fn check_env_name(field: &str, name: &str) -> Result<(), FieldError> {
     let printable_ascii = name
         .bytes()
         .all(|b| (b' '..=b'~').contains(&b) && b != b'=');
@@ -200,20 +283,25 @@ pub fn check_env_name(field: &str, name: &str) -> Result<(), InvalidValue> {
         ));
     }
     if RESERVED_ENV.contains(&name) {
-        return Err(invalid(
-            field,
-            format!(
-                "the env var name '{name}' is reserved: Cloud Run sets {} itself. Remove it from your settings (use --port to change PORT)",
-                RESERVED_ENV.join(", ")
-            ),
-        ));
+        return Err(FieldError {
+            problem: Problem::ReservedEnvName {
+                name: name.to_string(),
+            },
+            ..invalid(
+                field,
+                format!(
+                    "the env var name '{name}' is reserved: Cloud Run sets {} itself. Remove it from your settings (use --port to change PORT)",
+                    RESERVED_ENV.join(", ")
+                ),
+            )
+        });
     }
     Ok(())
 }
 
 /// Checks an env var value: no NUL byte (a process environment cannot carry one) and at most
 /// 32768 bytes.
-pub fn check_env_value(field: &str, name: &str, value: &str) -> Result<(), InvalidValue> {
+pub fn check_env_value(field: &str, name: &str, value: &str) -> Result<(), FieldError> {
     if value.contains('\0') {
         return Err(invalid(
             field,
@@ -233,7 +321,7 @@ pub fn check_env_value(field: &str, name: &str, value: &str) -> Result<(), Inval
 }
 
 /// Refuses a name given twice in one list.
-pub fn check_no_duplicate_env(field: &str, pairs: &[(String, String)]) -> Result<(), InvalidValue> {
+pub fn check_no_duplicate_env(field: &str, pairs: &[(String, String)]) -> Result<(), FieldError> {
     let mut seen = std::collections::BTreeSet::new();
     for (name, _) in pairs {
         if !seen.insert(name.as_str()) {
@@ -317,7 +405,7 @@ fn flow_depth(text: &str) -> usize {
 
 /// Reads an env vars file: YAML (`NAME: value`, what `gcloud --env-vars-file` takes) or a
 /// `.env` file (`NAME=value` lines, `#` comments, optional quotes).
-pub fn read_env_file(field: &str, path: &Path) -> Result<Vec<(String, String)>, InvalidValue> {
+pub fn read_env_file(field: &str, path: &Path) -> Result<Vec<(String, String)>, FieldError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))?;
     check_document(&text).map_err(|m| invalid(field, format!("{}: {m}", path.display())))?;
@@ -338,7 +426,7 @@ pub fn read_env_file(field: &str, path: &Path) -> Result<Vec<(String, String)>, 
     } else {
         parse_env_yaml(&text).map_err(|m| invalid(field, format!("{}: {m}", path.display())))?
     };
-    let in_file = |e: InvalidValue| invalid(field, format!("{}: {}", path.display(), e.message));
+    let in_file = |e: FieldError| e.within(path.display());
     for (name, value) in &pairs {
         check_env_name(field, name).map_err(in_file)?;
         check_env_value(field, name, value).map_err(in_file)?;
@@ -511,7 +599,20 @@ mod tests {
             parse_duration("t", "250ms").unwrap(),
             Duration::from_millis(250)
         );
-        for bad in ["", "m", "5 m", "5x", "-1"] {
+        // One grammar with checks files: fractions, hours and spaced units too.
+        assert_eq!(
+            parse_duration("t", "5 m").unwrap(),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            parse_duration("t", "1.5s").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            parse_duration("t", "+300").unwrap(),
+            Duration::from_secs(300)
+        );
+        for bad in ["", "m", "5x", "-1", "1m30", "1.2.3s", "1e3ms", "s5", "."] {
             let err = parse_duration("--timeout", bad).unwrap_err().to_string();
             assert_eq!(
                 err,
@@ -534,6 +635,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("'K_REVISION' is reserved"), "{err}");
+        assert_eq!(
+            parse_env_vars("--set-env-vars", "K_REVISION=x")
+                .unwrap_err()
+                .problem,
+            Problem::ReservedEnvName {
+                name: "K_REVISION".into()
+            }
+        );
+        assert_eq!(
+            parse_env_vars("--set-env-vars", "A=1,A=2")
+                .unwrap_err()
+                .problem,
+            Problem::Invalid
+        );
         assert_eq!(
             parse_env_vars("--set-env-vars", "NOVALUE")
                 .unwrap_err()
@@ -566,6 +681,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("'PORT' is reserved"));
+        // A reserved name is told by its kind, in a file as on the command line.
+        let in_file = read_env_file("--env-vars-file", &dotenv).unwrap_err();
+        assert_eq!(
+            in_file.problem,
+            Problem::ReservedEnvName {
+                name: "PORT".into()
+            }
+        );
+        assert_eq!(in_file.field, "--env-vars-file");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

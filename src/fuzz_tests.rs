@@ -200,24 +200,24 @@ fn is_field_path(path: &str) -> bool {
     !path.trim().is_empty()
 }
 
-fn check_service_document(service: Result<knative::Service, knative::FieldError>) {
+fn check_service_document(service: Result<knative::Service, crate::config::FieldError>) {
     let service = match service {
         Ok(service) => service,
         Err(e) => {
-            assert!(is_field_path(&e.path), "error without a field path: {e}");
+            assert!(is_field_path(&e.field), "error without a field path: {e}");
             assert!(!e.message.is_empty(), "error without a message: {e}");
             return;
         }
     };
     if let Err(e) = knative::validate_names(&service) {
-        assert!(is_field_path(&e.path), "{e}");
+        assert!(is_field_path(&e.field), "{e}");
     }
     if let Err(e) = knative::traffic_from_doc(&service.spec.traffic) {
-        assert!(e.path.starts_with("spec.traffic"), "{e}");
+        assert!(e.field.starts_with("spec.traffic"), "{e}");
     }
     let mut notes = Vec::new();
     if let Err(e) = template::resolve(&service.spec.template, &Secrets::default(), &mut notes) {
-        assert!(e.path.starts_with("spec.template"), "{e}");
+        assert!(e.field.starts_with("spec.template"), "{e}");
         assert!(!e.message.is_empty(), "{e}");
     }
 }
@@ -370,7 +370,7 @@ fn the_checks_file_never_panics_and_errors_name_a_field() {
         |rng| input(rng, &[CHECKS_FILE]),
         |text| {
             if let Err(e) = checks::parse_checks_file(text) {
-                assert!(is_field_path(&e.path), "error without a field path: {e}");
+                assert!(is_field_path(&e.field), "error without a field path: {e}");
             }
             let _ = checks::parse_request_line(text);
             let _ = checks::parse_header_line(text);

@@ -31,24 +31,39 @@ pub const PLATFORM: &str = "linux/amd64";
 pub enum RuntimeError {
     #[error("Cannot reach the Docker engine at {endpoint} ({cause}). Start Docker (Linux: `sudo systemctl start docker` or `sudo dockerd &`; macOS/Windows: open Docker Desktop), or point DOCKER_HOST at a running engine.")]
     Unreachable { endpoint: String, cause: String },
+    /// A Docker call failed: which operation, and bollard's error (the engine's message is
+    /// shown, not bollard's wrapping of it).
+    #[error("Docker could not {operation}: {}", engine_message(source))]
+    Operation {
+        operation: String,
+        #[source]
+        source: DockerError,
+    },
+    /// The engine answered, but with a failure in its stream (a build's error detail) or
+    /// none at all (a stream that closed early).
     #[error("Docker could not {operation}: {message}")]
-    Operation { operation: String, message: String },
+    Failed { operation: String, message: String },
     /// The container's binary is for another CPU (usually arm64): the kernel refused to run it.
     #[error("the container failed to start: exec format error ({message})")]
     ExecFormat { message: String },
 }
 
 impl RuntimeError {
-    fn operation(operation: impl Into<String>, error: DockerError) -> Self {
-        let message = match error {
-            DockerError::DockerResponseServerError { message, .. } => message,
-            DockerError::DockerStreamError { error } => error,
-            other => other.to_string(),
-        };
+    fn operation(operation: impl Into<String>, source: DockerError) -> Self {
         RuntimeError::Operation {
             operation: operation.into(),
-            message,
+            source,
         }
+    }
+}
+
+/// What the engine said, without bollard's wrapping ("Docker responded with status code
+/// 404: ..."): the engine's own text reads better after "Docker could not ...".
+fn engine_message(error: &DockerError) -> String {
+    match error {
+        DockerError::DockerResponseServerError { message, .. } => message.clone(),
+        DockerError::DockerStreamError { error } => error.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -237,7 +252,7 @@ impl Runtime {
         while let Some(item) = stream.next().await {
             let info = item.map_err(|e| RuntimeError::operation(format!("build '{tag}'"), e))?;
             if let Some(detail) = info.error_detail.and_then(|d| d.message) {
-                return Err(RuntimeError::Operation {
+                return Err(RuntimeError::Failed {
                     operation: format!("build '{tag}'"),
                     message: detail,
                 });
@@ -290,13 +305,11 @@ impl Runtime {
 
     pub async fn start(&self, id: &str) -> Result<(), RuntimeError> {
         self.docker.start_container(id, None).await.map_err(|e| {
-            match RuntimeError::operation(format!("start container {}", short(id)), e) {
-                RuntimeError::Operation { message, .. }
-                    if message.contains("exec format error") =>
-                {
-                    RuntimeError::ExecFormat { message }
-                }
-                other => other,
+            // The engine tells an exec format error only in its message's text.
+            let message = engine_message(&e);
+            match message.contains("exec format error") {
+                true => RuntimeError::ExecFormat { message },
+                false => RuntimeError::operation(format!("start container {}", short(id)), e),
             }
         })
     }
@@ -374,7 +387,7 @@ impl Runtime {
                 format!("wait for container {}", short(id)),
                 e,
             )),
-            None => Err(RuntimeError::Operation {
+            None => Err(RuntimeError::Failed {
                 operation: format!("wait for container {}", short(id)),
                 message: "the engine closed the stream".to_string(),
             }),
@@ -546,6 +559,32 @@ pub fn short(id: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_docker_error_names_the_operation_and_keeps_bollards_error_as_its_source() {
+        let error = RuntimeError::operation(
+            "inspect image 'app'",
+            DockerError::DockerResponseServerError {
+                status_code: 500,
+                message: "the engine is busy".to_string(),
+            },
+        );
+        assert_eq!(
+            error.to_string(),
+            "Docker could not inspect image 'app': the engine is busy"
+        );
+        let source = std::error::Error::source(&error).expect("bollard's error is the source");
+        assert!(
+            matches!(
+                source.downcast_ref::<DockerError>(),
+                Some(DockerError::DockerResponseServerError {
+                    status_code: 500,
+                    ..
+                })
+            ),
+            "{source:?}"
+        );
+    }
 
     #[test]
     fn references_are_split_for_pulls() {

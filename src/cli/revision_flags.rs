@@ -12,7 +12,7 @@ use clap::Args;
 
 use super::invalid;
 use crate::cloudrun;
-use crate::config::{self, InvalidValue};
+use crate::config::{self, FieldError};
 use crate::control::knative;
 
 #[derive(Clone, Debug, Default, Args)]
@@ -88,7 +88,7 @@ pub struct RevisionChanges {
 
 impl RevisionFlags {
     /// Parses and checks every flag given, naming the flag of any error.
-    pub fn check(&self) -> Result<RevisionChanges, InvalidValue> {
+    pub fn check(&self) -> Result<RevisionChanges, FieldError> {
         let env = if self.env_vars_file.is_some() || !self.set_env_vars.is_empty() {
             let mut env = Vec::new();
             if let Some(path) = &self.env_vars_file {
@@ -131,7 +131,7 @@ impl RevisionFlags {
             return Err(invalid("--command", "the command is empty"));
         }
         let limit =
-            |text: &Option<String>, parse: fn(&str, &str) -> Result<u64, InvalidValue>, flag| {
+            |text: &Option<String>, parse: fn(&str, &str) -> Result<u64, FieldError>, flag| {
                 text.as_ref()
                     .map(|text| {
                         Ok(Limit {

@@ -15,7 +15,7 @@ use crate::admin::gate::TOKEN_ENV;
 use crate::admin::{self, Announcement};
 use crate::app::{AdminListen, Drain, Emulator, EmulatorConfig, Listener, Shutdown, StartError};
 use crate::cloudrun;
-use crate::config::{self, InvalidValue};
+use crate::config::{self, FieldError};
 use crate::control::knative;
 use crate::control::platform::ApplyError;
 use crate::instances::instance::UpstreamMode;
@@ -119,7 +119,7 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    pub fn from_args(args: RunArgs) -> Result<Self, InvalidValue> {
+    pub fn from_args(args: RunArgs) -> Result<Self, FieldError> {
         let image = match args.image {
             Some(image) if image.trim().is_empty() => {
                 return Err(invalid("IMAGE", "the image name is empty"))
@@ -192,7 +192,7 @@ impl RunConfig {
 }
 
 /// `--listen` takes `HOST:PORT`, `:PORT` or `PORT` (on 127.0.0.1).
-fn parse_listen(flag: &str, text: &str) -> Result<SocketAddr, InvalidValue> {
+fn parse_listen(flag: &str, text: &str) -> Result<SocketAddr, FieldError> {
     let text = text.trim();
     let with_host = if let Some(port) = text.strip_prefix(':') {
         format!("127.0.0.1:{port}")
@@ -355,7 +355,7 @@ pub(crate) fn start_failed(error: &StartError) -> Exit {
 pub(crate) fn apply_exit(error: &ApplyError) -> Exit {
     match error {
         ApplyError::Invalid(_) | ApplyError::Traffic(_) | ApplyError::Image(_) => Exit::Usage,
-        ApplyError::NotReady(_) | ApplyError::Unsupported(_) => Exit::NotReady,
+        ApplyError::NotReady(_) | ApplyError::Unsupported { .. } => Exit::NotReady,
         ApplyError::Conflict(_) | ApplyError::Runtime(_) => Exit::Failure,
     }
 }
@@ -432,7 +432,7 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    fn config(args: &[&str]) -> Result<RunConfig, InvalidValue> {
+    fn config(args: &[&str]) -> Result<RunConfig, FieldError> {
         let mut argv = vec!["emulate", "run"];
         argv.extend_from_slice(args);
         let cli = crate::cli::Cli::try_parse_from(argv).expect("flags parse");

@@ -21,8 +21,10 @@ use super::run::{self, RunArgs, RunConfig};
 use super::Exit;
 use crate::app::{Emulator, EmulatorConfig, Running, Shutdown};
 use crate::cloudrun;
+use crate::config::Problem;
 use crate::control::knative;
-use crate::control::platform::{ApplyError, Platform};
+use crate::control::platform::{ApplyError, NotReady, Platform, RevisionFailure};
+use crate::instances::instance::StartError;
 use crate::instances::pool::Pool;
 use crate::logs::LogPrinter;
 use crate::shutdown::Signals;
@@ -178,7 +180,7 @@ pub async fn run(mut args: SmokeArgs) -> Exit {
     let config = match RunConfig::from_args(args.service) {
         Ok(config) => config,
         // A reserved name is one of Cloud Run's preflight findings, not a usage error.
-        Err(e) if e.message.contains("is reserved") => {
+        Err(e) if matches!(e.problem, Problem::ReservedEnvName { .. }) => {
             smoke.fail(
                 PREFLIGHT,
                 "no reserved env names",
@@ -364,7 +366,7 @@ impl Smoke {
         let text = error.to_string();
         let headline = text.lines().next().unwrap_or("").to_string();
         match &error {
-            ApplyError::Unsupported(_) => {
+            ApplyError::Unsupported { .. } => {
                 self.fail(
                     PREFLIGHT,
                     "image is linux/amd64",
@@ -373,21 +375,25 @@ impl Smoke {
                     Vec::new(),
                 );
             }
-            ApplyError::NotReady(report) => {
+            ApplyError::NotReady(not_ready) => {
                 self.pass(PREFLIGHT, "image is linux/amd64", Duration::ZERO);
                 self.pass(PREFLIGHT, "no reserved env names", Duration::ZERO);
-                let diagnosis: Vec<String> = report
-                    .lines()
-                    .filter(|l| l.starts_with("Diagnosis:"))
-                    .map(str::to_string)
+                let failure = match not_ready {
+                    NotReady::Failed(failure) => Some(failure),
+                    NotReady::NoLatestRevision => None,
+                };
+                // The diagnosis's first line: its hints follow on lines of their own.
+                let diagnosis: Vec<String> = failure
+                    .and_then(RevisionFailure::diagnosis)
+                    .map(|d| format!("Diagnosis: {}", d.lines().next().unwrap_or("")))
+                    .into_iter()
                     .collect();
-                let crashed = report.contains("Container called exit(");
+                let start_error = failure.map(RevisionFailure::error);
                 // A user's HTTP or gRPC startup probe that never passed, on an app that listens.
-                let probe_line = report
-                    .lines()
-                    .find(|l| l.starts_with("STARTUP ") && l.contains(" probe failed "));
-                let timed_out = probe_line.is_some() || report.contains("STARTUP TCP probe failed");
-                if probe_line.is_some() {
+                let probe_failed = matches!(start_error, Some(StartError::ProbeFailed { .. }));
+                let timed_out =
+                    probe_failed || matches!(start_error, Some(StartError::NotReady { .. }));
+                if probe_failed {
                     self.pass(PREFLIGHT, "listens on 0.0.0.0:$PORT", took);
                 } else {
                     self.fail(
@@ -403,22 +409,18 @@ impl Smoke {
                         PREFLIGHT,
                         "starts within the startup probe's budget",
                         took,
-                        probe_line
-                            .unwrap_or("the startup probe's budget ran out")
-                            .to_string(),
+                        failure
+                            .and_then(RevisionFailure::startup_probe_failed)
+                            .unwrap_or_else(|| "the startup probe's budget ran out".to_string()),
                         Vec::new(),
                     );
                 }
-                if crashed {
+                if let Some(StartError::Exited { code, .. }) = start_error {
                     self.fail(
                         PREFLIGHT,
                         "no crash or OOM kill",
                         took,
-                        report
-                            .lines()
-                            .find(|l| l.contains("Container called exit("))
-                            .unwrap_or("")
-                            .to_string(),
+                        cloudrun::container_called_exit(*code),
                         Vec::new(),
                     );
                 }
@@ -1035,6 +1037,134 @@ impl Prober {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::instances::instance::{RevisionSpec, StartFailure};
+    use crate::instances::probe::{HealthCheck, HealthProbe};
+
+    fn spec(startup_probe: Option<HealthProbe>) -> RevisionSpec {
+        RevisionSpec {
+            service: "app".into(),
+            revision: "app-00001-abc".into(),
+            image: "app".into(),
+            image_id: "sha256:x".into(),
+            port: 8080,
+            env: Vec::new(),
+            command: None,
+            args: None,
+            memory_bytes: 512 << 20,
+            cpu_millis: 1000,
+            startup_budget: Duration::from_secs(240),
+            startup_probe,
+            liveness: None,
+        }
+    }
+
+    /// The preflight results smoke records for a deploy that failed with `error`: name and
+    /// message of each, "ok" for a pass.
+    fn preflight(error: StartError, startup_probe: Option<HealthProbe>) -> Vec<(String, String)> {
+        let mut smoke = Smoke {
+            report: Report {
+                target: "app".into(),
+                results: Vec::new(),
+                total: Duration::ZERO,
+                exit_code: 0,
+                failure_text: None,
+            },
+            format: ReportFormat::Text,
+            junit: None,
+            began: Instant::now(),
+        };
+        let failure = StartFailure {
+            error,
+            last_logs: vec!["Container called exit(9) in a log line is no crash".into()],
+        };
+        let failure = RevisionFailure::new(failure, &spec(startup_probe));
+        let exit = smoke.not_ready(NotReady::Failed(failure).into(), Duration::ZERO);
+        assert_eq!(exit, Exit::NotReady);
+        smoke
+            .report
+            .results
+            .iter()
+            .map(|r| match &r.outcome {
+                Outcome::Failed { message, .. } => (r.name.clone(), message.clone()),
+                _ => (r.name.clone(), "ok".into()),
+            })
+            .collect()
+    }
+
+    fn results(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(name, message)| (name.to_string(), message.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_crash_at_start_is_told_from_its_exit_not_from_its_text() {
+        let found = preflight(
+            StartError::Exited {
+                code: 3,
+                oom_killed: false,
+            },
+            None,
+        );
+        assert_eq!(
+            found,
+            results(&[
+                ("image is linux/amd64", "ok"),
+                ("no reserved env names", "ok"),
+                ("listens on 0.0.0.0:$PORT", "Container called exit(3)."),
+                ("no crash or OOM kill", "Container called exit(3)."),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_startup_that_never_listens_runs_out_of_budget() {
+        let found = preflight(StartError::NotReady { diagnosis: None }, None);
+        assert_eq!(found[2].0, "listens on 0.0.0.0:$PORT");
+        assert!(
+            found[2].1.starts_with("Default STARTUP TCP probe failed"),
+            "{found:?}"
+        );
+        assert_eq!(
+            found[3],
+            (
+                "starts within the startup probe's budget".to_string(),
+                "the startup probe's budget ran out".to_string()
+            )
+        );
+        assert_eq!(found.len(), 4, "{found:?}");
+    }
+
+    #[test]
+    fn a_user_probe_that_never_passes_on_an_app_that_listens() {
+        let probe = HealthProbe {
+            check: HealthCheck::Http {
+                path: "/ready".into(),
+            },
+            port: 8080,
+            initial_delay: Duration::ZERO,
+            period: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            failure_threshold: 3,
+        };
+        let found = preflight(
+            StartError::ProbeFailed {
+                why: "got 500".into(),
+            },
+            Some(probe),
+        );
+        let line = "STARTUP HTTP probe failed 3 times consecutively for container \"app\" on port 8080 path /ready. The instance was not started.";
+        assert_eq!(
+            found,
+            results(&[
+                ("image is linux/amd64", "ok"),
+                ("no reserved env names", "ok"),
+                ("listens on 0.0.0.0:$PORT", "ok"),
+                ("starts within the startup probe's budget", line),
+            ])
+        );
+    }
 
     #[tokio::test]
     async fn a_panic_in_the_load_is_a_failure_that_quotes_it() {

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::config::{serde_errors, FieldError};
 use crate::control::traffic::{self, TargetKey};
 
 pub const API_VERSION: &str = "serving.knative.dev/v1";
@@ -350,37 +351,20 @@ pub struct List<T> {
     pub items: Vec<T>,
 }
 
-/// A document that does not parse or has a bad field: where, and what is wrong.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct FieldError {
-    pub path: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
-
 /// Parses a Service from YAML (JSON is YAML too), naming the field of any error. The
 /// document's size and nesting are checked first, then every field name (Cloud Run's API
 /// rejects unknown fields), then the values.
 pub fn parse_service_yaml(text: &str) -> Result<Service, FieldError> {
     crate::config::check_document(text).map_err(|m| FieldError::new("(document)", m))?;
     let value: serde_json::Value = serde_yaml_ng::from_str(text)
-        .map_err(|e| FieldError::new("(document)", friendly(&e.to_string())))?;
+        .map_err(|e| serde_errors::field_error(".", &e.to_string()))?;
     service_from_value(value)
 }
 
 /// Parses a Service from the admin API's JSON body, naming the field of any error.
 pub fn parse_service_json(body: &[u8]) -> Result<Service, FieldError> {
     let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| FieldError::new("(document)", e.to_string()))?;
+        serde_json::from_slice(body).map_err(|e| serde_errors::field_error(".", &e.to_string()))?;
     service_from_value(value)
 }
 
@@ -417,17 +401,8 @@ fn service_from_value(value: serde_json::Value) -> Result<Service, FieldError> {
         }
     }
     check_fields(&value, Shape::Service, "")?;
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        FieldError::new(
-            if path == "." {
-                "(document)".to_string()
-            } else {
-                path
-            },
-            friendly(&e.inner().to_string()),
-        )
-    })
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| serde_errors::field_error(&e.path().to_string(), &e.inner().to_string()))
 }
 
 /// A value quoted in a message, cut short.
@@ -587,7 +562,7 @@ fn check_fields(value: &serde_json::Value, shape: Shape, path: &str) -> Result<(
             format!("{path}.{shown}")
         };
         let Some((_, child_shape, list)) = fields.iter().find(|(name, ..)| name == key) else {
-            let hint = closest(key, fields.iter().map(|(name, ..)| *name))
+            let hint = serde_errors::closest(key, fields.iter().map(|(name, ..)| *name))
                 .map(|name| format!("; did you mean {name}?"))
                 .unwrap_or_default();
             return Err(FieldError::new(
@@ -605,40 +580,6 @@ fn check_fields(value: &serde_json::Value, shape: Shape, path: &str) -> Result<(
         }
     }
     Ok(())
-}
-
-/// The known name closest to a misspelt one: same letters in another case, or at most a
-/// third of its letters changed.
-fn closest<'a>(key: &str, names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    names
-        .map(|name| {
-            let distance = if name.eq_ignore_ascii_case(key) {
-                0
-            } else {
-                edit_distance(&key.to_ascii_lowercase(), &name.to_ascii_lowercase())
-            };
-            (distance, name)
-        })
-        .filter(|(distance, name)| *distance <= (name.len() / 3).max(1))
-        .min_by_key(|(distance, _)| *distance)
-        .map(|(_, name)| name)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut previous = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let current = row[j + 1];
-            row[j + 1] = (previous + usize::from(ca != *cb))
-                .min(row[j] + 1)
-                .min(current + 1);
-            previous = current;
-        }
-    }
-    row[b.len()]
 }
 
 /// Checks the names a document gives: the service, the revision, and the revisions and tags
@@ -675,37 +616,6 @@ pub fn validate_names(service: &Service) -> Result<(), FieldError> {
         }
     }
     Ok(())
-}
-
-/// Serde's messages speak Rust ("expected u16"); users wrote YAML.
-fn friendly(message: &str) -> String {
-    let message = message.split(" at line ").next().unwrap_or(message);
-    for (int, max) in [
-        ("u16", u64::from(u16::MAX)),
-        ("u32", u64::from(u32::MAX)),
-        ("u64", u64::MAX),
-        ("i32", i32::MAX as u64),
-        ("i64", i64::MAX as u64),
-        ("usize", u64::MAX),
-    ] {
-        if let Some(found) = message
-            .strip_prefix("invalid type: ")
-            .and_then(|m| m.strip_suffix(&format!(", expected {int}")))
-        {
-            return format!("expected an integer, found {found}");
-        }
-        if let Some(found) = message
-            .strip_prefix("invalid value: integer `")
-            .and_then(|m| m.strip_suffix(&format!("`, expected {int}")))
-        {
-            return if found.starts_with('-') {
-                format!("{found} is out of range: it must be 0 or more")
-            } else {
-                format!("{found} is out of range: it must be at most {max}")
-            };
-        }
-    }
-    message.to_string()
 }
 
 /// The traffic of a document as the traffic math's targets, each entry checked (revisionName
@@ -866,16 +776,16 @@ spec:
         let text = CONTRACT_EXAMPLE.replace("containerPort: 8080", "containerPort: eighty");
         let error = parse_service_yaml(&text).unwrap_err();
         assert_eq!(
-            error.path,
+            error.field,
             "spec.template.spec.containers[0].ports[0].containerPort"
         );
         assert!(error.message.starts_with("expected an integer"), "{error}");
         let error =
             parse_service_yaml("apiVersion: serving.knative.dev/v1\nkind: Service\nspec: [1]\n")
                 .unwrap_err();
-        assert_eq!(error.path, "spec");
+        assert_eq!(error.field, "spec");
         let error = parse_service_yaml("kind: Pod\n").unwrap_err();
-        assert_eq!(error.path, "kind");
+        assert_eq!(error.field, "kind");
     }
 
     #[test]
@@ -885,22 +795,22 @@ spec:
         assert_eq!(error.to_string(), "kind: required: set kind: Service");
         let wrong = CONTRACT_EXAMPLE.replace("serving.knative.dev/v1", "apps/v1");
         let error = parse_service_yaml(&wrong).unwrap_err();
-        assert_eq!(error.path, "apiVersion");
+        assert_eq!(error.field, "apiVersion");
         assert!(error.message.contains("found \"apps/v1\""), "{error}");
         let no_version = CONTRACT_EXAMPLE.replace("apiVersion: serving.knative.dev/v1\n", "");
         assert_eq!(
-            parse_service_yaml(&no_version).unwrap_err().path,
+            parse_service_yaml(&no_version).unwrap_err().field,
             "apiVersion"
         );
         let json = br#"{"apiVersion":"serving.knative.dev/v1","metadata":{"name":"a"}}"#;
-        assert_eq!(parse_service_json(json).unwrap_err().path, "kind");
+        assert_eq!(parse_service_json(json).unwrap_err().field, "kind");
     }
 
     #[test]
     fn unknown_fields_are_refused_with_a_suggestion() {
         let typo = CONTRACT_EXAMPLE.replace("containerConcurrency: 80", "containerConcurency: 1");
         let error = parse_service_yaml(&typo).unwrap_err();
-        assert_eq!(error.path, "spec.template.spec.containerConcurency");
+        assert_eq!(error.field, "spec.template.spec.containerConcurency");
         assert!(
             error
                 .message
@@ -913,13 +823,13 @@ spec:
         );
         let error = parse_service_yaml(&deep).unwrap_err();
         assert_eq!(
-            error.path,
+            error.field,
             "spec.template.spec.containers[0].ports[0].protocl"
         );
         assert!(error.message.contains("did you mean protocol?"), "{error}");
         let nothing_close = CONTRACT_EXAMPLE.replace("  traffic:", "  zzzzzzzzzz: 1\n  traffic:");
         let error = parse_service_yaml(&nothing_close).unwrap_err();
-        assert_eq!(error.path, "spec.zzzzzzzzzz");
+        assert_eq!(error.field, "spec.zzzzzzzzzz");
         assert!(!error.message.contains("did you mean"), "{error}");
         // Known fields the emulator does not model are still accepted.
         let known = CONTRACT_EXAMPLE.replace(
@@ -934,7 +844,7 @@ spec:
         let negative =
             CONTRACT_EXAMPLE.replace("containerConcurrency: 80", "containerConcurrency: -1");
         let error = parse_service_yaml(&negative).unwrap_err();
-        assert_eq!(error.path, "spec.template.spec.containerConcurrency");
+        assert_eq!(error.field, "spec.template.spec.containerConcurrency");
         assert_eq!(error.message, "-1 is out of range: it must be 0 or more");
         let big = CONTRACT_EXAMPLE.replace("containerPort: 8080", "containerPort: 70000");
         let error = parse_service_yaml(&big).unwrap_err();
@@ -953,14 +863,14 @@ spec:
         };
         for bad in ["a---b", "a/b", "../x", "Hello"] {
             let error = validate_names(&service(bad).unwrap()).unwrap_err();
-            assert_eq!(error.path, "metadata.name", "{bad}");
+            assert_eq!(error.field, "metadata.name", "{bad}");
         }
         let ok = service("hello").unwrap();
         assert_eq!(validate_names(&ok), Ok(()));
         let mut bad_revision = ok.clone();
         bad_revision.spec.template.metadata.name = Some("hello-../x".into());
         assert_eq!(
-            validate_names(&bad_revision).unwrap_err().path,
+            validate_names(&bad_revision).unwrap_err().field,
             "spec.template.metadata.name"
         );
         let mut bad_tag = ok.clone();
@@ -969,7 +879,7 @@ spec:
         bad_tag.spec.template.metadata.name = None;
         bad_tag.spec.traffic[1].revision_name = Some(format!("{}-1", "s".repeat(20)));
         assert_eq!(
-            validate_names(&bad_tag).unwrap_err().path,
+            validate_names(&bad_tag).unwrap_err().field,
             "spec.traffic[0].tag"
         );
     }
@@ -1011,14 +921,14 @@ spec:
             ..Default::default()
         }];
         let error = traffic_from_doc(&bad).unwrap_err();
-        assert_eq!(error.path, "spec.traffic[0]");
+        assert_eq!(error.field, "spec.traffic[0]");
         let big = [TrafficTarget {
             latest_revision: Some(true),
             percent: Some(101),
             ..Default::default()
         }];
         assert_eq!(
-            traffic_from_doc(&big).unwrap_err().path,
+            traffic_from_doc(&big).unwrap_err().field,
             "spec.traffic[0].percent"
         );
         assert_eq!(traffic_from_doc(&[]).unwrap(), None);

@@ -11,10 +11,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cloudrun;
-use crate::control::knative::{self, Condition, FieldError, ObjectMeta, RevisionTemplate};
+use crate::config::FieldError;
+use crate::control::knative::{self, Condition, ObjectMeta, RevisionTemplate};
 use crate::control::template::{self, RevisionConfig, Secrets};
 use crate::control::traffic::{self, TargetKey, TrafficTarget};
-use crate::instances::instance::{RevisionSpec, StartError};
+use crate::instances::instance::{RevisionSpec, StartError, StartFailure};
 use crate::instances::pool::{InstanceContext, Pool, Scaling};
 use crate::runtime::{self, RuntimeError};
 use crate::serve::router::{self, RevisionRoute, Router, RoutingTable, ServiceRoutes};
@@ -29,19 +30,119 @@ pub enum ApplyError {
     #[error(transparent)]
     Traffic(#[from] traffic::TrafficError),
     /// The image is missing or cannot be pulled.
-    #[error("{0}")]
-    Image(String),
+    #[error(transparent)]
+    Image(#[from] ImageError),
     /// The image is not linux/amd64: Cloud Run refuses it.
-    #[error("{0}")]
-    Unsupported(String),
-    /// The new revision (or one that traffic moves to) did not become ready: Cloud Run's text,
-    /// the container's last log lines and the diagnosis.
-    #[error("{0}")]
-    NotReady(String),
-    #[error("{0}")]
-    Conflict(String),
+    #[error(
+        "{}\n(the local image is {platform}.)\n\n{}",
+        cloudrun::unsupported_platform(image, "application/vnd.docker.distribution.manifest.v2+json"),
+        cloudrun::AMD64_HINT.replace("IMAGE", image)
+    )]
+    Unsupported {
+        image: String,
+        /// The platform the local image is for, e.g. `linux/arm64/v8`.
+        platform: String,
+    },
+    /// The new revision (or one that traffic moves to) did not become ready.
+    #[error(transparent)]
+    NotReady(#[from] NotReady),
+    /// The change raced with something else: a delete, the shutdown, a name taken.
+    #[error(transparent)]
+    Conflict(#[from] Conflict),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+}
+
+/// The image of a new revision cannot be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{source}\nThe image is neither present locally nor pullable (is the registry reachable, and are you logged in?). Build it locally: docker build --platform linux/amd64 -t {image} .")]
+    NotPullable {
+        image: String,
+        #[source]
+        source: RuntimeError,
+    },
+    #[error("image '{image}' was pulled but cannot be found")]
+    GoneAfterPull { image: String },
+}
+
+/// Why the traffic asked for has no ready revision to go to.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum NotReady {
+    /// A revision failed its start: now, or when it was created (Cloud Run keeps it, failed).
+    #[error(transparent)]
+    Failed(#[from] RevisionFailure),
+    /// LATEST is asked for, but the service has never had a ready revision.
+    #[error("The service has no ready revision for LATEST to send traffic to.")]
+    NoLatestRevision,
+}
+
+/// A revision whose instance did not become ready: the failed start and the settings it ran
+/// with. Shown as Cloud Run's text, the container's last log lines and the diagnosis.
+#[derive(Clone, Debug)]
+pub struct RevisionFailure {
+    start: Arc<StartFailure>,
+    spec: Arc<RevisionSpec>,
+}
+
+impl RevisionFailure {
+    pub fn new(start: StartFailure, spec: &RevisionSpec) -> Self {
+        RevisionFailure {
+            start: Arc::new(start),
+            spec: Arc::new(spec.clone()),
+        }
+    }
+
+    /// Why the start failed: an exit (with its code and whether it was an OOM kill), a
+    /// startup probe that never passed, an exec format error...
+    pub fn error(&self) -> &StartError {
+        &self.start.error
+    }
+
+    pub fn revision(&self) -> &str {
+        &self.spec.revision
+    }
+
+    /// Cloud Run's line for a user's startup probe that never passed on an app that listens.
+    pub fn startup_probe_failed(&self) -> Option<String> {
+        self.start.startup_probe_failed(&self.spec)
+    }
+
+    /// The local diagnosis, if the failure has one.
+    pub fn diagnosis(&self) -> Option<String> {
+        self.start.diagnosis(&self.spec)
+    }
+}
+
+impl std::fmt::Display for RevisionFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.start.report(&self.spec))
+    }
+}
+
+impl std::error::Error for RevisionFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.start.error)
+    }
+}
+
+/// An apply that lost a race: nothing of it was applied.
+#[derive(Debug, thiserror::Error)]
+pub enum Conflict {
+    /// The emulator stopped before the apply's task ran to its end.
+    #[error("The emulator is shutting down.")]
+    Abandoned,
+    /// The shutdown cancelled the apply.
+    #[error("The emulator is shutting down; the change was not applied.")]
+    ShuttingDown,
+    /// A delete of the service cancelled the apply.
+    #[error("Service [{service}] was deleted while this change was being applied; the change was not applied.")]
+    ServiceDeleted { service: String },
+    #[error("Revision named '{revision}' already exists. Revision names must be unique; choose another --revision-suffix or spec.template.metadata.name.")]
+    RevisionExists { revision: String },
+    /// The service vanished between the apply's commit and its status.
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +196,7 @@ struct ServiceState {
     latest_created: Option<String>,
     latest_ready: Option<String>,
     /// Why the latest created revision is not ready, if it failed.
-    failure: Option<String>,
+    failure: Option<RevisionFailure>,
 }
 
 struct RevisionState {
@@ -108,7 +209,7 @@ struct RevisionState {
     pool: Pool,
     /// Some(true) ready, Some(false) failed to become ready, None not yet known.
     ready: Option<bool>,
-    failure: Option<String>,
+    failure: Option<RevisionFailure>,
 }
 
 /// The outcome of an apply that succeeded.
@@ -174,9 +275,7 @@ impl Platform {
         match task.await {
             Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Err(ApplyError::Conflict(
-                "The emulator is shutting down.".to_string(),
-            )),
+            Err(_) => Err(Conflict::Abandoned.into()),
         }
     }
 
@@ -313,7 +412,7 @@ impl Platform {
         }
         let service = self
             .describe_service(&name)
-            .map_err(|e| ApplyError::Conflict(e.to_string()))?;
+            .map_err(|e| ApplyError::from(Conflict::from(e)))?;
         Ok(Applied {
             service,
             created_revision,
@@ -323,12 +422,13 @@ impl Platform {
 
     /// Why an apply gave up: the service was deleted, or the emulator is shutting down.
     fn interrupted(&self, service: &str) -> ApplyError {
-        ApplyError::Conflict(match self.inner.ctx.shutdown.is_cancelled() {
-            true => "The emulator is shutting down; the change was not applied.".to_string(),
-            false => format!(
-                "Service [{service}] was deleted while this change was being applied; the change was not applied."
-            ),
-        })
+        let conflict = match self.inner.ctx.shutdown.is_cancelled() {
+            true => Conflict::ShuttingDown,
+            false => Conflict::ServiceDeleted {
+                service: service.to_string(),
+            },
+        };
+        conflict.into()
     }
 
     /// The token a delete of `service` cancels; a child of the emulator's shutdown.
@@ -355,21 +455,21 @@ impl Platform {
         let state = self.state();
         let record = state.get(service);
         for (i, target) in targets.iter().enumerate() {
-            let name =
-                match &target.key {
-                    TargetKey::Latest if creating.is_some() => continue,
-                    TargetKey::Latest => match record.and_then(|r| r.latest_ready.as_ref()) {
-                        Some(name) => name,
-                        None => return Err(ApplyError::NotReady(
-                            record.and_then(|r| r.failure.clone()).unwrap_or_else(|| {
-                                "The service has no ready revision for LATEST to send traffic to."
-                                    .to_string()
-                            }),
-                        )),
-                    },
-                    TargetKey::Revision(name) if Some(name.as_str()) == creating => continue,
-                    TargetKey::Revision(name) => name,
-                };
+            let name = match &target.key {
+                TargetKey::Latest if creating.is_some() => continue,
+                TargetKey::Latest => match record.and_then(|r| r.latest_ready.as_ref()) {
+                    Some(name) => name,
+                    None => {
+                        return Err(match record.and_then(|r| r.failure.clone()) {
+                            Some(failure) => NotReady::Failed(failure),
+                            None => NotReady::NoLatestRevision,
+                        }
+                        .into())
+                    }
+                },
+                TargetKey::Revision(name) if Some(name.as_str()) == creating => continue,
+                TargetKey::Revision(name) => name,
+            };
             let revision = record
                 .and_then(|r| r.revisions.iter().find(|r| r.name == *name))
                 .ok_or_else(|| {
@@ -378,10 +478,8 @@ impl Platform {
                         format!("Revision [{name}] could not be found."),
                     )
                 })?;
-            if revision.ready == Some(false) {
-                return Err(ApplyError::NotReady(
-                    revision.failure.clone().unwrap_or_default(),
-                ));
+            if let (Some(false), Some(failure)) = (revision.ready, &revision.failure) {
+                return Err(NotReady::Failed(failure.clone()).into());
             }
         }
         Ok(())
@@ -490,13 +588,13 @@ impl Platform {
                 Err(self.interrupted(service))
             }
             Err(failure) => {
-                let report = failure.report(&spec);
+                let failure = RevisionFailure::new(failure, &spec);
                 revision.ready = Some(false);
-                revision.failure = Some(report.clone());
-                record.failure = Some(report.clone());
+                revision.failure = Some(failure.clone());
+                record.failure = Some(failure.clone());
                 // A failed first revision leaves a service with nothing to serve; it stays
                 // recorded so describe can say why, but it routes nowhere.
-                Err(ApplyError::NotReady(report))
+                Err(NotReady::Failed(failure).into())
             }
         }
     }
@@ -519,12 +617,10 @@ impl Platform {
             for (i, target) in targets.iter().enumerate() {
                 let name = match (&target.key, creating) {
                     (TargetKey::Latest, Some(created)) => created.to_string(),
-                    (TargetKey::Latest, None) => record.latest_ready.clone().ok_or_else(|| {
-                        ApplyError::NotReady(
-                            "The service has no ready revision for LATEST to send traffic to."
-                                .to_string(),
-                        )
-                    })?,
+                    (TargetKey::Latest, None) => record
+                        .latest_ready
+                        .clone()
+                        .ok_or(NotReady::NoLatestRevision)?,
                     (TargetKey::Revision(name), _) => name.clone(),
                 };
                 let revision = record
@@ -537,10 +633,8 @@ impl Platform {
                             format!("Revision [{name}] could not be found."),
                         )
                     })?;
-                if revision.ready == Some(false) {
-                    return Err(ApplyError::NotReady(
-                        revision.failure.clone().unwrap_or_default(),
-                    ));
+                if let (Some(false), Some(failure)) = (revision.ready, &revision.failure) {
+                    return Err(NotReady::Failed(failure.clone()).into());
                 }
                 pools.push(revision.pool.clone());
             }
@@ -552,7 +646,9 @@ impl Platform {
                 Err(failure) if matches!(failure.error, StartError::Cancelled) => {
                     return Err(self.interrupted(service))
                 }
-                Err(failure) => return Err(ApplyError::NotReady(failure.report(pool.spec()))),
+                Err(failure) => {
+                    return Err(NotReady::Failed(RevisionFailure::new(failure, pool.spec())).into())
+                }
             }
         }
         Ok(())
@@ -663,13 +759,13 @@ impl Platform {
                 "Ready",
                 config_ok.map(|ok| ok && routes_ok),
                 failure_reason,
-                service.failure.clone(),
+                service.failure.as_ref().map(ToString::to_string),
             ),
             Condition::new(
                 "ConfigurationsReady",
                 config_ok,
                 failure_reason,
-                service.failure.clone(),
+                service.failure.as_ref().map(ToString::to_string),
             ),
             Condition::new(
                 "RoutesReady",
@@ -878,7 +974,7 @@ impl Platform {
 struct Before {
     existed: bool,
     latest_created: Option<String>,
-    failure: Option<String>,
+    failure: Option<RevisionFailure>,
 }
 
 impl Before {
@@ -944,9 +1040,7 @@ fn new_revision_name(
         .flat_map(|s| &s.revisions)
         .any(|r| r.name == name)
     {
-        return Err(ApplyError::Conflict(format!(
-            "Revision named '{name}' already exists. Revision names must be unique; choose another --revision-suffix or spec.template.metadata.name."
-        )));
+        return Err(Conflict::RevisionExists { revision: name }.into());
     }
     Ok((generation, name))
 }
@@ -995,7 +1089,7 @@ fn revision_doc(
             .failure
             .as_ref()
             .map(|_| "HealthCheckContainerError"),
-        revision.failure.clone(),
+        revision.failure.as_ref().map(ToString::to_string),
     );
     knative::Revision {
         api_version: knative::API_VERSION.to_string(),
@@ -1049,27 +1143,24 @@ async fn resolve_image(
                     }
                 })
                 .await
-                .map_err(|e| {
-                    ApplyError::Image(format!(
-                        "{e}\nThe image is neither present locally nor pullable (is the registry reachable, and are you logged in?). Build it locally: docker build --platform linux/amd64 -t {image} ."
-                    ))
+                .map_err(|source| ImageError::NotPullable {
+                    image: image.to_string(),
+                    source,
                 })?;
-            runtime.inspect_image(image).await?.ok_or_else(|| {
-                ApplyError::Image(format!("image '{image}' was pulled but cannot be found"))
-            })?
+            runtime
+                .inspect_image(image)
+                .await?
+                .ok_or_else(|| ImageError::GoneAfterPull {
+                    image: image.to_string(),
+                })?
         }
     };
     if !info.is_amd64_linux() {
         // A local image is a single-platform manifest as `docker push` would upload it.
-        return Err(ApplyError::Unsupported(format!(
-            "{}\n(the local image is {}.)\n\n{}",
-            cloudrun::unsupported_platform(
-                image,
-                "application/vnd.docker.distribution.manifest.v2+json"
-            ),
-            info.platform(),
-            cloudrun::AMD64_HINT.replace("IMAGE", image)
-        )));
+        return Err(ApplyError::Unsupported {
+            image: image.to_string(),
+            platform: info.platform(),
+        });
     }
     let digest = info
         .repo_digests
@@ -1111,6 +1202,47 @@ pub fn timestamp(time: SystemTime) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn apply_errors_carry_their_data_and_render_cloud_runs_texts() {
+        let unsupported = ApplyError::Unsupported {
+            image: "arm".into(),
+            platform: "linux/arm64/v8".into(),
+        };
+        assert_eq!(
+            unsupported.to_string(),
+            format!(
+                "{}\n(the local image is linux/arm64/v8.)\n\n{}",
+                cloudrun::unsupported_platform(
+                    "arm",
+                    "application/vnd.docker.distribution.manifest.v2+json"
+                ),
+                cloudrun::AMD64_HINT.replace("IMAGE", "arm")
+            )
+        );
+        assert_eq!(
+            ApplyError::from(Conflict::RevisionExists {
+                revision: "app-v1".into()
+            })
+            .to_string(),
+            "Revision named 'app-v1' already exists. Revision names must be unique; choose another --revision-suffix or spec.template.metadata.name."
+        );
+        assert_eq!(
+            ApplyError::from(Conflict::ServiceDeleted {
+                service: "app".into()
+            })
+            .to_string(),
+            "Service [app] was deleted while this change was being applied; the change was not applied."
+        );
+        assert_eq!(
+            ApplyError::from(NotReady::NoLatestRevision).to_string(),
+            "The service has no ready revision for LATEST to send traffic to."
+        );
+        assert_eq!(
+            ApplyError::from(ImageError::GoneAfterPull { image: "x".into() }).to_string(),
+            "image 'x' was pulled but cannot be found"
+        );
+    }
 
     #[test]
     fn timestamps_are_rfc3339() {

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cloudrun;
-use crate::config;
-use crate::control::knative::{self, FieldError, RevisionTemplate};
+use crate::config::{self, FieldError};
+use crate::control::knative::{self, RevisionTemplate};
 use crate::instances::probe::{HealthCheck, HealthProbe};
 
 /// Cloud Run's default maximum number of instances.
@@ -129,8 +129,7 @@ pub fn resolve(
     let mut env = Vec::new();
     for (i, var) in container.env.iter().enumerate() {
         let path = format!("{at}.env[{i}]");
-        config::check_env_name(&format!("{path}.name"), &var.name)
-            .map_err(|e| FieldError::new(e.field, e.message))?;
+        config::check_env_name(&format!("{path}.name"), &var.name)?;
         let value = match (&var.value, &var.value_from) {
             (Some(_), Some(_)) => {
                 return Err(FieldError::new(path, "set value or valueFrom, not both"));
@@ -150,8 +149,7 @@ pub fn resolve(
                 }
             },
         };
-        config::check_env_value(&format!("{path}.value"), &var.name, &value)
-            .map_err(|e| FieldError::new(e.field, e.message))?;
+        config::check_env_value(&format!("{path}.value"), &var.name, &value)?;
         if let Some(first) = container.env[..i].iter().position(|e| e.name == var.name) {
             return Err(FieldError::new(
                 format!("{path}.name"),
@@ -177,13 +175,11 @@ pub fn resolve(
         .map(|r| r.limits.clone())
         .unwrap_or_default();
     let memory_bytes = match limits.get("memory") {
-        Some(m) => config::parse_memory(&format!("{at}.resources.limits.memory"), m)
-            .map_err(|e| FieldError::new(e.field, e.message))?,
+        Some(m) => config::parse_memory(&format!("{at}.resources.limits.memory"), m)?,
         None => cloudrun::DEFAULT_MEMORY_BYTES,
     };
     let cpu_millis = match limits.get("cpu") {
-        Some(c) => config::parse_cpu(&format!("{at}.resources.limits.cpu"), c)
-            .map_err(|e| FieldError::new(e.field, e.message))?,
+        Some(c) => config::parse_cpu(&format!("{at}.resources.limits.cpu"), c)?,
         None => cloudrun::DEFAULT_CPU_MILLIS,
     };
     let concurrency = match spec.container_concurrency {
@@ -415,27 +411,27 @@ mod tests {
     #[test]
     fn bad_fields_name_their_path() {
         let e = resolve_err(&template("        env: [{name: PORT, value: '1'}]\n", ""));
-        assert_eq!(e.path, "spec.template.spec.containers[0].env[0].name");
+        assert_eq!(e.field, "spec.template.spec.containers[0].env[0].name");
         let e = resolve_err(&template(
             "        resources: {limits: {memory: lots}}\n",
             "",
         ));
         assert_eq!(
-            e.path,
+            e.field,
             "spec.template.spec.containers[0].resources.limits.memory"
         );
         let e = resolve_err(&template("", "      timeoutSeconds: 4000\n"));
-        assert_eq!(e.path, "spec.template.spec.timeoutSeconds");
+        assert_eq!(e.field, "spec.template.spec.timeoutSeconds");
         let e = resolve_err(&template(
             "        ports: [{containerPort: 80, name: grpc}]\n",
             "",
         ));
-        assert_eq!(e.path, "spec.template.spec.containers[0].ports[0].name");
+        assert_eq!(e.field, "spec.template.spec.containers[0].ports[0].name");
         let mut t = template("", "");
         t.metadata
             .annotations
             .insert(knative::ANNOTATION_MIN_SCALE.into(), "many".into());
-        assert!(resolve_err(&t).path.contains("minScale"));
+        assert!(resolve_err(&t).field.contains("minScale"));
     }
 
     #[test]
@@ -444,7 +440,7 @@ mod tests {
             "        env: [{name: A, value: '1'}, {name: A, value: '2'}]\n",
             "",
         ));
-        assert_eq!(e.path, "spec.template.spec.containers[0].env[1].name");
+        assert_eq!(e.field, "spec.template.spec.containers[0].env[1].name");
         assert!(
             e.message
                 .contains("already set by spec.template.spec.containers[0].env[0]"),
@@ -454,9 +450,9 @@ mod tests {
             "        env: [{name: A, value: \"x\\0y\"}]\n",
             "",
         ));
-        assert_eq!(e.path, "spec.template.spec.containers[0].env[0].value");
+        assert_eq!(e.field, "spec.template.spec.containers[0].env[0].value");
         let e = resolve_err(&template("        args: [ok, \"x\\0\"]\n", ""));
-        assert_eq!(e.path, "spec.template.spec.containers[0].args[1]");
+        assert_eq!(e.field, "spec.template.spec.containers[0].args[1]");
     }
 
     #[test]
@@ -490,7 +486,7 @@ mod tests {
         );
         let e = resolve(&missing, &secrets, &mut Vec::new()).unwrap_err();
         assert_eq!(
-            e.path,
+            e.field,
             "spec.template.spec.containers[0].env[0].valueFrom.secretKeyRef"
         );
         assert!(e.message.contains("EMULATE_SECRET_NOPE_X"), "{e}");

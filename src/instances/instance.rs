@@ -91,13 +91,14 @@ pub enum StartError {
     ExecFormat { message: String },
     #[error("{}", cloudrun::container_called_exit(*code))]
     Exited { code: i64, oom_killed: bool },
+    /// Nothing answered on the port within the startup budget; the listen diagnosis says
+    /// what the app listens on instead, when it can be read.
     #[error("the startup probe timed out")]
-    NotReady {
-        diagnosis: Option<ListenDiagnosis>,
-        /// With a user's HTTP or gRPC startup probe on an app that listens: why its last
-        /// attempt failed.
-        probe_failure: Option<String>,
-    },
+    NotReady { diagnosis: Option<ListenDiagnosis> },
+    /// The app listens, but the user's HTTP or gRPC startup probe never passed within the
+    /// startup budget: why its last attempt failed.
+    #[error("the startup probe timed out")]
+    ProbeFailed { why: String },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error("interrupted before the instance was ready")]
@@ -122,17 +123,9 @@ impl StartFailure {
                 out.push_str(&cloudrun::container_called_exit(*code));
                 out.push('\n');
             }
-            StartError::NotReady {
-                probe_failure: Some(_),
-                ..
-            } => {
-                if let Some(startup) = &spec.startup_probe {
-                    out.push_str(&cloudrun::user_startup_probe_failed(
-                        startup.kind(),
-                        startup.failure_threshold,
-                        spec.container_display_name(),
-                        &startup.target(),
-                    ));
+            StartError::ProbeFailed { .. } => {
+                if let Some(line) = self.startup_probe_failed(spec) {
+                    out.push_str(&line);
                     out.push('\n');
                 }
             }
@@ -155,48 +148,62 @@ impl StartFailure {
             }
         }
         out.push_str("\nDiagnosis: ");
-        match &self.error {
-            StartError::ExecFormat { message } => {
-                out.push_str(&format!(
-                    "the container's binary is not for linux/amd64, so the kernel refused to run it ({message}).\n"
-                ));
-                out.push_str(&cloudrun::AMD64_HINT.replace("IMAGE", &spec.image));
+        out.push_str(&self.diagnosis(spec).unwrap_or_default());
+        out
+    }
+
+    /// Cloud Run's line for a user's HTTP or gRPC startup probe that never passed on an app
+    /// that listens; None for any other failure.
+    pub fn startup_probe_failed(&self, spec: &RevisionSpec) -> Option<String> {
+        match (&self.error, &spec.startup_probe) {
+            (StartError::ProbeFailed { .. }, Some(startup)) => {
+                Some(cloudrun::user_startup_probe_failed(
+                    startup.kind(),
+                    startup.failure_threshold,
+                    spec.container_display_name(),
+                    &startup.target(),
+                ))
             }
-            StartError::Exited { code, oom_killed: true } => out.push_str(&format!(
+            _ => None,
+        }
+    }
+
+    /// The local diagnosis: why the start failed and what to do about it. None for a Docker
+    /// failure or a cancelled start, which have none.
+    pub fn diagnosis(&self, spec: &RevisionSpec) -> Option<String> {
+        Some(match &self.error {
+            StartError::ExecFormat { message } => format!(
+                "the container's binary is not for linux/amd64, so the kernel refused to run it ({message}).\n{}",
+                cloudrun::AMD64_HINT.replace("IMAGE", &spec.image)
+            ),
+            StartError::Exited { code, oom_killed: true } => format!(
                 "the container was killed for exceeding its memory limit of {} MiB (exit code {code}). Raise it with --memory, or use less memory at startup.",
                 spec.memory_bytes >> 20
-            )),
-            StartError::Exited { code, .. } => out.push_str(&format!(
+            ),
+            StartError::Exited { code, .. } => format!(
                 "the container exited with code {code} before listening on port {}. Its last log lines above usually say why; reproduce with: docker run --rm -e PORT={} {}",
                 spec.port, spec.port, spec.image
-            )),
-            StartError::NotReady {
-                probe_failure: Some(why),
-                ..
-            } => {
-                if let Some(startup) = &spec.startup_probe {
-                    out.push_str(&format!(
-                        "the app listens on port {}, but its {} startup probe {} never passed: the last attempt {why}. It passes on {}; fix the endpoint, or point startupProbe at one that answers once the app is ready.",
-                        spec.port,
-                        startup.kind(),
-                        startup.target(),
-                        match startup.check {
-                            probe::HealthCheck::Http { .. } => "HTTP 200-399",
-                            probe::HealthCheck::Grpc { .. } => "a SERVING health check",
-                        }
-                    ));
-                }
-            }
-            StartError::NotReady {
-                diagnosis: Some(d), ..
-            } => out.push_str(&d.explain(spec.port)),
-            StartError::NotReady { diagnosis: None, .. } => out.push_str(&format!(
+            ),
+            StartError::ProbeFailed { why } => match &spec.startup_probe {
+                Some(startup) => format!(
+                    "the app listens on port {}, but its {} startup probe {} never passed: the last attempt {why}. It passes on {}; fix the endpoint, or point startupProbe at one that answers once the app is ready.",
+                    spec.port,
+                    startup.kind(),
+                    startup.target(),
+                    match startup.check {
+                        probe::HealthCheck::Http { .. } => "HTTP 200-399",
+                        probe::HealthCheck::Grpc { .. } => "a SERVING health check",
+                    }
+                ),
+                None => String::new(),
+            },
+            StartError::NotReady { diagnosis: Some(d) } => d.explain(spec.port),
+            StartError::NotReady { diagnosis: None } => format!(
                 "nothing answered on port {} within {:?}. Check that the app listens on 0.0.0.0:$PORT; if it only starts slowly, raise --startup-timeout.",
                 spec.port, spec.startup_budget
-            )),
-            StartError::Runtime(_) | StartError::Cancelled => {}
-        }
-        out
+            ),
+            StartError::Runtime(_) | StartError::Cancelled => return None,
+        })
     }
 }
 
@@ -471,9 +478,9 @@ async fn probe_until_ready(
                 .pid
                 .and_then(probe::listening_sockets)
                 .and_then(|s| probe::diagnose(&s, spec.port));
-            return Err(StartError::NotReady {
-                diagnosis,
-                probe_failure,
+            return Err(match probe_failure {
+                Some(why) => StartError::ProbeFailed { why },
+                None => StartError::NotReady { diagnosis },
             });
         }
         if !warned && now >= next_check {

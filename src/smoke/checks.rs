@@ -12,7 +12,7 @@
 //!       bodyContains: Hello               # a string or a list of strings
 //!       bodyMatches: 'K_REVISION=\w+'     # a regex or a list of regexes
 //!       headers: {Content-Type: text/html}
-//!       latencyBelow: 500ms               # units ms, s and m
+//!       latencyBelow: 500ms               # units ms, s, m and h (1m30s, 1.5s)
 //!   - name: items API
 //!     request: GET /api/items?limit=1     # "METHOD /path" is short for {method, path}
 //!     expect:
@@ -80,7 +80,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::report::format_duration;
-use crate::control::knative::FieldError;
+use crate::config::{self, serde_errors, DurationError, FieldError};
 
 /// The most requests a `concurrent` check may send at once. More would measure the machine
 /// running CI rather than the service.
@@ -525,52 +525,20 @@ pub fn json_path<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
 
 const DURATION_HINT: &str = "expected a duration like 500ms, 2s or 1m";
 
-/// Reads `500ms`, `2s`, `1.5s` or `1m`.
+/// Reads a duration in the grammar of [`config::duration`] (`500ms`, `2s`, `1.5s`, `1m`,
+/// `1m30s`), but with a unit: a bare `500` in a latency limit is more likely meant as
+/// milliseconds than as the seconds it would be in a flag.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let nanos_per_unit: u128 = match unit.trim() {
-        "ms" => 1_000_000,
-        "s" => 1_000_000_000,
-        "m" => 60_000_000_000,
-        "" if !number.is_empty() => {
-            return Err(format!(
-                "{DURATION_HINT}, found {text:?} (add a unit: ms, s or m)"
-            ))
-        }
-        _ => return Err(format!("{DURATION_HINT}, found {text:?}")),
-    };
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    let digits_only = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    // Nine decimals reach nanoseconds even in seconds; more would only be noise.
-    if (whole.is_empty() && fraction.is_empty())
-        || !digits_only(whole)
-        || !digits_only(fraction)
-        || fraction.len() > 9
-    {
-        return Err(format!("{DURATION_HINT}, found {text:?}"));
+    if config::is_bare_number(text) {
+        return Err(format!(
+            "{DURATION_HINT}, found {text:?} (add a unit: ms, s or m)"
+        ));
     }
-    let too_long = || format!("{text:?} is too long a duration");
-    let whole: u128 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().map_err(|_| too_long())?
-    };
-    let scale = 10u128.pow(fraction.len() as u32);
-    let fraction: u128 = if fraction.is_empty() {
-        0
-    } else {
-        fraction.parse().map_err(|_| too_long())?
-    };
-    let nanos = whole
-        .checked_mul(nanos_per_unit)
-        .and_then(|n| n.checked_add(fraction * nanos_per_unit / scale))
-        .ok_or_else(too_long)?;
-    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| too_long())?;
-    Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32))
+    config::duration(text).map_err(|e| match e {
+        DurationError::Malformed => format!("{DURATION_HINT}, found {text:?}"),
+        DurationError::OutOfRange => format!("{text:?} is too long a duration"),
+    })
 }
 
 /// Reads `--request 'METHOD /path'`, or just `/path` for a GET.
@@ -644,7 +612,7 @@ pub fn parse_checks_file(text: &str) -> Result<ChecksFile, FieldError> {
     let deserializer = serde_yaml_ng::Deserializer::from_str(text);
     let raw: RawFile = serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();
-        serde_error(&path, &e.into_inner().to_string())
+        serde_errors::field_error(&path, &e.into_inner().to_string())
     })?;
     if raw.checks.is_empty() {
         return Err(FieldError::new(
@@ -1145,140 +1113,6 @@ fn parse_status_field(text: &str) -> Result<StatusExpect, String> {
         ));
     }
     StatusExpect::parse(text)
-}
-
-/// A serde error as a field error: the path it found, and its message in the words of YAML
-/// rather than of Rust ("a list", not "a sequence").
-fn serde_error(path: &str, inner: &str) -> FieldError {
-    // serde_yaml_ng starts some messages with its own notion of the path.
-    let message = match inner.split_once(": ") {
-        Some((head, tail))
-            if !head.contains(' ')
-                && (path == head
-                    || path
-                        .strip_prefix(head)
-                        .is_some_and(|rest| rest.starts_with(['.', '[']))) =>
-        {
-            tail
-        }
-        _ => inner,
-    };
-    // A document-level error (a YAML syntax error, a missing `checks`) has no field to point
-    // at, so the line and column are its only "where"; elsewhere the path says it better.
-    if path == "." || path == "?" || path.is_empty() {
-        return FieldError::new("(document)", friendly(message));
-    }
-    let message = match message.rsplit_once(" at line ") {
-        Some((message, location))
-            if location
-                .split_once(" column ")
-                .is_some_and(|(line, column)| {
-                    line.parse::<u64>().is_ok() && column.parse::<u64>().is_ok()
-                }) =>
-        {
-            message
-        }
-        _ => message,
-    };
-    FieldError::new(path, friendly(message))
-}
-
-fn friendly(message: &str) -> String {
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        if let Some((key, allowed)) = rest.split_once('`') {
-            return unknown_key(key, allowed);
-        }
-    }
-    if let Some(key) = message.strip_prefix("missing field ") {
-        return format!("missing required key {key}");
-    }
-    if let Some(key) = message.strip_prefix("duplicate field ") {
-        return format!("key {key} is given twice");
-    }
-    for prefix in ["invalid type: ", "invalid value: "] {
-        if let Some((found, expected)) = message
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.rsplit_once(", expected "))
-        {
-            return format!(
-                "expected {}, found {}",
-                yaml_expected(expected),
-                yaml_found(found)
-            );
-        }
-    }
-    message.to_string()
-}
-
-fn yaml_expected(expected: &str) -> &str {
-    match expected {
-        "i64" | "u64" | "i32" | "u32" | "u16" | "usize" => "an integer",
-        "a sequence" => "a list",
-        "a map" => "a mapping",
-        other => other,
-    }
-}
-
-fn yaml_found(found: &str) -> String {
-    match found {
-        "unit value" => "nothing (null)".to_string(),
-        "sequence" => "a list".to_string(),
-        "map" => "a mapping".to_string(),
-        other => {
-            // `integer `5``, `boolean `true``, `integer `1e20` as u128`: the value alone.
-            match other.split('`').nth(1) {
-                Some(value) => value.to_string(),
-                None => other.strip_prefix("string ").unwrap_or(other).to_string(),
-            }
-        }
-    }
-}
-
-/// "unknown key `expct`, did you mean `expect`? ..." from serde's list of the keys it knows.
-fn unknown_key(key: &str, allowed: &str) -> String {
-    let known: Vec<&str> = allowed.split('`').skip(1).step_by(2).collect();
-    let mut message = format!("unknown key `{key}`");
-    if let Some(near) = known
-        .iter()
-        .filter(|k| is_near(key, k))
-        .min_by_key(|k| edit_distance(key, k))
-    {
-        message.push_str(&format!(", did you mean `{near}`?"));
-    }
-    if !known.is_empty() {
-        let known: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
-        message.push_str(&format!(" (the keys here are {})", known.join(", ")));
-    }
-    message
-}
-
-/// Close enough to be a typo: one edit in four, or the same key in another case or with
-/// `_` or `-` (`latency_below` for `latencyBelow`).
-fn is_near(typed: &str, known: &str) -> bool {
-    let squash = |s: &str| -> String {
-        s.chars()
-            .filter(|c| *c != '_' && *c != '-')
-            .flat_map(char::to_lowercase)
-            .collect()
-    };
-    squash(typed) == squash(known) || edit_distance(typed, known) <= known.len().div_ceil(4)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (above + 1)
-                .min(row[j] + 1)
-                .min(diagonal + usize::from(ca != *cb));
-            diagonal = above;
-        }
-    }
-    row[b.len()]
 }
 
 #[cfg(test)]
@@ -1865,12 +1699,14 @@ mod tests {
         assert_eq!(parse_duration("0.1s"), Ok(Duration::from_millis(100)));
         assert_eq!(parse_duration(" 3 s "), Ok(Duration::from_secs(3)));
         assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO));
+        // One grammar with the flags: hours and sums too.
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         for bad in [
             "",
             "ms",
             "5",
             "-1s",
-            "1h",
             "1.2.3s",
             "1e3ms",
             "1.0000000001s",
