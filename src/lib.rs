@@ -39,3 +39,5 @@ pub mod smoke;
 
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod layers_tests;
