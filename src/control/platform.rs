@@ -280,13 +280,7 @@ impl Platform {
     }
 
     async fn apply_now(&self, doc: knative::Service) -> Result<Applied, ApplyError> {
-        let name = doc
-            .metadata
-            .name
-            .clone()
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| FieldError::new("metadata.name", "a service name is required"))?;
-        knative::validate_names(&doc)?;
+        let name = knative::validate_names(&doc)?.to_string();
         let mut notes: Vec<String> = knative::unmodelled_fields(&doc)
             .into_iter()
             .map(|path| format!("{path}: accepted; it is not emulated"))
@@ -470,17 +464,7 @@ impl Platform {
                 TargetKey::Revision(name) if Some(name.as_str()) == creating => continue,
                 TargetKey::Revision(name) => name,
             };
-            let revision = record
-                .and_then(|r| r.revisions.iter().find(|r| r.name == *name))
-                .ok_or_else(|| {
-                    FieldError::new(
-                        format!("spec.traffic[{i}].revisionName"),
-                        format!("Revision [{name}] could not be found."),
-                    )
-                })?;
-            if let (Some(false), Some(failure)) = (revision.ready, &revision.failure) {
-                return Err(NotReady::Failed(failure.clone()).into());
-            }
+            traffic_revision(record, i, name)?;
         }
         Ok(())
     }
@@ -606,20 +590,7 @@ impl Platform {
                         .ok_or(NotReady::NoLatestRevision)?,
                     (TargetKey::Revision(name), _) => name.clone(),
                 };
-                let revision = record
-                    .revisions
-                    .iter()
-                    .find(|r| r.name == name)
-                    .ok_or_else(|| {
-                        FieldError::new(
-                            format!("spec.traffic[{i}].revisionName"),
-                            format!("Revision [{name}] could not be found."),
-                        )
-                    })?;
-                if let (Some(false), Some(failure)) = (revision.ready, &revision.failure) {
-                    return Err(NotReady::Failed(failure.clone()).into());
-                }
-                pools.push(revision.pool.clone());
+                pools.push(traffic_revision(Some(record), i, &name)?.pool.clone());
             }
             pools
         };
@@ -1100,6 +1071,27 @@ fn revision_doc(
             }),
         }),
     }
+}
+
+/// The revision traffic target `i` names, which must exist in the service's record and not
+/// have failed its start (Cloud Run keeps a failed revision, but sends it no traffic).
+fn traffic_revision<'a>(
+    record: Option<&'a ServiceState>,
+    i: usize,
+    name: &str,
+) -> Result<&'a RevisionState, ApplyError> {
+    let revision = record
+        .and_then(|r| r.revisions.iter().find(|r| r.name == name))
+        .ok_or_else(|| {
+            FieldError::new(
+                format!("spec.traffic[{i}].revisionName"),
+                format!("Revision [{name}] could not be found."),
+            )
+        })?;
+    if let (Some(false), Some(failure)) = (revision.ready, &revision.failure) {
+        return Err(NotReady::Failed(failure.clone()).into());
+    }
+    Ok(revision)
 }
 
 /// The image a revision runs: found locally or pulled for linux/amd64, then checked.
