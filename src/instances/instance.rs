@@ -651,11 +651,7 @@ impl Instance {
 
 /// `emulate-REVISION-xxxxx`: unique per instance, and says whose it is in `docker ps`.
 fn container_name(revision: &str, rng: &mut impl Rng) -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let suffix: String = (0..5)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect();
-    format!("emulate-{revision}-{suffix}")
+    format!("emulate-{revision}-{}", cloudrun::random_suffix(5, rng))
 }
 
 #[cfg(test)]
