@@ -196,14 +196,9 @@ async fn handle(platform: &Platform, request: Request<Incoming>) -> Response<Ful
                 Err(e) => apply_error(e),
             }
         }
-        ("services", Some(name), &Method::DELETE) => match platform.delete_service(name).await {
-            Ok(()) => status(
-                StatusCode::OK,
-                "Deleted",
-                format!("Deleted service [{name}]."),
-            ),
-            Err(e) => lookup_error(e),
-        },
+        ("services", Some(name), &Method::DELETE) => {
+            deleted(platform.delete_service(name).await, "service", name)
+        }
         ("revisions", None, &Method::GET) => {
             let service = label_selector_service(&query);
             json(
@@ -212,14 +207,9 @@ async fn handle(platform: &Platform, request: Request<Incoming>) -> Response<Ful
             )
         }
         ("revisions", Some(name), &Method::GET) => lookup(platform.describe_revision(name)),
-        ("revisions", Some(name), &Method::DELETE) => match platform.delete_revision(name).await {
-            Ok(()) => status(
-                StatusCode::OK,
-                "Deleted",
-                format!("Deleted revision [{name}]."),
-            ),
-            Err(e) => lookup_error(e),
-        },
+        ("revisions", Some(name), &Method::DELETE) => {
+            deleted(platform.delete_revision(name).await, "revision", name)
+        }
         _ => status(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
@@ -261,6 +251,18 @@ fn list<T: serde::Serialize>(kind: &str, items: Vec<T>) -> knative::List<T> {
 fn lookup<T: serde::Serialize>(result: Result<T, LookupError>) -> Response<Full<Bytes>> {
     match result {
         Ok(doc) => json(StatusCode::OK, &doc),
+        Err(e) => lookup_error(e),
+    }
+}
+
+/// A delete's answer: Cloud Run's `Deleted KIND [NAME].`, or why not.
+fn deleted(result: Result<(), LookupError>, kind: &str, name: &str) -> Response<Full<Bytes>> {
+    match result {
+        Ok(()) => status(
+            StatusCode::OK,
+            "Deleted",
+            format!("Deleted {kind} [{name}]."),
+        ),
         Err(e) => lookup_error(e),
     }
 }

@@ -284,11 +284,15 @@ pub fn service_name_from_image(image: &str) -> String {
 
 /// A revision name, `SERVICE-NNNNN-xxx`: the 5-digit generation and three random characters.
 pub fn revision_name(service: &str, generation: u32, rng: &mut impl Rng) -> String {
+    format!("{service}-{generation:05}-{}", random_suffix(3, rng))
+}
+
+/// `len` random lowercase letters and digits: the unique end of a generated name.
+pub fn random_suffix(len: usize, rng: &mut impl Rng) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let suffix: String = (0..3)
+    (0..len)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect();
-    format!("{service}-{generation:05}-{suffix}")
+        .collect()
 }
 
 #[cfg(test)]

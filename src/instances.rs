@@ -1,8 +1,9 @@
 //! Instances: one revision's containers and the leases requests hold on them (`pool`), one
-//! instance's start, probe and stop (`instance`, `probe`), and the scaling decision
-//! (`autoscaler`, pure).
+//! instance's start, probe and stop (`instance`, `probe`), the scaling decision
+//! (`autoscaler`, pure), and the configuration they share (`revision`).
 
 pub mod autoscaler;
 pub mod instance;
 pub mod pool;
 pub mod probe;
+pub mod revision;

@@ -57,6 +57,24 @@ impl RuntimeError {
     }
 }
 
+/// The outcome of a call that puts a container in a state (stopped, killed, removed): Ok when
+/// it did, or when the engine refused because the container is already there (`done` says
+/// which status codes and messages mean that); else the error, naming the operation.
+fn done_unless_failed(
+    result: Result<(), DockerError>,
+    done: impl Fn(u16, &str) -> bool,
+    operation: impl FnOnce() -> String,
+) -> Result<(), RuntimeError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(DockerError::DockerResponseServerError {
+            status_code,
+            message,
+        }) if done(status_code, &message) => Ok(()),
+        Err(e) => Err(RuntimeError::operation(operation(), e)),
+    }
+}
+
 /// What the engine said, without bollard's wrapping ("Docker responded with status code
 /// 404: ..."): the engine's own text reads better after "Docker could not ...".
 fn engine_message(error: &DockerError) -> String {
@@ -450,36 +468,20 @@ impl Runtime {
             t: Some(grace.as_secs() as i32),
             signal: None,
         };
-        match self.docker.stop_container(id, Some(options)).await {
-            Ok(()) => Ok(()),
-            // 304: already stopped; 404: already gone.
-            Err(DockerError::DockerResponseServerError {
-                status_code: 304 | 404,
-                ..
-            }) => Ok(()),
-            Err(e) => Err(RuntimeError::operation(
-                format!("stop container {}", short(id)),
-                e,
-            )),
-        }
+        let result = self.docker.stop_container(id, Some(options)).await;
+        // 304: already stopped; 404: already gone.
+        let stopped = |code, _: &str| matches!(code, 304 | 404);
+        done_unless_failed(result, stopped, || format!("stop container {}", short(id)))
     }
 
     pub async fn kill(&self, id: &str) -> Result<(), RuntimeError> {
         let options = KillContainerOptions {
             signal: "SIGKILL".to_string(),
         };
-        match self.docker.kill_container(id, Some(options)).await {
-            Ok(()) => Ok(()),
-            // 404: gone; 409: not running.
-            Err(DockerError::DockerResponseServerError {
-                status_code: 404 | 409,
-                ..
-            }) => Ok(()),
-            Err(e) => Err(RuntimeError::operation(
-                format!("kill container {}", short(id)),
-                e,
-            )),
-        }
+        let result = self.docker.kill_container(id, Some(options)).await;
+        // 404: gone; 409: not running.
+        let dead = |code, _: &str| matches!(code, 404 | 409);
+        done_unless_failed(result, dead, || format!("kill container {}", short(id)))
     }
 
     /// Removes the container whatever its state; a container already gone is not an error.
@@ -489,21 +491,12 @@ impl Runtime {
             v: true,
             link: false,
         };
-        match self.docker.remove_container(id, Some(options)).await {
-            Ok(()) => Ok(()),
-            Err(DockerError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(()),
-            // 409: removal already in progress.
-            Err(DockerError::DockerResponseServerError {
-                status_code: 409,
-                message,
-            }) if message.contains("already in progress") => Ok(()),
-            Err(e) => Err(RuntimeError::operation(
-                format!("remove container {}", short(id)),
-                e,
-            )),
-        }
+        let result = self.docker.remove_container(id, Some(options)).await;
+        // 404: already gone; 409: removal already in progress.
+        let gone = |code, message: &str| {
+            code == 404 || (code == 409 && message.contains("already in progress"))
+        };
+        done_unless_failed(result, gone, || format!("remove container {}", short(id)))
     }
 
     /// Every container (running or not) that carries the emulator's label.
@@ -559,6 +552,32 @@ pub fn short(id: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_container_already_in_the_wanted_state_is_not_an_error() {
+        let refused = |status_code: u16, message: &str| {
+            Err(DockerError::DockerResponseServerError {
+                status_code,
+                message: message.to_string(),
+            })
+        };
+        let gone = |code, message: &str| {
+            code == 404 || (code == 409 && message.contains("already in progress"))
+        };
+        let remove = || "remove container abc".to_string();
+        assert!(done_unless_failed(Ok(()), gone, remove).is_ok());
+        assert!(done_unless_failed(refused(404, "no such container"), gone, remove).is_ok());
+        assert!(
+            done_unless_failed(refused(409, "removal already in progress"), gone, remove).is_ok()
+        );
+        let error =
+            done_unless_failed(refused(409, "the container is paused"), gone, remove).unwrap_err();
+        assert!(
+            error.to_string().contains("remove container abc"),
+            "{error}"
+        );
+        assert!(done_unless_failed(refused(500, "busy"), gone, remove).is_err());
+    }
 
     #[test]
     fn a_docker_error_names_the_operation_and_keeps_bollards_error_as_its_source() {

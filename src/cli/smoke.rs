@@ -492,7 +492,7 @@ impl Smoke {
                 let limit = pools
                     .iter()
                     .find(|p| p.status().oom_kills > 0)
-                    .map_or(0, |p| p.spec().memory_bytes >> 20);
+                    .map_or(0, |p| p.spec().config.container.memory_bytes >> 20);
                 format!(
                     "{crashes} instance(s) exited during the run, {ooms} killed for exceeding the memory limit: {} Raise --memory, or use less.",
                     cloudrun::memory_limit_exceeded(limit, limit)
@@ -1041,21 +1041,9 @@ mod tests {
     use crate::instances::probe::{HealthCheck, HealthProbe};
 
     fn spec(startup_probe: Option<HealthProbe>) -> RevisionSpec {
-        RevisionSpec {
-            service: "app".into(),
-            revision: "app-00001-abc".into(),
-            image: "app".into(),
-            image_id: "sha256:x".into(),
-            port: 8080,
-            env: Vec::new(),
-            command: None,
-            args: None,
-            memory_bytes: 512 << 20,
-            cpu_millis: 1000,
-            startup_budget: Duration::from_secs(240),
-            startup_probe,
-            liveness: None,
-        }
+        let mut spec = RevisionSpec::example("app");
+        spec.config.container.startup_probe = startup_probe;
+        spec
     }
 
     /// The preflight results smoke records for a deploy that failed with `error`: name and

@@ -583,8 +583,8 @@ fn check_fields(value: &serde_json::Value, shape: Shape, path: &str) -> Result<(
 }
 
 /// Checks the names a document gives: the service, the revision, and the revisions and tags
-/// its traffic names, with Cloud Run's texts.
-pub fn validate_names(service: &Service) -> Result<(), FieldError> {
+/// its traffic names, with Cloud Run's texts. Returns the service's name.
+pub fn validate_names(service: &Service) -> Result<&str, FieldError> {
     use crate::cloudrun;
     let name = service
         .metadata
@@ -615,7 +615,7 @@ pub fn validate_names(service: &Service) -> Result<(), FieldError> {
             cloudrun::validate_tag_for_service(tag, name).map_err(|m| FieldError::new(at, m))?;
         }
     }
-    Ok(())
+    Ok(name)
 }
 
 /// The traffic of a document as the traffic math's targets, each entry checked (revisionName
@@ -866,7 +866,7 @@ spec:
             assert_eq!(error.field, "metadata.name", "{bad}");
         }
         let ok = service("hello").unwrap();
-        assert_eq!(validate_names(&ok), Ok(()));
+        assert_eq!(validate_names(&ok), Ok("hello"));
         let mut bad_revision = ok.clone();
         bad_revision.spec.template.metadata.name = Some("hello-../x".into());
         assert_eq!(

@@ -13,10 +13,11 @@ use tokio_util::task::TaskTracker;
 use crate::cloudrun;
 use crate::config::FieldError;
 use crate::control::knative::{self, Condition, ObjectMeta, RevisionTemplate};
-use crate::control::template::{self, RevisionConfig, Secrets};
+use crate::control::template::{self, Secrets};
 use crate::control::traffic::{self, TargetKey, TrafficTarget};
 use crate::instances::instance::{RevisionSpec, StartError, StartFailure};
-use crate::instances::pool::{InstanceContext, Pool, Scaling};
+use crate::instances::pool::{InstanceContext, Pool};
+use crate::instances::revision::RevisionConfig;
 use crate::runtime::{self, RuntimeError};
 use crate::serve::router::{self, RevisionRoute, Router, RoutingTable, ServiceRoutes};
 
@@ -203,7 +204,6 @@ struct RevisionState {
     name: String,
     generation: u32,
     template: RevisionTemplate,
-    config: RevisionConfig,
     image_digest: String,
     created: String,
     pool: Pool,
@@ -280,13 +280,7 @@ impl Platform {
     }
 
     async fn apply_now(&self, doc: knative::Service) -> Result<Applied, ApplyError> {
-        let name = doc
-            .metadata
-            .name
-            .clone()
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| FieldError::new("metadata.name", "a service name is required"))?;
-        knative::validate_names(&doc)?;
+        let name = knative::validate_names(&doc)?.to_string();
         let mut notes: Vec<String> = knative::unmodelled_fields(&doc)
             .into_iter()
             .map(|path| format!("{path}: accepted; it is not emulated"))
@@ -470,17 +464,7 @@ impl Platform {
                 TargetKey::Revision(name) if Some(name.as_str()) == creating => continue,
                 TargetKey::Revision(name) => name,
             };
-            let revision = record
-                .and_then(|r| r.revisions.iter().find(|r| r.name == *name))
-                .ok_or_else(|| {
-                    FieldError::new(
-                        format!("spec.traffic[{i}].revisionName"),
-                        format!("Revision [{name}] could not be found."),
-                    )
-                })?;
-            if let (Some(false), Some(failure)) = (revision.ready, &revision.failure) {
-                return Err(NotReady::Failed(failure.clone()).into());
-            }
+            traffic_revision(record, i, name)?;
         }
         Ok(())
     }
@@ -498,35 +482,19 @@ impl Platform {
         deleted: &CancellationToken,
     ) -> Result<(), ApplyError> {
         let runtime = &self.inner.ctx.runtime;
-        let image = resolve_image(runtime, &config.image).await?;
+        let image = resolve_image(runtime, &config.container.image).await?;
         let spec = RevisionSpec {
             service: service.to_string(),
             revision: name.clone(),
-            image: config.image.clone(),
             image_id: image.id.clone(),
-            port: config.port,
-            env: config.env.clone(),
-            command: config.command.clone(),
-            args: config.args.clone(),
-            memory_bytes: config.memory_bytes,
-            cpu_millis: config.cpu_millis,
-            startup_budget: config.startup_budget,
-            startup_probe: config.startup_probe.clone(),
-            liveness: config.liveness.clone(),
-        };
-        let scaling = Scaling {
-            concurrency: config.concurrency,
-            min_instances: config.min_instances,
-            max_instances: config.max_instances,
-            idle_timeout: config.idle_timeout,
-            request_timeout: config.timeout,
+            config,
         };
         // The pool's starts give up when the service is deleted or the emulator stops.
         let ctx = InstanceContext {
             shutdown: deleted.child_token(),
             ..self.inner.ctx.clone()
         };
-        let pool = Pool::new(spec.clone(), scaling, ctx);
+        let pool = Pool::new(spec.clone(), ctx);
         let mut frozen = template.clone();
         frozen.metadata.name = Some(name.clone());
         {
@@ -555,7 +523,6 @@ impl Platform {
                 name: name.clone(),
                 generation,
                 template: frozen,
-                config,
                 image_digest: image.digest,
                 created: timestamp(SystemTime::now()),
                 pool: pool.clone(),
@@ -567,7 +534,7 @@ impl Platform {
         }
         eprintln!(
             "Creating revision [{name}] of service [{service}] from image [{}]...",
-            spec.image
+            spec.config.container.image
         );
         let result = pool.ensure_ready().await;
         let mut state = self.state();
@@ -623,20 +590,7 @@ impl Platform {
                         .ok_or(NotReady::NoLatestRevision)?,
                     (TargetKey::Revision(name), _) => name.clone(),
                 };
-                let revision = record
-                    .revisions
-                    .iter()
-                    .find(|r| r.name == name)
-                    .ok_or_else(|| {
-                        FieldError::new(
-                            format!("spec.traffic[{i}].revisionName"),
-                            format!("Revision [{name}] could not be found."),
-                        )
-                    })?;
-                if let (Some(false), Some(failure)) = (revision.ready, &revision.failure) {
-                    return Err(NotReady::Failed(failure.clone()).into());
-                }
-                pools.push(revision.pool.clone());
+                pools.push(traffic_revision(Some(record), i, &name)?.pool.clone());
             }
             pools
         };
@@ -670,11 +624,14 @@ impl Platform {
                     .revisions
                     .iter()
                     .find(|r| r.name == revision)
-                    .map(|r| RevisionRoute {
-                        revision: r.name.clone(),
-                        pool: r.pool.clone(),
-                        http2: r.config.http2,
-                        timeout: r.config.timeout,
+                    .map(|r| {
+                        let config = &r.pool.spec().config;
+                        RevisionRoute {
+                            revision: r.name.clone(),
+                            pool: r.pool.clone(),
+                            http2: config.container.http2,
+                            timeout: config.request_timeout,
+                        }
                     })
             };
             let mut routes = ServiceRoutes::default();
@@ -1114,6 +1071,27 @@ fn revision_doc(
             }),
         }),
     }
+}
+
+/// The revision traffic target `i` names, which must exist in the service's record and not
+/// have failed its start (Cloud Run keeps a failed revision, but sends it no traffic).
+fn traffic_revision<'a>(
+    record: Option<&'a ServiceState>,
+    i: usize,
+    name: &str,
+) -> Result<&'a RevisionState, ApplyError> {
+    let revision = record
+        .and_then(|r| r.revisions.iter().find(|r| r.name == name))
+        .ok_or_else(|| {
+            FieldError::new(
+                format!("spec.traffic[{i}].revisionName"),
+                format!("Revision [{name}] could not be found."),
+            )
+        })?;
+    if let (Some(false), Some(failure)) = (revision.ready, &revision.failure) {
+        return Err(NotReady::Failed(failure.clone()).into());
+    }
+    Ok(revision)
 }
 
 /// The image a revision runs: found locally or pulled for linux/amd64, then checked.

@@ -9,6 +9,7 @@ use crate::cloudrun;
 use crate::config::{self, FieldError};
 use crate::control::knative::{self, RevisionTemplate};
 use crate::instances::probe::{HealthCheck, HealthProbe};
+use crate::instances::revision::{ContainerConfig, RevisionConfig, ScalingConfig};
 
 /// Cloud Run's default maximum number of instances.
 pub const DEFAULT_MAX_INSTANCES: u32 = 100;
@@ -47,29 +48,6 @@ impl Secrets {
             format!("secret '{name}' version '{version}' not found: looked for {looked}. Create one of them, e.g. `mkdir -p DIR/{name} && printf %s VALUE > DIR/{name}/{version}` and start the emulator with --secrets-dir DIR"),
         ))
     }
-}
-
-/// A revision's settings, validated.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RevisionConfig {
-    pub image: String,
-    pub port: u16,
-    pub http2: bool,
-    pub env: Vec<(String, String)>,
-    pub command: Option<Vec<String>>,
-    pub args: Option<Vec<String>>,
-    pub memory_bytes: u64,
-    pub cpu_millis: u64,
-    pub concurrency: u32,
-    pub timeout: Duration,
-    pub min_instances: u32,
-    pub max_instances: u32,
-    /// How long an instance may sit idle before it is removed.
-    pub idle_timeout: Duration,
-    pub startup_budget: Duration,
-    /// A user's HTTP or gRPC startup probe; None is a TCP connect (the default, or tcpSocket).
-    pub startup_probe: Option<HealthProbe>,
-    pub liveness: Option<HealthProbe>,
 }
 
 /// Checks a template and resolves it. `notes` collects one-line notes about settings that
@@ -270,22 +248,26 @@ pub fn resolve(
         }
     }
     Ok(RevisionConfig {
-        image: container.image.trim().to_string(),
-        port,
-        http2,
-        env,
-        command: container.command.clone(),
-        args: container.args.clone(),
-        memory_bytes,
-        cpu_millis,
-        concurrency,
-        timeout,
-        min_instances,
-        max_instances,
-        idle_timeout,
-        startup_budget,
-        startup_probe,
-        liveness,
+        container: ContainerConfig {
+            image: container.image.trim().to_string(),
+            port,
+            http2,
+            env,
+            command: container.command.clone(),
+            args: container.args.clone(),
+            memory_bytes,
+            cpu_millis,
+            startup_budget,
+            startup_probe,
+            liveness,
+        },
+        scaling: ScalingConfig {
+            concurrency,
+            min_instances,
+            max_instances,
+            idle_timeout,
+        },
+        request_timeout: timeout,
     })
 }
 
@@ -362,17 +344,20 @@ mod tests {
             "        startupProbe:\n          httpGet: {path: /ready}\n          initialDelaySeconds: 2\n          periodSeconds: 5\n          failureThreshold: 3\n",
             "",
         ));
-        let probe = http.startup_probe.expect("an HTTP startup probe");
+        let probe = http.container.startup_probe.expect("an HTTP startup probe");
         assert_eq!(probe.kind(), "HTTP");
         assert_eq!(probe.target(), "on port 8080 path /ready");
         // Attempts at 2, 7 and 12 s, the last allowed its 1 s timeout.
-        assert_eq!(http.startup_budget, Duration::from_secs(13));
+        assert_eq!(http.container.startup_budget, Duration::from_secs(13));
         let tcp = resolve_ok(&template(
             "        startupProbe:\n          tcpSocket: {port: 8080}\n          periodSeconds: 240\n          timeoutSeconds: 240\n          failureThreshold: 1\n",
             "",
         ));
-        assert_eq!(tcp.startup_probe, None, "TCP is the default probe's kind");
-        assert_eq!(tcp.startup_budget, Duration::from_secs(240));
+        assert_eq!(
+            tcp.container.startup_probe, None,
+            "TCP is the default probe's kind"
+        );
+        assert_eq!(tcp.container.startup_budget, Duration::from_secs(240));
         let both = resolve_err(&template(
             "        startupProbe:\n          httpGet: {path: /}\n          grpc: {}\n",
             "",
@@ -383,13 +368,14 @@ mod tests {
     #[test]
     fn defaults_are_cloud_runs() {
         let config = resolve_ok(&template("", ""));
-        assert_eq!(config.port, 8080);
-        assert!(!config.http2);
-        assert_eq!(config.concurrency, 80);
-        assert_eq!(config.timeout, Duration::from_secs(300));
-        assert_eq!((config.min_instances, config.max_instances), (0, 100));
-        assert_eq!(config.memory_bytes, 512 << 20);
-        assert_eq!(config.startup_budget, Duration::from_secs(240));
+        let (container, scaling) = (&config.container, &config.scaling);
+        assert_eq!(container.port, 8080);
+        assert!(!container.http2);
+        assert_eq!(scaling.concurrency, 80);
+        assert_eq!(config.request_timeout, Duration::from_secs(300));
+        assert_eq!((scaling.min_instances, scaling.max_instances), (0, 100));
+        assert_eq!(container.memory_bytes, 512 << 20);
+        assert_eq!(container.startup_budget, Duration::from_secs(240));
     }
 
     #[test]
@@ -402,10 +388,14 @@ mod tests {
             .annotations
             .insert(knative::ANNOTATION_MAX_SCALE.into(), "3".into());
         let config = resolve_ok(&t);
-        assert_eq!((config.port, config.http2), (9000, true));
-        assert_eq!((config.memory_bytes, config.cpu_millis), (1 << 30, 2000));
-        assert_eq!((config.concurrency, config.max_instances), (1, 3));
-        assert_eq!(config.timeout, Duration::from_secs(60));
+        let (container, scaling) = (&config.container, &config.scaling);
+        assert_eq!((container.port, container.http2), (9000, true));
+        assert_eq!(
+            (container.memory_bytes, container.cpu_millis),
+            (1 << 30, 2000)
+        );
+        assert_eq!((scaling.concurrency, scaling.max_instances), (1, 3));
+        assert_eq!(config.request_timeout, Duration::from_secs(60));
     }
 
     #[test]
@@ -458,12 +448,12 @@ mod tests {
     #[test]
     fn concurrency_zero_is_cloud_runs_default() {
         let zero = resolve_ok(&template("", "      containerConcurrency: 0\n"));
-        assert_eq!(zero.concurrency, 80);
+        assert_eq!(zero.scaling.concurrency, 80);
         let small_cpu = resolve_ok(&template(
             "        resources: {limits: {cpu: 500m}}\n",
             "      containerConcurrency: 0\n",
         ));
-        assert_eq!(small_cpu.concurrency, 1);
+        assert_eq!(small_cpu.scaling.concurrency, 1);
     }
 
     #[test]
@@ -479,7 +469,10 @@ mod tests {
             dir: Some(dir.clone()),
         };
         let config = resolve(&t, &secrets, &mut Vec::new()).unwrap();
-        assert_eq!(config.env, vec![("DB".to_string(), "s3cret".to_string())]);
+        assert_eq!(
+            config.container.env,
+            vec![("DB".to_string(), "s3cret".to_string())]
+        );
         let missing = template(
             "        env: [{name: DB, valueFrom: {secretKeyRef: {name: nope-x, key: '2'}}}]\n",
             "",
@@ -498,7 +491,10 @@ mod tests {
         );
         let config = resolve(&from_env, &Secrets::default(), &mut Vec::new()).unwrap();
         std::env::remove_var("EMULATE_SECRET_FROM_ENV_UNIT");
-        assert_eq!(config.env, vec![("DB".to_string(), "from-env".to_string())]);
+        assert_eq!(
+            config.container.env,
+            vec![("DB".to_string(), "from-env".to_string())]
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::instances::revision::ScalingConfig;
+
 /// Knative's default target utilisation: 70% of `containerConcurrency`.
 const DEFAULT_TARGET_UTILIZATION: f64 = 0.7;
 /// Knative's default stable window.
@@ -37,15 +39,9 @@ const BUCKET: Duration = Duration::from_secs(1);
 /// instances and not 4.
 const EPSILON: f64 = 1e-9;
 
-/// How one revision scales.
+/// The autoscaler's tuning: Knative's KPA constants, the same for every revision.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Settings {
-    /// `containerConcurrency` (1..=1000).
-    pub concurrency: u32,
-    pub min_instances: u32,
-    pub max_instances: u32,
-    /// An idle instance is removed after this long.
-    pub idle_timeout: Duration,
+pub struct Tuning {
     /// The share of `concurrency` each instance is aimed at.
     pub target_utilization: f64,
     pub stable_window: Duration,
@@ -55,37 +51,37 @@ pub struct Settings {
     pub panic_threshold: f64,
 }
 
-impl Settings {
-    /// Settings with Knative's defaults for the target, the windows and the
-    /// panic threshold.
-    pub fn new(
-        concurrency: u32,
-        min_instances: u32,
-        max_instances: u32,
-        idle_timeout: Duration,
-    ) -> Self {
-        Settings {
-            concurrency,
-            min_instances,
-            max_instances,
-            idle_timeout,
-            target_utilization: DEFAULT_TARGET_UTILIZATION,
-            stable_window: DEFAULT_STABLE_WINDOW,
-            panic_window: DEFAULT_PANIC_WINDOW,
-            panic_threshold: DEFAULT_PANIC_THRESHOLD,
-        }
-    }
+impl Tuning {
+    /// Knative's defaults for the target, the windows and the panic threshold.
+    pub const KNATIVE: Tuning = Tuning {
+        target_utilization: DEFAULT_TARGET_UTILIZATION,
+        stable_window: DEFAULT_STABLE_WINDOW,
+        panic_window: DEFAULT_PANIC_WINDOW,
+        panic_threshold: DEFAULT_PANIC_THRESHOLD,
+    };
+}
 
+/// How one revision scales: its scaling configuration and the tuning.
+#[derive(Clone, Debug, PartialEq)]
+struct Settings {
+    scaling: ScalingConfig,
+    tuning: Tuning,
+}
+
+impl Settings {
     /// The stable window actually used. It is capped by the idle timeout so
     /// that with a short idle timeout an idle revision reaches zero after that
     /// timeout, not after a minute of remembered traffic.
     fn stable(&self) -> Duration {
-        self.stable_window.min(self.idle_timeout).max(MIN_WINDOW)
+        self.tuning
+            .stable_window
+            .min(self.scaling.idle_timeout)
+            .max(MIN_WINDOW)
     }
 
     /// The panic window actually used, never longer than the stable one.
     fn panic(&self) -> Duration {
-        self.panic_window.min(self.stable()).max(MIN_WINDOW)
+        self.tuning.panic_window.min(self.stable()).max(MIN_WINDOW)
     }
 
     /// The window over which demand must last before the metrics alone start an instance:
@@ -93,13 +89,13 @@ impl Settings {
     /// one-second burst is left to the on-demand starts for its waiting requests
     /// (ceil(waiting / concurrency), the pool's job) instead of also buying headroom.
     fn sustained(&self) -> Duration {
-        self.panic_window.max(self.stable())
+        self.tuning.panic_window.max(self.stable())
     }
 
     /// The concurrency one instance is aimed at. At least one request, since
     /// an instance cannot serve 0.7 of a request.
     fn per_instance(&self) -> f64 {
-        (f64::from(self.concurrency) * self.target_utilization).max(1.0)
+        (f64::from(self.scaling.concurrency) * self.tuning.target_utilization).max(1.0)
     }
 
     /// Instances needed for an average concurrency, rounded up.
@@ -164,17 +160,17 @@ pub struct Autoscaler {
 }
 
 impl Autoscaler {
-    pub fn new(settings: Settings) -> Self {
+    /// An autoscaler for a revision that scales as `scaling` says, with Knative's tuning.
+    pub fn new(scaling: &ScalingConfig) -> Self {
         Autoscaler {
-            settings,
+            settings: Settings {
+                scaling: scaling.clone(),
+                tuning: Tuning::KNATIVE,
+            },
             buckets: VecDeque::new(),
             panic_held_at: None,
             panic_peak: 0,
         }
-    }
-
-    pub fn settings(&self) -> &Settings {
-        &self.settings
     }
 
     /// Records the concurrency seen now (in flight + waiting). Called about once a second, and may be called more often.
@@ -208,7 +204,7 @@ impl Autoscaler {
         let current = ready.saturating_add(view.starting);
 
         let burst = f64::from(desired_panic)
-            >= settings.panic_threshold * f64::from(current.max(1))
+            >= settings.tuning.panic_threshold * f64::from(current.max(1))
             && desired_panic > current;
         if burst {
             self.panic_held_at = Some(now);
@@ -230,8 +226,10 @@ impl Autoscaler {
         };
         // Min instances are a promise to keep instances up, so they win over a
         // max that is (wrongly) set below them.
-        let min = settings.min_instances;
-        let desired = unclamped.min(settings.max_instances.max(min)).max(min);
+        let min = settings.scaling.min_instances;
+        let desired = unclamped
+            .min(settings.scaling.max_instances.max(min))
+            .max(min);
 
         let desired_sustained = settings.instances_for(self.average(now, settings.sustained()));
         let start = desired
@@ -248,7 +246,7 @@ impl Autoscaler {
                 .iter()
                 .enumerate()
                 .filter_map(|(index, idle)| idle.map(|idle| (index, idle)))
-                .filter(|&(_, idle)| idle >= settings.idle_timeout)
+                .filter(|&(_, idle)| idle >= settings.scaling.idle_timeout)
                 .collect();
             // A stable sort keeps equally idle instances in index order, so the
             // choice is deterministic.
@@ -330,19 +328,34 @@ mod tests {
         Some(Duration::from_secs(seconds))
     }
 
+    /// An autoscaler for a revision that scales as these settings say.
+    fn autoscaler(
+        concurrency: u32,
+        min_instances: u32,
+        max_instances: u32,
+        idle_timeout: Duration,
+    ) -> Autoscaler {
+        Autoscaler::new(&ScalingConfig {
+            concurrency,
+            min_instances,
+            max_instances,
+            idle_timeout,
+        })
+    }
+
     #[test]
-    fn settings_new_uses_knative_defaults() {
+    fn new_uses_knative_defaults() {
         // Only what `new` decides by itself: Knative's KPA defaults.
-        let settings = Settings::new(80, 1, 100, FIFTEEN_MINUTES);
-        assert_eq!(settings.target_utilization, 0.7);
-        assert_eq!(settings.stable_window, Duration::from_secs(60));
-        assert_eq!(settings.panic_window, Duration::from_secs(6));
-        assert_eq!(settings.panic_threshold, 2.0);
+        let tuning = autoscaler(80, 1, 100, FIFTEEN_MINUTES).settings.tuning;
+        assert_eq!(tuning.target_utilization, 0.7);
+        assert_eq!(tuning.stable_window, Duration::from_secs(60));
+        assert_eq!(tuning.panic_window, Duration::from_secs(6));
+        assert_eq!(tuning.panic_threshold, 2.0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn burst_at_zero_panics_and_starts_enough() {
-        let mut scaler = Autoscaler::new(Settings::new(80, 0, 100, FIFTEEN_MINUTES));
+        let mut scaler = autoscaler(80, 0, 100, FIFTEEN_MINUTES);
         scaler.observe(Instant::now(), 100.0);
         let decision = decide(&mut scaler, &View::default());
         // ceil(100 / (80 * 0.7)) = ceil(100 / 56) = 2.
@@ -362,7 +375,7 @@ mod tests {
     async fn a_short_idle_timeout_does_not_turn_a_burst_into_extra_instances() {
         // The herd: idle at zero, then 100 requests at once with concurrency 10. The pool
         // starts ceil(100 / 10) = 10 for the waiting requests; the metrics add none.
-        let mut scaler = Autoscaler::new(Settings::new(10, 0, 100, SECOND));
+        let mut scaler = autoscaler(10, 0, 100, SECOND);
         run(&mut scaler, 0.0, 5).await;
         run(&mut scaler, 100.0, 1).await;
         let view = View {
@@ -379,7 +392,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn starting_instances_count_toward_current() {
-        let mut scaler = Autoscaler::new(Settings::new(80, 0, 100, FIFTEEN_MINUTES));
+        let mut scaler = autoscaler(80, 0, 100, FIFTEEN_MINUTES);
         scaler.observe(Instant::now(), 100.0);
         assert_eq!(decide(&mut scaler, &View::default()).start, 2);
         let view = View {
@@ -393,7 +406,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn steady_load_holds_the_current_instances() {
-        let mut scaler = Autoscaler::new(Settings::new(80, 0, 100, FIFTEEN_MINUTES));
+        let mut scaler = autoscaler(80, 0, 100, FIFTEEN_MINUTES);
         let view = ready(&[None, None]);
         for _ in 0..120 {
             run(&mut scaler, 112.0, 1).await;
@@ -414,7 +427,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn floating_noise_does_not_add_an_instance() {
-        let mut scaler = Autoscaler::new(Settings::new(3, 0, 100, FIFTEEN_MINUTES));
+        let mut scaler = autoscaler(3, 0, 100, FIFTEEN_MINUTES);
         run(&mut scaler, 6.3, 60).await;
         // 6.3 / (3 * 0.7) is 3.0000000000000004 in floating point.
         let decision = decide(&mut scaler, &ready(&[None, None, None]));
@@ -424,7 +437,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn rising_load_scales_up_without_panic() {
-        let mut scaler = Autoscaler::new(Settings::new(80, 0, 100, FIFTEEN_MINUTES));
+        let mut scaler = autoscaler(80, 0, 100, FIFTEEN_MINUTES);
         run(&mut scaler, 112.0, 60).await;
         run(&mut scaler, 168.0, 60).await;
         let decision = decide(&mut scaler, &ready(&[None, None]));
@@ -436,7 +449,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn idle_instances_stop_only_after_idle_timeout_and_only_down_to_min() {
         let timeout = Duration::from_secs(5);
-        let mut scaler = Autoscaler::new(Settings::new(80, 1, 10, timeout));
+        let mut scaler = autoscaler(80, 1, 10, timeout);
         run(&mut scaler, 150.0, 10).await;
         // Traffic stops; for 4 s the instances are idle but not long enough.
         run(&mut scaler, 0.0, 4).await;
@@ -462,7 +475,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn scales_to_zero_after_idle_timeout_with_min_zero() {
         let timeout = Duration::from_secs(5);
-        let mut scaler = Autoscaler::new(Settings::new(80, 0, 10, timeout));
+        let mut scaler = autoscaler(80, 0, 10, timeout);
         run(&mut scaler, 40.0, 10).await;
         assert_eq!(decide(&mut scaler, &ready(&[None])).desired, 1);
 
@@ -487,7 +500,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn stable_window_caps_at_a_long_idle_timeout() {
-        let mut scaler = Autoscaler::new(Settings::new(80, 0, 10, FIFTEEN_MINUTES));
+        let mut scaler = autoscaler(80, 0, 10, FIFTEEN_MINUTES);
         run(&mut scaler, 40.0, 10).await;
         run(&mut scaler, 0.0, 59).await;
         assert_eq!(decide(&mut scaler, &ready(&[idle(59)])).desired, 1);
@@ -502,7 +515,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn max_instances_bounds_start() {
-        let mut scaler = Autoscaler::new(Settings::new(80, 0, 3, FIFTEEN_MINUTES));
+        let mut scaler = autoscaler(80, 0, 3, FIFTEEN_MINUTES);
         scaler.observe(Instant::now(), 10_000.0);
         let decision = decide(&mut scaler, &View::default());
         assert_eq!(decision.desired, 3);
@@ -513,14 +526,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn concurrency_one_needs_one_instance_per_request() {
-        let mut scaler = Autoscaler::new(Settings::new(1, 0, 100, FIFTEEN_MINUTES));
+        let mut scaler = autoscaler(1, 0, 100, FIFTEEN_MINUTES);
         run(&mut scaler, 10.0, 120).await;
         let decision = decide(&mut scaler, &ready(&[None; 10]));
         assert_eq!(decision.desired, 10);
         assert_eq!(decision.start, 0);
         assert!(!decision.panicking);
 
-        let mut scaler = Autoscaler::new(Settings::new(1, 0, 100, FIFTEEN_MINUTES));
+        let mut scaler = autoscaler(1, 0, 100, FIFTEEN_MINUTES);
         scaler.observe(Instant::now(), 10.0);
         let decision = decide(&mut scaler, &View::default());
         assert_eq!(decision.desired, 10);
@@ -529,7 +542,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn no_scale_down_while_panicking() {
-        let mut scaler = Autoscaler::new(Settings::new(80, 0, 100, FIFTEEN_MINUTES));
+        let mut scaler = autoscaler(80, 0, 100, FIFTEEN_MINUTES);
         let long_idle = Some(Duration::from_secs(20 * 60));
         scaler.observe(Instant::now(), 1000.0);
         let decision = decide(&mut scaler, &ready(&[long_idle, long_idle]));
@@ -559,7 +572,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn panic_keeps_its_peak_as_the_burst_fades() {
-        let mut scaler = Autoscaler::new(Settings::new(80, 0, 100, FIFTEEN_MINUTES));
+        let mut scaler = autoscaler(80, 0, 100, FIFTEEN_MINUTES);
         scaler.observe(Instant::now(), 1000.0);
         assert_eq!(decide(&mut scaler, &View::default()).desired, 18);
         // The 18 came up and the burst is over: the peak holds, none is stopped, yet none
@@ -576,7 +589,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn busy_instance_is_never_stopped() {
-        let mut scaler = Autoscaler::new(Settings::new(80, 0, 10, Duration::from_secs(5)));
+        let mut scaler = autoscaler(80, 0, 10, Duration::from_secs(5));
         run(&mut scaler, 0.0, 10).await;
         let decision = decide(&mut scaler, &ready(&[None, idle(600), None]));
         assert_eq!(decision.desired, 0);
@@ -585,7 +598,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn min_instances_start_is_flagged_at_zero_traffic() {
-        let mut scaler = Autoscaler::new(Settings::new(80, 2, 10, FIFTEEN_MINUTES));
+        let mut scaler = autoscaler(80, 2, 10, FIFTEEN_MINUTES);
         let decision = decide(&mut scaler, &View::default());
         assert_eq!(
             decision,
@@ -605,7 +618,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn traffic_above_min_is_not_flagged() {
-        let mut scaler = Autoscaler::new(Settings::new(80, 2, 10, FIFTEEN_MINUTES));
+        let mut scaler = autoscaler(80, 2, 10, FIFTEEN_MINUTES);
         // ceil(300 / 56) = 6, above min 2.
         scaler.observe(Instant::now(), 300.0);
         let decision = decide(&mut scaler, &View::default());
@@ -615,7 +628,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn observations_within_a_second_share_one_bucket() {
-        let mut scaler = Autoscaler::new(Settings::new(80, 0, 100, FIFTEEN_MINUTES));
+        let mut scaler = autoscaler(80, 0, 100, FIFTEEN_MINUTES);
         // One 112 tick, then a caller that observes 0 ten times in the next
         // second: two seconds averaging 56, not eleven samples averaging 10.
         scaler.observe(Instant::now(), 112.0);
@@ -631,14 +644,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn old_samples_are_dropped() {
-        let mut scaler = Autoscaler::new(Settings::new(80, 0, 100, FIFTEEN_MINUTES));
+        let mut scaler = autoscaler(80, 0, 100, FIFTEEN_MINUTES);
         run(&mut scaler, 10.0, 300).await;
         assert_eq!(scaler.buckets.len(), 60);
     }
 
     #[tokio::test(start_paused = true)]
     async fn no_samples_means_no_demand() {
-        let mut scaler = Autoscaler::new(Settings::new(80, 0, 100, FIFTEEN_MINUTES));
+        let mut scaler = autoscaler(80, 0, 100, FIFTEEN_MINUTES);
         assert_eq!(decide(&mut scaler, &View::default()), Decision::default());
     }
 }

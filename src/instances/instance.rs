@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cloudrun;
 use crate::instances::probe::{self, ListenDiagnosis};
+use crate::instances::revision::RevisionConfig;
 use crate::logs::{LineSplitter, LogPrinter};
 use crate::runtime::{
     ContainerSpec, ManagedContainer, Runtime, RuntimeError, LABEL_MANAGED, LABEL_OWNER,
@@ -30,43 +31,67 @@ pub enum UpstreamMode {
     PublishedPort,
 }
 
-/// Everything needed to start instances of one revision; frozen when the revision is made.
+/// One revision as its instances and pool run it: its names, the image id it resolved to,
+/// and its configuration. Frozen when the revision is made.
 #[derive(Clone, Debug)]
 pub struct RevisionSpec {
     pub service: String,
     pub revision: String,
-    /// The image as the user named it, for messages.
-    pub image: String,
     /// The image id the revision runs, so a rebuilt tag does not change it.
     pub image_id: String,
-    pub port: u16,
-    pub env: Vec<(String, String)>,
-    pub command: Option<Vec<String>>,
-    pub args: Option<Vec<String>>,
-    pub memory_bytes: u64,
-    pub cpu_millis: u64,
-    pub startup_budget: Duration,
-    /// A user's HTTP or gRPC startup probe, run once the port accepts connections.
-    pub startup_probe: Option<probe::HealthProbe>,
-    pub liveness: Option<probe::HealthProbe>,
+    pub config: RevisionConfig,
 }
 
 impl RevisionSpec {
     /// The container's env: Cloud Run's variables first, then the user's.
     pub fn container_env(&self) -> Vec<(String, String)> {
+        let container = &self.config.container;
         let mut env = vec![
-            ("PORT".to_string(), self.port.to_string()),
+            ("PORT".to_string(), container.port.to_string()),
             ("K_SERVICE".to_string(), self.service.clone()),
             ("K_REVISION".to_string(), self.revision.clone()),
             ("K_CONFIGURATION".to_string(), self.service.clone()),
         ];
-        env.extend(self.env.iter().cloned());
+        env.extend(container.env.iter().cloned());
         env
     }
 
     /// The name Cloud Run's probe lines give the container.
     fn container_display_name(&self) -> &str {
         &self.service
+    }
+
+    /// A revision of `service` with Cloud Run's defaults, for tests.
+    #[cfg(test)]
+    pub fn example(service: &str) -> Self {
+        use crate::instances::revision::{ContainerConfig, ScalingConfig};
+        RevisionSpec {
+            service: service.into(),
+            revision: format!("{service}-00001-abc"),
+            image_id: "sha256:x".into(),
+            config: RevisionConfig {
+                container: ContainerConfig {
+                    image: service.into(),
+                    port: 8080,
+                    http2: false,
+                    env: Vec::new(),
+                    command: None,
+                    args: None,
+                    memory_bytes: 512 << 20,
+                    cpu_millis: 1000,
+                    startup_budget: Duration::from_secs(240),
+                    startup_probe: None,
+                    liveness: None,
+                },
+                scaling: ScalingConfig {
+                    concurrency: 80,
+                    min_instances: 0,
+                    max_instances: 100,
+                    idle_timeout: Duration::from_secs(15 * 60),
+                },
+                request_timeout: Duration::from_secs(300),
+            },
+        }
     }
 }
 
@@ -115,6 +140,7 @@ pub struct StartFailure {
 impl StartFailure {
     /// Cloud Run's text first, then the container's last lines, then the local diagnosis.
     pub fn report(&self, spec: &RevisionSpec) -> String {
+        let port = spec.config.container.port;
         let mut out = String::new();
         match &self.error {
             StartError::Runtime(e) => return e.to_string(),
@@ -132,13 +158,13 @@ impl StartFailure {
             StartError::NotReady { .. } => {
                 out.push_str(&cloudrun::startup_probe_failed(
                     spec.container_display_name(),
-                    spec.port,
+                    port,
                 ));
                 out.push('\n');
             }
             StartError::ExecFormat { .. } => {}
         }
-        out.push_str(&cloudrun::revision_not_ready(&spec.revision, spec.port));
+        out.push_str(&cloudrun::revision_not_ready(&spec.revision, port));
         if !self.last_logs.is_empty() {
             out.push_str("\n\nLast log lines of the container:\n");
             for line in &self.last_logs {
@@ -155,7 +181,7 @@ impl StartFailure {
     /// Cloud Run's line for a user's HTTP or gRPC startup probe that never passed on an app
     /// that listens; None for any other failure.
     pub fn startup_probe_failed(&self, spec: &RevisionSpec) -> Option<String> {
-        match (&self.error, &spec.startup_probe) {
+        match (&self.error, &spec.config.container.startup_probe) {
             (StartError::ProbeFailed { .. }, Some(startup)) => {
                 Some(cloudrun::user_startup_probe_failed(
                     startup.kind(),
@@ -171,23 +197,24 @@ impl StartFailure {
     /// The local diagnosis: why the start failed and what to do about it. None for a Docker
     /// failure or a cancelled start, which have none.
     pub fn diagnosis(&self, spec: &RevisionSpec) -> Option<String> {
+        let container = &spec.config.container;
         Some(match &self.error {
             StartError::ExecFormat { message } => format!(
                 "the container's binary is not for linux/amd64, so the kernel refused to run it ({message}).\n{}",
-                cloudrun::AMD64_HINT.replace("IMAGE", &spec.image)
+                cloudrun::AMD64_HINT.replace("IMAGE", &container.image)
             ),
             StartError::Exited { code, oom_killed: true } => format!(
                 "the container was killed for exceeding its memory limit of {} MiB (exit code {code}). Raise it with --memory, or use less memory at startup.",
-                spec.memory_bytes >> 20
+                container.memory_bytes >> 20
             ),
             StartError::Exited { code, .. } => format!(
                 "the container exited with code {code} before listening on port {}. Its last log lines above usually say why; reproduce with: docker run --rm -e PORT={} {}",
-                spec.port, spec.port, spec.image
+                container.port, container.port, container.image
             ),
-            StartError::ProbeFailed { why } => match &spec.startup_probe {
+            StartError::ProbeFailed { why } => match &container.startup_probe {
                 Some(startup) => format!(
                     "the app listens on port {}, but its {} startup probe {} never passed: the last attempt {why}. It passes on {}; fix the endpoint, or point startupProbe at one that answers once the app is ready.",
-                    spec.port,
+                    container.port,
                     startup.kind(),
                     startup.target(),
                     match startup.check {
@@ -197,10 +224,10 @@ impl StartFailure {
                 ),
                 None => String::new(),
             },
-            StartError::NotReady { diagnosis: Some(d) } => d.explain(spec.port),
+            StartError::NotReady { diagnosis: Some(d) } => d.explain(container.port),
             StartError::NotReady { diagnosis: None } => format!(
                 "nothing answered on port {} within {:?}. Check that the app listens on 0.0.0.0:$PORT; if it only starts slowly, raise --startup-timeout.",
-                spec.port, spec.startup_budget
+                container.port, container.startup_budget
             ),
             StartError::Runtime(_) | StartError::Cancelled => return None,
         })
@@ -286,6 +313,7 @@ pub async fn create(
     spec: &RevisionSpec,
     mode: UpstreamMode,
 ) -> Result<String, RuntimeError> {
+    let config = &spec.config.container;
     let container = ContainerSpec {
         name: container_name(&spec.revision, &mut rand::rng()),
         image: spec.image_id.clone(),
@@ -296,11 +324,11 @@ pub async fn create(
             (LABEL_REVISION.to_string(), spec.revision.clone()),
             (LABEL_OWNER.to_string(), owner_label()),
         ],
-        entrypoint: spec.command.clone(),
-        args: spec.args.clone(),
-        memory_bytes: spec.memory_bytes,
-        cpu_millis: spec.cpu_millis,
-        port: spec.port,
+        entrypoint: config.command.clone(),
+        args: config.args.clone(),
+        memory_bytes: config.memory_bytes,
+        cpu_millis: config.cpu_millis,
+        port: config.port,
         publish_port: mode == UpstreamMode::PublishedPort,
     };
     runtime.create(&container).await
@@ -386,8 +414,9 @@ async fn start_created(
             return Err(e);
         }
     };
-    let line = match &spec.startup_probe {
-        None => cloudrun::startup_probe_succeeded(1, spec.container_display_name(), spec.port),
+    let container = &spec.config.container;
+    let line = match &container.startup_probe {
+        None => cloudrun::startup_probe_succeeded(1, spec.container_display_name(), container.port),
         Some(startup) => cloudrun::user_startup_probe_succeeded(
             startup.kind(),
             attempts,
@@ -422,19 +451,20 @@ async fn probe_until_ready(
     container_id: &str,
     cancel: &CancellationToken,
 ) -> Result<(SocketAddr, u32), StartError> {
+    let container = &spec.config.container;
     let info = runtime.inspect(container_id).await?;
     let exit = runtime.wait_exit(container_id);
     tokio::pin!(exit);
     let addr = match mode {
-        UpstreamMode::ContainerIp => info.ip.map(|ip| SocketAddr::new(ip, spec.port)),
+        UpstreamMode::ContainerIp => info.ip.map(|ip| SocketAddr::new(ip, container.port)),
         UpstreamMode::PublishedPort => info
             .published_port
             .map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
     };
-    let deadline = Instant::now() + spec.startup_budget;
+    let deadline = Instant::now() + container.startup_budget;
     let mut next_check = Instant::now() + Duration::from_millis(300);
     let mut next_attempt = Instant::now()
-        + spec
+        + container
             .startup_probe
             .as_ref()
             .map_or(Duration::ZERO, |p| p.initial_delay);
@@ -445,7 +475,7 @@ async fn probe_until_ready(
     loop {
         if let Some(addr) = addr {
             if probe::tcp_connects(addr, mode == UpstreamMode::PublishedPort).await {
-                let Some(startup) = &spec.startup_probe else {
+                let Some(startup) = &container.startup_probe else {
                     return Ok((addr, 1));
                 };
                 if Instant::now() >= next_attempt {
@@ -477,7 +507,7 @@ async fn probe_until_ready(
             let diagnosis = info
                 .pid
                 .and_then(probe::listening_sockets)
-                .and_then(|s| probe::diagnose(&s, spec.port));
+                .and_then(|s| probe::diagnose(&s, container.port));
             return Err(match probe_failure {
                 Some(why) => StartError::ProbeFailed { why },
                 None => StartError::NotReady { diagnosis },
@@ -488,7 +518,7 @@ async fn probe_until_ready(
             let diagnosis = info
                 .pid
                 .and_then(probe::listening_sockets)
-                .and_then(|s| probe::diagnose(&s, spec.port))
+                .and_then(|s| probe::diagnose(&s, container.port))
                 .filter(|d| *d != ListenDiagnosis::NotListening);
             // Warn once the same finding has been seen twice in a row, so an app that binds
             // an admin port just before its main one is not flagged.
@@ -498,8 +528,8 @@ async fn probe_until_ready(
                     eprintln!(
                         "warning: revision {} is not ready yet and will not become ready as it stands: {}\n         (the startup probe keeps waiting up to {:?}; --startup-timeout shortens it)",
                         spec.revision,
-                        d.explain(spec.port),
-                        spec.startup_budget
+                        d.explain(container.port),
+                        container.startup_budget
                     );
                 }
             }
@@ -621,11 +651,7 @@ impl Instance {
 
 /// `emulate-REVISION-xxxxx`: unique per instance, and says whose it is in `docker ps`.
 fn container_name(revision: &str, rng: &mut impl Rng) -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let suffix: String = (0..5)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect();
-    format!("emulate-{revision}-{suffix}")
+    format!("emulate-{revision}-{}", cloudrun::random_suffix(5, rng))
 }
 
 #[cfg(test)]
@@ -634,21 +660,9 @@ mod tests {
 
     #[test]
     fn env_puts_cloud_runs_variables_first() {
-        let spec = RevisionSpec {
-            service: "hello".into(),
-            revision: "hello-00001-abc".into(),
-            image: "hello".into(),
-            image_id: "sha256:x".into(),
-            port: 9000,
-            env: vec![("A".into(), "1".into())],
-            command: None,
-            args: None,
-            memory_bytes: 512 << 20,
-            cpu_millis: 1000,
-            startup_budget: Duration::from_secs(240),
-            startup_probe: None,
-            liveness: None,
-        };
+        let mut spec = RevisionSpec::example("hello");
+        spec.config.container.port = 9000;
+        spec.config.container.env = vec![("A".into(), "1".into())];
         let env = spec.container_env();
         assert_eq!(env[0], ("PORT".into(), "9000".into()));
         assert_eq!(env[2], ("K_REVISION".into(), "hello-00001-abc".into()));

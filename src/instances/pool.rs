@@ -21,6 +21,7 @@ use crate::instances::autoscaler::{self, Autoscaler};
 use crate::instances::instance::{
     self, Instance, RevisionSpec, StartError, StartFailure, UpstreamMode,
 };
+use crate::instances::revision::ScalingConfig;
 use crate::logs::LogPrinter;
 use crate::runtime::Runtime;
 
@@ -41,23 +42,9 @@ pub struct InstanceContext {
     pub immediate: CancellationToken,
 }
 
-/// A revision's scaling settings.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Scaling {
-    pub concurrency: u32,
-    pub min_instances: u32,
-    pub max_instances: u32,
-    /// An instance with no request for this long is removed (Cloud Run: up to 15 minutes).
-    pub idle_timeout: Duration,
-    /// The request timeout, which also bounds how long a drain waits.
-    pub request_timeout: Duration,
-}
-
-impl Scaling {
-    /// Requests that may wait for a slot: one full load's worth, within sane bounds.
-    fn waiting_bound(&self) -> usize {
-        (self.concurrency as usize * self.max_instances as usize).clamp(10, 10_000)
-    }
+/// Requests that may wait for a slot: one full load's worth, within sane bounds.
+fn waiting_bound(scaling: &ScalingConfig) -> usize {
+    (scaling.concurrency as usize * scaling.max_instances as usize).clamp(10, 10_000)
 }
 
 /// The instances of one revision. Cheap to clone.
@@ -68,7 +55,6 @@ pub struct Pool {
 
 struct PoolInner {
     spec: RevisionSpec,
-    scaling: Scaling,
     ctx: InstanceContext,
     state: Mutex<State>,
     /// Signalled when a slot frees, an instance becomes ready, fails to start, or exits.
@@ -230,6 +216,15 @@ impl PoolInner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn scaling(&self) -> &ScalingConfig {
+        &self.spec.config.scaling
+    }
+
+    /// The request timeout, which also bounds how long a drain waits.
+    fn request_timeout(&self) -> Duration {
+        self.spec.config.request_timeout
+    }
 }
 
 /// Why a request got no slot on an instance, as the pool sees it. The front end turns each
@@ -259,17 +254,11 @@ fn backoff(consecutive_failures: u32) -> Duration {
 
 impl Pool {
     /// Makes the pool and starts its autoscaler tick (which ends with the pool).
-    pub fn new(spec: RevisionSpec, scaling: Scaling, ctx: InstanceContext) -> Self {
-        let settings = autoscaler::Settings::new(
-            scaling.concurrency,
-            scaling.min_instances,
-            scaling.max_instances,
-            scaling.idle_timeout,
-        );
+    pub fn new(spec: RevisionSpec, ctx: InstanceContext) -> Self {
+        let autoscaler = Autoscaler::new(&spec.config.scaling);
         let pool = Pool {
             inner: Arc::new(PoolInner {
                 spec,
-                scaling,
                 state: Mutex::new(State {
                     members: Vec::new(),
                     starting: 0,
@@ -282,7 +271,7 @@ impl Pool {
                     last_failure_at: None,
                     spare: None,
                     creating_spare: false,
-                    autoscaler: Autoscaler::new(settings),
+                    autoscaler,
                     stats: Stats::default(),
                 }),
                 changed: Notify::new(),
@@ -329,7 +318,7 @@ impl Pool {
                     return Err(AcquireError::Retiring);
                 }
                 if !waiting.counted {
-                    if state.waiters >= inner.scaling.waiting_bound() {
+                    if state.waiters >= waiting_bound(inner.scaling()) {
                         state.stats.rejected += 1;
                         return Err(AcquireError::Overloaded);
                     }
@@ -355,9 +344,9 @@ impl Pool {
                 // While an instance starts for it, a request waits as long as its timeout
                 // allows (a cold start); with none coming, 10 s.
                 if state.starting > 0 {
-                    arrived + inner.scaling.request_timeout
+                    arrived + inner.request_timeout()
                 } else {
-                    arrived + NO_CAPACITY_WAIT.min(inner.scaling.request_timeout)
+                    arrived + NO_CAPACITY_WAIT.min(inner.request_timeout())
                 }
             };
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -375,7 +364,7 @@ impl Pool {
 
     /// The least busy instance with a free slot.
     fn try_lease(&self, state: &mut State) -> Option<Lease> {
-        let concurrency = self.inner.scaling.concurrency;
+        let concurrency = self.inner.scaling().concurrency;
         let member = state
             .members
             .iter_mut()
@@ -394,7 +383,7 @@ impl Pool {
     /// Starts as many instances as the waiting requests need (ceil(waiting / concurrency),
     /// less those already starting), within max instances.
     fn start_for_waiters(&self, state: &mut State) {
-        let concurrency = self.inner.scaling.concurrency as usize;
+        let concurrency = self.inner.scaling().concurrency as usize;
         let coming = state.starting * concurrency;
         if state.waiters <= coming {
             return;
@@ -411,7 +400,7 @@ impl Pool {
     /// a suspect one (it may well be alive) and a draining one (it still runs) as much as
     /// one starting or serving.
     fn room(&self, state: &State) -> usize {
-        (self.inner.scaling.max_instances as usize)
+        (self.inner.scaling().max_instances as usize)
             .saturating_sub(state.members.len() + state.starting)
     }
 
@@ -553,9 +542,9 @@ impl Pool {
                     idle_since: now,
                 });
                 tokio::spawn(self.clone().watch_exit(key, container_id));
-                if let Some(liveness) = &inner.spec.liveness {
+                if let Some(liveness) = &inner.spec.config.container.liveness {
                     // The probe port is the serving port unless the probe names another.
-                    let target = match liveness.port == inner.spec.port {
+                    let target = match liveness.port == inner.spec.config.container.port {
                         true => state.members.last().map(|m| m.instance.addr),
                         false => state.members.last().map(|m| {
                             std::net::SocketAddr::new(m.instance.addr.ip(), liveness.port)
@@ -660,7 +649,7 @@ impl Pool {
     /// Runs the revision's liveness probe against one instance; after `failureThreshold`
     /// failures in a row the instance is taken out and restarted (replaced on demand).
     async fn watch_liveness(self, key: u64, target: std::net::SocketAddr) {
-        let Some(liveness) = self.inner.spec.liveness.clone() else {
+        let Some(liveness) = self.inner.spec.config.container.liveness.clone() else {
             return;
         };
         tokio::time::sleep(liveness.initial_delay).await;
@@ -747,7 +736,7 @@ impl Pool {
             // The kernel kills when the cgroup's usage reaches the limit and nothing more can
             // be reclaimed, so the usage at the kill is the limit (the engine keeps no peak
             // after the container is gone).
-            let limit = self.inner.spec.memory_bytes >> 20;
+            let limit = self.inner.spec.config.container.memory_bytes >> 20;
             printer.system(revision, &cloudrun::memory_limit_exceeded(limit, limit));
         }
         printer.system(revision, &cloudrun::container_called_exit(code));
@@ -789,7 +778,7 @@ impl Pool {
                 break;
             }
         }
-        let idle_timeout = inner.scaling.idle_timeout;
+        let idle_timeout = inner.scaling().idle_timeout;
         let stopping: Vec<u64> = decision
             .stop
             .iter()
@@ -820,7 +809,7 @@ impl Pool {
             None => inner.lock().members.iter().map(|m| m.key).collect(),
         };
         let selected = |m: &Member| keys.contains(&m.key);
-        let deadline = Instant::now() + inner.scaling.request_timeout;
+        let deadline = Instant::now() + inner.request_timeout();
         loop {
             let notified = inner.changed.notified();
             tokio::pin!(notified);
@@ -1054,16 +1043,15 @@ mod tests {
 
     #[test]
     fn the_waiting_bound_is_one_full_load() {
-        let scaling = |concurrency, max| Scaling {
+        let scaling = |concurrency, max_instances| ScalingConfig {
             concurrency,
             min_instances: 0,
-            max_instances: max,
+            max_instances,
             idle_timeout: Duration::from_secs(900),
-            request_timeout: Duration::from_secs(300),
         };
-        assert_eq!(scaling(1, 1).waiting_bound(), 10);
-        assert_eq!(scaling(80, 100).waiting_bound(), 8000);
-        assert_eq!(scaling(1000, 100).waiting_bound(), 10_000);
+        assert_eq!(waiting_bound(&scaling(1, 1)), 10);
+        assert_eq!(waiting_bound(&scaling(80, 100)), 8000);
+        assert_eq!(waiting_bound(&scaling(1000, 100)), 10_000);
     }
 
     #[test]
