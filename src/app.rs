@@ -143,6 +143,9 @@ impl Emulator {
                 _ => UpstreamMode::ContainerIp,
             },
         };
+        // Every task of the emulator (the front end, the admin API, every pool's) is counted
+        // here, so a shutdown returns only once they have all ended.
+        let tasks = TaskTracker::new();
         let platform = Platform::new(
             InstanceContext {
                 runtime: runtime.clone(),
@@ -150,6 +153,7 @@ impl Emulator {
                 printer: config.printer.clone(),
                 shutdown: config.signals.graceful.clone(),
                 immediate: config.signals.immediate.clone(),
+                tasks: tasks.clone(),
             },
             PlatformConfig {
                 port: listen.port(),
@@ -167,7 +171,7 @@ impl Emulator {
             admin_addr: admin.as_ref().map(|(_, gate)| gate.bound),
             admin_token: admin.as_ref().map(|(_, gate)| gate.token.clone()),
             waiting: Some(Waiting { listener, admin }),
-            tasks: TaskTracker::new(),
+            tasks,
             stop_accepting: CancellationToken::new(),
             proxy: None,
             admin_task: None,

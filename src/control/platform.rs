@@ -268,10 +268,11 @@ impl Platform {
     /// that gave up.
     pub async fn apply(&self, doc: knative::Service) -> Result<Applied, ApplyError> {
         let platform = self.clone();
-        let task = self
-            .inner
-            .applies
-            .spawn(async move { platform.apply_now(doc).await });
+        let task = self.inner.ctx.tasks.spawn(
+            self.inner
+                .applies
+                .track_future(async move { platform.apply_now(doc).await }),
+        );
         match task.await {
             Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -656,9 +657,13 @@ impl Platform {
 
     /// Drains a revision that lost its traffic, then stops its instances, in the background.
     fn retire(&self, pool: Pool) {
-        self.inner.retiring.spawn(async move {
+        let retire = async move {
             pool.retire("revision no longer receives traffic").await;
-        });
+        };
+        self.inner
+            .ctx
+            .tasks
+            .spawn(self.inner.retiring.track_future(retire));
     }
 
     /// Rebuilds the routing table from the records and publishes it to the router.

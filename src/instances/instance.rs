@@ -11,6 +11,7 @@ use rand::Rng;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::cloudrun;
 use crate::instances::probe::{self, ListenDiagnosis};
@@ -28,6 +29,40 @@ pub enum UpstreamMode {
     /// Dial a port published on 127.0.0.1 (Docker Desktop, where container addresses are in a
     /// VM the host cannot route to).
     PublishedPort,
+}
+
+/// What every pool needs to start and stop containers.
+#[derive(Clone, Debug)]
+pub struct InstanceContext {
+    pub runtime: Runtime,
+    pub mode: UpstreamMode,
+    pub printer: LogPrinter,
+    /// Cancelled when the emulator shuts down: starts in progress give up.
+    pub shutdown: CancellationToken,
+    /// Cancelled by a second Ctrl-C: stops in progress turn into kills.
+    pub immediate: CancellationToken,
+    /// The emulator's tasks: every task a pool spawns is counted here too, so the emulator's
+    /// shutdown waits for those of pools already gone from the records (a deleted revision).
+    pub tasks: TaskTracker,
+}
+
+/// Where a pool's background tasks run: each is counted by the pool's tracker (a pool's
+/// stop waits for its own) and by the emulator's (its shutdown waits for every one, those
+/// of pools already gone from the records included).
+#[derive(Clone, Debug, Default)]
+pub struct Tasks {
+    pub pool: TaskTracker,
+    pub emulator: TaskTracker,
+}
+
+impl Tasks {
+    pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.emulator.spawn(self.pool.track_future(task))
+    }
 }
 
 /// Everything needed to start instances of one revision; frozen when the revision is made.
@@ -310,14 +345,14 @@ pub async fn create(
 /// for Cloud Run's default startup probe. On any failure the container is removed before
 /// returning.
 pub async fn start(
-    runtime: &Runtime,
+    ctx: &InstanceContext,
     spec: &RevisionSpec,
-    mode: UpstreamMode,
-    printer: &LogPrinter,
+    tasks: &Tasks,
     reason: &str,
     cancel: &CancellationToken,
     created: Option<String>,
 ) -> Result<Instance, StartFailure> {
+    let (runtime, mode, printer) = (&ctx.runtime, ctx.mode, &ctx.printer);
     printer.system(&spec.revision, &cloudrun::starting_new_instance(reason));
     let container_id = match created {
         Some(id) => id,
@@ -328,7 +363,7 @@ pub async fn start(
                 last_logs: Vec::new(),
             })?,
     };
-    match start_created(runtime, spec, mode, printer, &container_id, cancel).await {
+    match start_created(runtime, spec, mode, printer, tasks, &container_id, cancel).await {
         Ok(instance) => Ok(instance),
         Err(error) => {
             let last_logs = runtime
@@ -359,6 +394,7 @@ async fn start_created(
     spec: &RevisionSpec,
     mode: UpstreamMode,
     printer: &LogPrinter,
+    tasks: &Tasks,
     container_id: &str,
     cancel: &CancellationToken,
 ) -> Result<Instance, StartError> {
@@ -368,7 +404,7 @@ async fn start_created(
         other => StartError::Runtime(other),
     })?;
     let id = container_id[..8.min(container_id.len())].to_string();
-    let log_task = tokio::spawn(follow_logs(
+    let log_task = tasks.spawn(follow_logs(
         runtime.clone(),
         container_id.to_string(),
         spec.revision.clone(),

@@ -14,32 +14,19 @@ use std::time::Duration;
 use http::uri::Authority;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 
 use crate::cloudrun;
 use crate::instances::autoscaler::{self, Autoscaler};
-use crate::instances::instance::{
-    self, Instance, RevisionSpec, StartError, StartFailure, UpstreamMode,
-};
-use crate::logs::LogPrinter;
-use crate::runtime::Runtime;
+pub use crate::instances::instance::InstanceContext;
+use crate::instances::instance::{self, Instance, RevisionSpec, StartError, StartFailure, Tasks};
+use crate::instances::probe::HealthProbe;
 
 /// How long a request waits for a free slot when no instance is starting for it.
 pub const NO_CAPACITY_WAIT: Duration = Duration::from_secs(10);
 /// How often the autoscaler looks at the pool.
 const TICK: Duration = Duration::from_secs(1);
-
-/// What every pool needs to start and stop containers.
-#[derive(Clone, Debug)]
-pub struct InstanceContext {
-    pub runtime: Runtime,
-    pub mode: UpstreamMode,
-    pub printer: LogPrinter,
-    /// Cancelled when the emulator shuts down: starts in progress give up.
-    pub shutdown: CancellationToken,
-    /// Cancelled by a second Ctrl-C: stops in progress turn into kills.
-    pub immediate: CancellationToken,
-}
 
 /// A revision's scaling settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -71,8 +58,15 @@ struct PoolInner {
     scaling: Scaling,
     ctx: InstanceContext,
     state: Mutex<State>,
-    /// Signalled when a slot frees, an instance becomes ready, fails to start, or exits.
+    /// Signalled when a slot frees, an instance becomes ready, fails to start, or exits, and
+    /// when a spare's creation ends.
     changed: Notify,
+    /// Every task of this pool (starts, exit and liveness watchers, log streams, the
+    /// autoscaler tick, spare creation, scale-down drains): a stop waits for them all.
+    tasks: Tasks,
+    /// Cancelled when the pool stops for good (`stop_all`, `kill_all`): its tick and
+    /// watchers end at once instead of at their next wake-up.
+    closed: CancellationToken,
 }
 
 struct State {
@@ -125,6 +119,8 @@ struct Member {
     suspect: bool,
     started: Instant,
     idle_since: Instant,
+    /// Ends the instance's watchers (exit, liveness) when it leaves the pool's hands.
+    _watchers: DropGuard,
 }
 
 impl Member {
@@ -178,7 +174,7 @@ impl Lease {
             member.suspect = true;
         }
         let (pool, key) = (Pool::from_inner(self.pool.clone()), self.key);
-        tokio::spawn(async move { pool.recheck(key).await });
+        pool.clone().spawn(async move { pool.recheck(key).await });
     }
 }
 
@@ -286,15 +282,28 @@ impl Pool {
                     stats: Stats::default(),
                 }),
                 changed: Notify::new(),
+                tasks: Tasks {
+                    pool: TaskTracker::new(),
+                    emulator: ctx.tasks.clone(),
+                },
+                closed: CancellationToken::new(),
                 ctx,
             }),
         };
-        tokio::spawn(tick(Arc::downgrade(&pool.inner)));
+        pool.spawn(tick(Arc::downgrade(&pool.inner)));
         pool
     }
 
     fn from_inner(inner: Arc<PoolInner>) -> Self {
         Pool { inner }
+    }
+
+    /// Runs a task of this pool, counted by the pool's tracker and the emulator's.
+    fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.tasks.spawn(task);
     }
 
     pub fn spec(&self) -> &RevisionSpec {
@@ -431,7 +440,7 @@ impl Pool {
         let spare = state.spare.take();
         let cancel = state.cancel.clone();
         let pool = self.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             // A crash-looping revision backs off instead of spinning (a retire cuts it short:
             // start_instance then gives up at once).
             if !delay.is_zero() {
@@ -499,16 +508,7 @@ impl Pool {
                 last_logs: Vec::new(),
             })
         } else {
-            instance::start(
-                &ctx.runtime,
-                &inner.spec,
-                ctx.mode,
-                &ctx.printer,
-                reason,
-                &cancel,
-                spare,
-            )
-            .await
+            instance::start(ctx, &inner.spec, &inner.tasks, reason, &cancel, spare).await
         };
         let unwanted = result.is_ok() && (inner.lock().retiring || cancel.is_cancelled());
         if unwanted {
@@ -542,6 +542,7 @@ impl Pool {
                     .expect("a socket address is a valid authority");
                 let container_id = started.container_id.clone();
                 let now = Instant::now();
+                let watchers = inner.closed.child_token();
                 state.members.push(Member {
                     key,
                     authority,
@@ -551,8 +552,9 @@ impl Pool {
                     suspect: false,
                     started: now,
                     idle_since: now,
+                    _watchers: watchers.clone().drop_guard(),
                 });
-                tokio::spawn(self.clone().watch_exit(key, container_id));
+                self.spawn(self.clone().watch_exit(key, container_id, watchers.clone()));
                 if let Some(liveness) = &inner.spec.liveness {
                     // The probe port is the serving port unless the probe names another.
                     let target = match liveness.port == inner.spec.port {
@@ -562,7 +564,7 @@ impl Pool {
                         }),
                     };
                     if let Some(target) = target {
-                        tokio::spawn(self.clone().watch_liveness(key, target));
+                        self.spawn(self.clone().watch_liveness(key, target, watchers));
                     }
                 }
                 self.keep_a_spare(&mut state);
@@ -589,7 +591,7 @@ impl Pool {
         }
         state.creating_spare = true;
         let pool = self.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             let ctx = &pool.inner.ctx;
             let created = instance::create(&ctx.runtime, &pool.inner.spec, ctx.mode).await;
             let unwanted = {
@@ -613,17 +615,22 @@ impl Pool {
             if let Some(id) = unwanted {
                 let _ = ctx.runtime.remove(&id).await;
             }
-            // Cleared only now: a shutdown waits on it, so no spare outlives the emulator.
+            // Cleared only now: a retire waits on it, so no spare outlives the pool.
             pool.inner.lock().creating_spare = false;
+            pool.inner.changed.notify_waiters();
         });
     }
 
     /// Removes an instance whose container exits by itself (a crash, an OOM kill) and says so
     /// in Cloud Run's words. An instance the emulator stops is taken out of the pool first, so
     /// its exit is not reported as a crash.
-    async fn watch_exit(self, key: u64, container_id: String) {
+    async fn watch_exit(self, key: u64, container_id: String, gone: CancellationToken) {
         let ctx = &self.inner.ctx;
-        let exited = Instance::exited(&ctx.runtime, &container_id).await;
+        let exited = tokio::select! {
+            exited = Instance::exited(&ctx.runtime, &container_id) => exited,
+            // Taken out of the pool (stopped by it): not a crash.
+            _ = gone.cancelled() => return,
+        };
         let member = {
             let mut state = self.inner.lock();
             let Some(index) = state.members.iter().position(|m| m.key == key) else {
@@ -659,10 +666,16 @@ impl Pool {
 
     /// Runs the revision's liveness probe against one instance; after `failureThreshold`
     /// failures in a row the instance is taken out and restarted (replaced on demand).
-    async fn watch_liveness(self, key: u64, target: std::net::SocketAddr) {
+    async fn watch_liveness(self, key: u64, target: std::net::SocketAddr, gone: CancellationToken) {
         let Some(liveness) = self.inner.spec.liveness.clone() else {
             return;
         };
+        // Ends as soon as the instance leaves the pool, not at its next probe.
+        gone.run_until_cancelled(self.probe_liveness(key, target, liveness))
+            .await;
+    }
+
+    async fn probe_liveness(&self, key: u64, target: std::net::SocketAddr, liveness: HealthProbe) {
         tokio::time::sleep(liveness.initial_delay).await;
         let mut failures = 0;
         loop {
@@ -802,7 +815,7 @@ impl Pool {
         drop(state);
         for key in stopping {
             let pool = self.clone();
-            tokio::spawn(async move {
+            self.spawn(async move {
                 let reason = format!("idle for {}; scaling down", humantime(idle_timeout));
                 pool.drain_and_stop(Some(key), &reason).await;
             });
@@ -893,24 +906,49 @@ impl Pool {
         self.drain_and_stop(None, reason).await;
     }
 
+    /// Removes the spare container, waiting first for one being created (which, seeing the
+    /// pool retiring, removes itself): no spare outlives a retire.
     async fn remove_spare(&self) {
-        // A spare being created right now would appear after this and be left behind.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.inner.lock().creating_spare && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let spare = self.inner.lock().spare.take();
+        let inner = &self.inner;
+        let spare = loop {
+            let notified = inner.changed.notified();
+            tokio::pin!(notified);
+            {
+                let mut state = inner.lock();
+                if !state.creating_spare {
+                    break state.spare.take();
+                }
+                notified.as_mut().enable();
+            }
+            notified.await;
+        };
         if let Some(id) = spare {
-            let _ = self.inner.ctx.runtime.remove(&id).await;
+            let _ = inner.ctx.runtime.remove(&id).await;
         }
     }
 
-    /// Stops every instance now (no drain), in parallel, and removes the spare.
+    /// Stops every instance now (no drain), in parallel, and removes the spare; for good:
+    /// returns once every task of the pool has ended.
     pub async fn stop_all(&self, grace: Duration, reason: &str) {
         self.stop_starting().await;
-        let members = std::mem::take(&mut self.inner.lock().members);
+        let members = self.take_members();
         self.stop_members(members, grace, reason).await;
         self.remove_spare().await;
+        self.close().await;
+    }
+
+    /// Takes every instance out of the pool, to be stopped; drains waiting on them end.
+    fn take_members(&self) -> Vec<Member> {
+        let members = std::mem::take(&mut self.inner.lock().members);
+        self.inner.changed.notify_waiters();
+        members
+    }
+
+    /// Ends the pool's tick and watchers and waits for every task it spawned.
+    async fn close(&self) {
+        self.inner.closed.cancel();
+        self.inner.tasks.pool.close();
+        self.inner.tasks.pool.wait().await;
     }
 
     async fn stop_members(&self, members: Vec<Member>, grace: Duration, reason: &str) {
@@ -970,7 +1008,7 @@ impl Pool {
     /// Kills every instance at once and removes them (an apply that failed, or an emergency).
     pub async fn kill_all(&self) {
         self.stop_starting().await;
-        let members = std::mem::take(&mut self.inner.lock().members);
+        let members = self.take_members();
         let runtime = &self.inner.ctx.runtime;
         let kills = members.into_iter().map(|m| m.instance.kill(runtime));
         for result in futures_util::future::join_all(kills).await {
@@ -979,6 +1017,7 @@ impl Pool {
             }
         }
         self.remove_spare().await;
+        self.close().await;
     }
 
     pub fn status(&self) -> PoolStatus {
@@ -1018,16 +1057,22 @@ impl Pool {
     }
 }
 
-/// The autoscaler's clock: one decision a second while the pool exists.
+/// The autoscaler's clock: one decision a second while the pool exists, until it stops for
+/// good (or its service is deleted, or the emulator stops).
 async fn tick(pool: Weak<PoolInner>) {
+    let (closed, shutdown) = match pool.upgrade() {
+        Some(inner) => (inner.closed.clone(), inner.ctx.shutdown.clone()),
+        None => return,
+    };
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        interval.tick().await;
-        let Some(inner) = pool.upgrade() else { return };
-        if inner.ctx.shutdown.is_cancelled() {
-            return;
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = closed.cancelled() => return,
+            _ = shutdown.cancelled() => return,
         }
+        let Some(inner) = pool.upgrade() else { return };
         Pool::from_inner(inner).scale();
     }
 }
