@@ -29,6 +29,7 @@ pub mod cli;
 pub mod cloudrun;
 pub mod config;
 pub mod control;
+pub mod events;
 pub mod instances;
 pub mod logs;
 pub mod runtime;

@@ -15,6 +15,7 @@ use crate::config::FieldError;
 use crate::control::knative::{self, Condition, ObjectMeta, RevisionTemplate};
 use crate::control::template::{self, RevisionConfig, Secrets};
 use crate::control::traffic::{self, TargetKey, TrafficTarget};
+use crate::events::{Event, Events};
 use crate::instances::instance::{RevisionSpec, StartError, StartFailure};
 use crate::instances::pool::{InstanceContext, Pool, Scaling};
 use crate::runtime::{self, RuntimeError};
@@ -499,7 +500,7 @@ impl Platform {
         deleted: &CancellationToken,
     ) -> Result<(), ApplyError> {
         let runtime = &self.inner.ctx.runtime;
-        let image = resolve_image(runtime, &config.image).await?;
+        let image = resolve_image(runtime, &self.inner.ctx.events, &config.image).await?;
         let spec = RevisionSpec {
             service: service.to_string(),
             revision: name.clone(),
@@ -566,10 +567,11 @@ impl Platform {
             record.latest_created = Some(name.clone());
             record.failure = None;
         }
-        eprintln!(
-            "Creating revision [{name}] of service [{service}] from image [{}]...",
-            spec.image
-        );
+        self.inner.ctx.events.publish(Event::CreatingRevision {
+            service: service.to_string(),
+            revision: name.clone(),
+            image: spec.image.clone(),
+        });
         let result = pool.ensure_ready().await;
         let mut state = self.state();
         let record = state.get_mut(service).expect("recorded above");
@@ -1130,20 +1132,24 @@ struct ResolvedImage {
 
 async fn resolve_image(
     runtime: &runtime::Runtime,
+    events: &Events,
     image: &str,
 ) -> Result<ResolvedImage, ApplyError> {
     let info = match runtime.inspect_image(image).await? {
         Some(info) => info,
         None => {
-            eprintln!(
-                "Image '{image}' is not present locally; pulling it for {}...",
-                runtime::PLATFORM
-            );
+            events.publish(Event::PullingImage {
+                image: image.to_string(),
+                platform: runtime::PLATFORM.to_string(),
+            });
             let mut last = String::new();
             runtime
                 .pull_image(image, |line| {
                     if line != last {
-                        eprintln!("  {line}");
+                        events.publish(Event::PullProgress {
+                            image: image.to_string(),
+                            line: line.to_string(),
+                        });
                         last = line.to_string();
                     }
                 })

@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cloudrun;
+use crate::events::{Event, Events, SystemKind};
 use crate::instances::probe::{self, ListenDiagnosis};
-use crate::logs::{LineSplitter, LogPrinter};
+use crate::logs::LineSplitter;
 use crate::runtime::{
     ContainerSpec, ManagedContainer, Runtime, RuntimeError, LABEL_MANAGED, LABEL_OWNER,
     LABEL_REVISION, LABEL_SERVICE,
@@ -36,7 +37,8 @@ pub enum UpstreamMode {
 pub struct InstanceContext {
     pub runtime: Runtime,
     pub mode: UpstreamMode,
-    pub printer: LogPrinter,
+    /// Where instances say what happens to them.
+    pub events: Events,
     /// Cancelled when the emulator shuts down: starts in progress give up.
     pub shutdown: CancellationToken,
     /// Cancelled by a second Ctrl-C: stops in progress turn into kills.
@@ -352,8 +354,13 @@ pub async fn start(
     cancel: &CancellationToken,
     created: Option<String>,
 ) -> Result<Instance, StartFailure> {
-    let (runtime, mode, printer) = (&ctx.runtime, ctx.mode, &ctx.printer);
-    printer.system(&spec.revision, &cloudrun::starting_new_instance(reason));
+    let (runtime, mode, events) = (&ctx.runtime, ctx.mode, &ctx.events);
+    events.publish(Event::system(
+        SystemKind::Starting,
+        &spec.revision,
+        None,
+        cloudrun::starting_new_instance(reason),
+    ));
     let container_id = match created {
         Some(id) => id,
         None => create(runtime, spec, mode)
@@ -363,7 +370,7 @@ pub async fn start(
                 last_logs: Vec::new(),
             })?,
     };
-    match start_created(runtime, spec, mode, printer, tasks, &container_id, cancel).await {
+    match start_created(runtime, spec, mode, events, tasks, &container_id, cancel).await {
         Ok(instance) => Ok(instance),
         Err(error) => {
             let last_logs = runtime
@@ -393,7 +400,7 @@ async fn start_created(
     runtime: &Runtime,
     spec: &RevisionSpec,
     mode: UpstreamMode,
-    printer: &LogPrinter,
+    events: &Events,
     tasks: &Tasks,
     container_id: &str,
     cancel: &CancellationToken,
@@ -409,9 +416,9 @@ async fn start_created(
         container_id.to_string(),
         spec.revision.clone(),
         id.clone(),
-        printer.clone(),
+        events.clone(),
     ));
-    let result = match probe_until_ready(runtime, spec, mode, container_id, cancel).await {
+    let result = match probe_until_ready(runtime, spec, mode, events, container_id, cancel).await {
         Ok(ready) => still_running(runtime, container_id).await.map(|()| ready),
         Err(e) => Err(e),
     };
@@ -431,7 +438,12 @@ async fn start_created(
             &startup.target(),
         ),
     };
-    printer.system(&spec.revision, &line);
+    events.publish(Event::system(
+        SystemKind::ProbePassed,
+        &spec.revision,
+        Some(&id),
+        line,
+    ));
     Ok(Instance {
         container_id: container_id.to_string(),
         id,
@@ -455,6 +467,7 @@ async fn probe_until_ready(
     runtime: &Runtime,
     spec: &RevisionSpec,
     mode: UpstreamMode,
+    events: &Events,
     container_id: &str,
     cancel: &CancellationToken,
 ) -> Result<(SocketAddr, u32), StartError> {
@@ -531,12 +544,11 @@ async fn probe_until_ready(
             if diagnosis.is_some() && diagnosis == last_diagnosis {
                 warned = true;
                 if let Some(d) = &diagnosis {
-                    eprintln!(
-                        "warning: revision {} is not ready yet and will not become ready as it stands: {}\n         (the startup probe keeps waiting up to {:?}; --startup-timeout shortens it)",
-                        spec.revision,
-                        d.explain(spec.port),
-                        spec.startup_budget
-                    );
+                    events.publish(Event::WillNotBecomeReady {
+                        revision: spec.revision.clone(),
+                        why: d.explain(spec.port),
+                        budget: spec.startup_budget,
+                    });
                 }
             }
             last_diagnosis = diagnosis;
@@ -571,19 +583,24 @@ async fn follow_logs(
     container_id: String,
     revision: String,
     instance: String,
-    printer: LogPrinter,
+    events: Events,
 ) {
     let mut stream = Box::pin(runtime.follow_logs(&container_id));
     let (mut out, mut err) = (LineSplitter::default(), LineSplitter::default());
+    let publish = |line: &str| {
+        events.publish(Event::ContainerLog {
+            revision: revision.clone(),
+            instance: instance.clone(),
+            line: line.to_string(),
+        })
+    };
     while let Some(chunk) = stream.next().await {
         let Ok(chunk) = chunk else { break };
         let splitter = if chunk.stderr { &mut err } else { &mut out };
-        splitter.push(&chunk.bytes, |line| {
-            printer.container(&revision, &instance, line)
-        });
+        splitter.push(&chunk.bytes, publish);
     }
-    out.finish(|line| printer.container(&revision, &instance, line));
-    err.finish(|line| printer.container(&revision, &instance, line));
+    out.finish(publish);
+    err.finish(publish);
 }
 
 /// How an instance ended.

@@ -18,6 +18,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 use crate::cloudrun;
+use crate::events::{Event, SystemKind};
 use crate::instances::autoscaler::{self, Autoscaler};
 pub use crate::instances::instance::InstanceContext;
 use crate::instances::instance::{self, Instance, RevisionSpec, StartError, StartFailure, Tasks};
@@ -451,7 +452,11 @@ impl Pool {
             }
             if let Err(failure) = pool.start_instance(reason, cold, spare).await {
                 if !matches!(failure.error, StartError::Cancelled) {
-                    eprintln!("ERROR: {}", failure.report(&pool.inner.spec));
+                    let spec = &pool.inner.spec;
+                    pool.inner.ctx.events.publish(Event::StartFailed {
+                        revision: spec.revision.clone(),
+                        report: failure.report(spec),
+                    });
                 }
             }
         });
@@ -516,7 +521,7 @@ impl Pool {
             // `starting` still counts it, so a stop waiting for starts waits for this too.
             if let Ok(started) = result {
                 if let Err(e) = started.kill(&ctx.runtime).await {
-                    eprintln!("error: {e}");
+                    ctx.events.publish(Event::error(e.to_string()));
                 }
             }
             result = Err(StartFailure {
@@ -652,15 +657,15 @@ impl Pool {
         self.inner.changed.notify_waiters();
         match exited {
             Ok((code, oom_killed)) => {
-                self.report_exit(code, oom_killed);
+                self.report_exit(&member.instance.id, code, oom_killed);
             }
-            Err(e) => eprintln!(
-                "warning: lost track of instance {}: {e}",
+            Err(e) => ctx.events.publish(Event::warning(format!(
+                "lost track of instance {}: {e}",
                 member.instance.id
-            ),
+            ))),
         }
         if let Err(e) = member.instance.kill(&ctx.runtime).await {
-            eprintln!("warning: {e}");
+            ctx.events.publish(Event::warning(e.to_string()));
         }
     }
 
@@ -708,17 +713,20 @@ impl Pool {
         self.inner.changed.notify_waiters();
         let spec = &self.inner.spec;
         let what = liveness.target();
-        self.inner.ctx.printer.system(
+        let events = &self.inner.ctx.events;
+        events.publish(Event::system(
+            SystemKind::LivenessFailed,
             &spec.revision,
-            &format!(
+            Some(&member.instance.id),
+            format!(
                 "LIVENESS {} probe failed {failures} times consecutively for container \"{}\" {what}. The instance {} will be restarted.",
                 liveness.kind(),
                 spec.service,
                 member.instance.id
             ),
-        );
+        ));
         if let Err(e) = member.instance.kill(&self.inner.ctx.runtime).await {
-            eprintln!("warning: {e}");
+            events.publish(Event::warning(e.to_string()));
         }
         // Cloud Run restarts the container: keep the revision's capacity.
         let mut state = self.inner.lock();
@@ -754,16 +762,23 @@ impl Pool {
 
     /// Cloud Run's lines for an instance that exited by itself: the memory limit when the
     /// engine OOM-killed it, then `Container called exit(N).`
-    fn report_exit(&self, code: i64, oom_killed: bool) {
-        let (printer, revision) = (&self.inner.ctx.printer, &self.inner.spec.revision);
+    fn report_exit(&self, instance: &str, code: i64, oom_killed: bool) {
+        let (events, revision) = (&self.inner.ctx.events, &self.inner.spec.revision);
+        let line = |kind, text| Event::system(kind, revision, Some(instance), text);
         if oom_killed {
             // The kernel kills when the cgroup's usage reaches the limit and nothing more can
             // be reclaimed, so the usage at the kill is the limit (the engine keeps no peak
             // after the container is gone).
             let limit = self.inner.spec.memory_bytes >> 20;
-            printer.system(revision, &cloudrun::memory_limit_exceeded(limit, limit));
+            events.publish(line(
+                SystemKind::OutOfMemory,
+                cloudrun::memory_limit_exceeded(limit, limit),
+            ));
         }
-        printer.system(revision, &cloudrun::container_called_exit(code));
+        events.publish(line(
+            SystemKind::Exited,
+            cloudrun::container_called_exit(code),
+        ));
     }
 
     /// One autoscaler decision: observe the load, start what it asks for, drain and stop the
@@ -966,7 +981,9 @@ impl Pool {
                         ctx.runtime.remove(&container_id).await
                     };
                     if let Err(e) = killed.await {
-                        eprintln!("error: {e}; remove it by hand: docker rm -f {container_id}");
+                        ctx.events.publish(Event::error(format!(
+                            "{e}; remove it by hand: docker rm -f {container_id}"
+                        )));
                     }
                     return;
                 }
@@ -980,24 +997,28 @@ impl Pool {
             }
             match stopped {
                 Ok(report) if report.already_exited => {
-                    self.report_exit(report.exit_code.unwrap_or(-1), report.oom_killed);
+                    self.report_exit(&id, report.exit_code.unwrap_or(-1), report.oom_killed);
                 }
-                Ok(report) if report.killed => ctx.printer.system(
+                Ok(report) if report.killed => ctx.events.publish(Event::system(
+                    SystemKind::Stopped,
                     revision,
-                    &format!("Instance {id} stopped ({reason}): it did not exit within {} s of SIGTERM and was sent SIGKILL.", grace.as_secs()),
-                ),
-                Ok(report) => ctx.printer.system(
+                    Some(&id),
+                    format!("Instance {id} stopped ({reason}): it did not exit within {} s of SIGTERM and was sent SIGKILL.", grace.as_secs()),
+                )),
+                Ok(report) => ctx.events.publish(Event::system(
+                    SystemKind::Stopped,
                     revision,
-                    &format!(
+                    Some(&id),
+                    format!(
                         "Instance {id} stopped ({reason}): exited{} {:.1} s after SIGTERM.",
                         report.exit_code.map(|c| format!(" with code {c}")).unwrap_or_default(),
                         report.took.as_secs_f64()
                     ),
-                ),
+                )),
                 Err(e) => {
                     // One more try: a container must never be left behind.
                     if ctx.runtime.remove(&container_id).await.is_err() {
-                        eprintln!("error: stopping instance {id}: {e}; remove it by hand: docker rm -f {container_id}");
+                        ctx.events.publish(Event::error(format!("stopping instance {id}: {e}; remove it by hand: docker rm -f {container_id}")));
                     }
                 }
             }
@@ -1013,7 +1034,7 @@ impl Pool {
         let kills = members.into_iter().map(|m| m.instance.kill(runtime));
         for result in futures_util::future::join_all(kills).await {
             if let Err(e) = result {
-                eprintln!("error: {e}");
+                self.inner.ctx.events.publish(Event::error(e.to_string()));
             }
         }
         self.remove_spare().await;
