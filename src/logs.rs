@@ -58,6 +58,7 @@ impl LogPrinter {
         }
     }
 
+    #[allow(clippy::disallowed_methods)] // The printer is the terminal's.
     pub fn stderr() -> Self {
         LogPrinter {
             color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
@@ -66,6 +67,7 @@ impl LogPrinter {
     }
 
     /// Colour only on a terminal, and never with NO_COLOR set.
+    #[allow(clippy::disallowed_methods)] // The printer is the terminal's.
     pub fn stdout_is_colored() -> bool {
         std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
     }
@@ -148,6 +150,7 @@ impl LogPrinter {
 
     /// Writes one line; a closed stdout or stderr is ignored (a panic would skip the shutdown
     /// that removes the containers).
+    #[allow(clippy::disallowed_methods)] // The printer is the terminal's.
     fn write(&self, stream: Stream, line: &str) {
         if stream == Stream::Stderr || self.stderr {
             let mut out = std::io::stderr().lock();

@@ -725,14 +725,14 @@ mod tests {
         let pid = child.id();
         let start = process_start_time(pid).expect("the child has a start time");
         let owner = format!("{}:{pid}:{start}", hostname());
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
             if stat_fields(&stat).unwrap().next() == Some("Z") {
                 break;
             }
             assert!(
-                std::time::Instant::now() < deadline,
+                tokio::time::Instant::now() < deadline,
                 "the child never exited"
             );
             std::thread::yield_now();
