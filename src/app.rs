@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, AdminConfig, Gate};
 use crate::control::platform::{Platform, PlatformConfig};
 use crate::control::template::Secrets;
+use crate::events::{Event, Events};
 use crate::instances::instance::{self, UpstreamMode};
 use crate::instances::pool::InstanceContext;
 use crate::logs::LogPrinter;
@@ -41,8 +42,9 @@ pub struct EmulatorConfig {
     pub header_read_timeout: Duration,
     /// Client connections of the front end open at once.
     pub max_connections: usize,
-    /// Where containers' logs and the instances' system lines are printed.
-    pub printer: LogPrinter,
+    /// What the emulator says (instances starting and stopping, deploy progress, warnings,
+    /// containers' logs) is published here; its sink is the terminal printer.
+    pub events: Events,
     /// The first is cancelled to stop gracefully (starts in progress give up), the second
     /// to stop at once (stops in progress turn into kills).
     pub signals: Signals,
@@ -59,7 +61,7 @@ impl Default for EmulatorConfig {
             default_service: None,
             header_read_timeout: proxy.header_read_timeout,
             max_connections: proxy.max_connections,
-            printer: LogPrinter::stderr(),
+            events: Events::with_sink(LogPrinter::stderr()),
             signals: Signals::default(),
         }
     }
@@ -124,7 +126,7 @@ impl Emulator {
     /// the caller may deploy first: a request never meets a service still deploying.
     pub async fn start(config: EmulatorConfig) -> Result<Running, StartError> {
         let runtime = Runtime::connect().await.map_err(StartError::Docker)?;
-        reap_orphans(&runtime).await;
+        reap_orphans(&runtime, &config.events).await;
         // Bound before anything starts, so a busy port fails fast and leaves nothing behind.
         let listener = bind(Listener::Proxy, config.listen).await?;
         let admin = match &config.admin {
@@ -143,13 +145,17 @@ impl Emulator {
                 _ => UpstreamMode::ContainerIp,
             },
         };
+        // Every task of the emulator (the front end, the admin API, every pool's) is counted
+        // here, so a shutdown returns only once they have all ended.
+        let tasks = TaskTracker::new();
         let platform = Platform::new(
             InstanceContext {
                 runtime: runtime.clone(),
                 mode,
-                printer: config.printer.clone(),
+                events: config.events.clone(),
                 shutdown: config.signals.graceful.clone(),
                 immediate: config.signals.immediate.clone(),
+                tasks: tasks.clone(),
             },
             PlatformConfig {
                 port: listen.port(),
@@ -167,7 +173,7 @@ impl Emulator {
             admin_addr: admin.as_ref().map(|(_, gate)| gate.bound),
             admin_token: admin.as_ref().map(|(_, gate)| gate.token.clone()),
             waiting: Some(Waiting { listener, admin }),
-            tasks: TaskTracker::new(),
+            tasks,
             stop_accepting: CancellationToken::new(),
             proxy: None,
             admin_task: None,
@@ -206,6 +212,11 @@ impl Running {
 
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
+    }
+
+    /// What the emulator says, for observers to subscribe to.
+    pub fn events(&self) -> &Events {
+        &self.config.events
     }
 
     /// The front end's address (the port bound, when the config asked for port 0).
@@ -313,18 +324,15 @@ impl Running {
 }
 
 /// Removes containers an emulator that was killed left behind, and says so.
-async fn reap_orphans(runtime: &Runtime) {
+async fn reap_orphans(runtime: &Runtime, events: &Events) {
     match instance::reap_orphans(runtime).await {
-        Ok(reaped) if !reaped.is_empty() => {
-            let names: Vec<&str> = reaped.iter().map(|c| c.name.as_str()).collect();
-            eprintln!(
-                "Removed {} container(s) left behind by an emulator that was killed: {}",
-                reaped.len(),
-                names.join(", ")
-            );
-        }
+        Ok(reaped) if !reaped.is_empty() => events.publish(Event::OrphansReaped {
+            containers: reaped.into_iter().map(|c| c.name).collect(),
+        }),
         Ok(_) => {}
-        Err(e) => eprintln!("warning: could not look for leftover containers: {e}"),
+        Err(e) => events.publish(Event::warning(format!(
+            "could not look for leftover containers: {e}"
+        ))),
     }
 }
 

@@ -1,6 +1,32 @@
 //! The command line: flags are parsed by clap into per-command argument structs, validated
 //! into plain config, then handed to the command's module.
 
+// `println!`, `print!` and `eprintln!` for `cli/` (and only there: macros are scoped by text,
+// so the modules below see these and no other module does), shadowing std's: a closed stdout
+// or stderr (`emulate run IMAGE 2>&1 | head`) is ignored instead of panicking, since a panic
+// would skip the shutdown that removes the containers.
+macro_rules! println {
+    () => {
+        $crate::cli::terminal::stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::terminal::stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::cli::terminal::stdout(format_args!($($arg)*))
+    };
+}
+macro_rules! eprintln {
+    () => {
+        $crate::cli::terminal::stderr(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::terminal::stderr(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 pub mod control;
 pub mod deploy;
 pub mod documents;
@@ -9,6 +35,7 @@ pub mod revisions;
 pub mod run;
 pub mod services;
 pub mod smoke;
+pub mod terminal;
 
 use std::process::ExitCode;
 
@@ -76,7 +103,7 @@ pub fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("EMULATE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(terminal::tracing_writer)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -5,7 +5,9 @@
 //! The seed is fixed so a failure reproduces; set `EMULATE_FUZZ_SEED` to explore others.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -1,8 +1,12 @@
-//! How the emulator shows logs: container output line by line, prefixed with the revision
-//! and instance it came from, structured (JSON) lines shown as severity and message, and
-//! Cloud Run's own system lines. Coloured on a terminal, plain when piped.
+//! How the emulator shows what it says: the terminal printer, the sink of the event stream
+//! (`events.rs`) and the only writer to the terminal besides the CLI's own messages.
+//! Container output line by line, prefixed with the revision and instance it came from,
+//! structured (JSON) lines shown as severity and message, and Cloud Run's own system lines,
+//! coloured on a terminal and plain when piped; deploy progress and warnings on stderr.
 
 use std::io::{IsTerminal, Write};
+
+use crate::events::{Event, Level, Sink};
 
 /// One container log line as Cloud Logging would show it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,8 +40,9 @@ pub fn parse_line(line: &str) -> Entry {
     Entry { severity, message }
 }
 
-/// Writes log lines to stdout, one whole line per write so lines from several instances never
-/// interleave mid-line.
+/// Prints every event the emulator publishes: log and system lines to stdout (or stderr,
+/// see [`LogPrinter::stderr`]), one whole line per write so lines from several instances
+/// never interleave mid-line; everything else to stderr.
 #[derive(Clone, Debug)]
 pub struct LogPrinter {
     color: bool,
@@ -53,6 +58,7 @@ impl LogPrinter {
         }
     }
 
+    #[allow(clippy::disallowed_methods)] // The printer is the terminal's.
     pub fn stderr() -> Self {
         LogPrinter {
             color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
@@ -61,21 +67,66 @@ impl LogPrinter {
     }
 
     /// Colour only on a terminal, and never with NO_COLOR set.
+    #[allow(clippy::disallowed_methods)] // The printer is the terminal's.
     pub fn stdout_is_colored() -> bool {
         std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
     }
 
+    /// The event as printed, and where: the log stream, or stderr.
+    fn render(&self, event: &Event) -> (Stream, String) {
+        let text = match event {
+            Event::System { revision, text, .. } => {
+                return (Stream::Log, self.system(revision, text));
+            }
+            Event::ContainerLog {
+                revision,
+                instance,
+                line,
+            } => return (Stream::Log, self.container(revision, instance, line)),
+            Event::CreatingRevision {
+                service,
+                revision,
+                image,
+            } => {
+                format!("Creating revision [{revision}] of service [{service}] from image [{image}]...")
+            }
+            Event::PullingImage { image, platform } => {
+                format!("Image '{image}' is not present locally; pulling it for {platform}...")
+            }
+            Event::PullProgress { line, .. } => format!("  {line}"),
+            Event::StartFailed { report, .. } => format!("ERROR: {report}"),
+            Event::WillNotBecomeReady {
+                revision,
+                why,
+                budget,
+            } => format!(
+                "warning: revision {revision} is not ready yet and will not become ready as it stands: {why}\n         (the startup probe keeps waiting up to {budget:?}; --startup-timeout shortens it)"
+            ),
+            Event::OrphansReaped { containers } => format!(
+                "Removed {} container(s) left behind by an emulator that was killed: {}",
+                containers.len(),
+                containers.join(", ")
+            ),
+            Event::Problem {
+                level: Level::Warning,
+                text,
+            } => format!("warning: {text}"),
+            Event::Problem {
+                level: Level::Error,
+                text,
+            } => format!("error: {text}"),
+        };
+        (Stream::Stderr, text)
+    }
+
     /// A line the emulator writes in Cloud Run's name (instance started, probe succeeded...).
-    pub fn system(&self, revision: &str, message: &str) {
+    fn system(&self, revision: &str, message: &str) -> String {
         let prefix = self.paint("2", revision);
-        self.write(&format!(
-            "{prefix} {} {message}",
-            self.paint("36", "SYSTEM  ")
-        ));
+        format!("{prefix} {} {message}", self.paint("36", "SYSTEM  "))
     }
 
     /// A line the container wrote.
-    pub fn container(&self, revision: &str, instance: &str, line: &str) {
+    fn container(&self, revision: &str, instance: &str, line: &str) -> String {
         let entry = parse_line(line);
         let prefix = self.paint("2", &format!("{revision}/{instance}"));
         let severity = entry.severity.as_deref().unwrap_or("");
@@ -86,7 +137,7 @@ impl LogPrinter {
             _ => "2",
         };
         let severity = self.paint(code, &format!("{severity:<8}"));
-        self.write(&format!("{prefix} {severity} {}", entry.message));
+        format!("{prefix} {severity} {}", entry.message)
     }
 
     fn paint(&self, code: &str, text: &str) -> String {
@@ -97,8 +148,11 @@ impl LogPrinter {
         }
     }
 
-    fn write(&self, line: &str) {
-        if self.stderr {
+    /// Writes one line; a closed stdout or stderr is ignored (a panic would skip the shutdown
+    /// that removes the containers).
+    #[allow(clippy::disallowed_methods)] // The printer is the terminal's.
+    fn write(&self, stream: Stream, line: &str) {
+        if stream == Stream::Stderr || self.stderr {
             let mut out = std::io::stderr().lock();
             let _ = writeln!(out, "{line}");
         } else {
@@ -107,6 +161,21 @@ impl LogPrinter {
             let _ = out.flush();
         }
     }
+}
+
+impl Sink for LogPrinter {
+    fn show(&self, event: &Event) {
+        let (stream, line) = self.render(event);
+        self.write(stream, &line);
+    }
+}
+
+/// Where a printed event goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stream {
+    /// The printer's own stream: stdout, or stderr when stdout carries a result.
+    Log,
+    Stderr,
 }
 
 /// Splits a stream of output chunks into lines, keeping a partial last line until its end
@@ -157,6 +226,66 @@ mod tests {
         );
         assert_eq!(parse_line("plain {text}").message, "plain {text}");
         assert_eq!(parse_line("{not json").severity, None);
+    }
+
+    fn plain(stderr: bool) -> LogPrinter {
+        LogPrinter {
+            color: false,
+            stderr,
+        }
+    }
+
+    #[test]
+    fn log_and_system_lines_go_to_the_log_stream_and_the_rest_to_stderr() {
+        use crate::events::SystemKind;
+        let printer = plain(false);
+        let system = Event::system(
+            SystemKind::Exited,
+            "hello-00001-abc",
+            None,
+            "Container called exit(1).".into(),
+        );
+        assert_eq!(
+            printer.render(&system),
+            (
+                Stream::Log,
+                "hello-00001-abc SYSTEM   Container called exit(1).".into()
+            )
+        );
+        let log = Event::ContainerLog {
+            revision: "r".into(),
+            instance: "0123abcd".into(),
+            line: r#"{"severity":"warning","message":"careful"}"#.into(),
+        };
+        assert_eq!(
+            printer.render(&log),
+            (Stream::Log, "r/0123abcd WARNING  careful".into())
+        );
+        assert_eq!(
+            printer.render(&Event::warning("it wobbles")),
+            (Stream::Stderr, "warning: it wobbles".into())
+        );
+        assert_eq!(
+            printer
+                .render(&Event::OrphansReaped {
+                    containers: vec!["a".into(), "b".into()]
+                })
+                .1,
+            "Removed 2 container(s) left behind by an emulator that was killed: a, b"
+        );
+    }
+
+    #[test]
+    fn colours_only_when_asked() {
+        let printer = LogPrinter {
+            color: true,
+            stderr: false,
+        };
+        assert_eq!(
+            printer.system("r", "hi"),
+            "\x1b[2mr\x1b[0m \x1b[36mSYSTEM  \x1b[0m hi"
+        );
+        assert_eq!(plain(true).system("r", "hi"), "r SYSTEM   hi");
     }
 
     #[test]

@@ -298,10 +298,10 @@ mod tests {
         // A child that exited but was not waited for is a zombie: gone, though its pid exists.
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         while !process_is_gone(pid) {
             assert!(
-                std::time::Instant::now() < deadline,
+                tokio::time::Instant::now() < deadline,
                 "pid {pid} never ended"
             );
             std::thread::sleep(std::time::Duration::from_millis(5));

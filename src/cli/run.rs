@@ -18,6 +18,7 @@ use crate::cloudrun;
 use crate::config::{self, FieldError};
 use crate::control::knative;
 use crate::control::platform::ApplyError;
+use crate::events::Events;
 use crate::instances::instance::UpstreamMode;
 use crate::logs::LogPrinter;
 use crate::runtime::Runtime;
@@ -185,7 +186,7 @@ impl RunConfig {
             default_service: self.default_service.clone(),
             header_read_timeout: self.header_read_timeout,
             max_connections: self.max_connections.unwrap_or(defaults.max_connections),
-            printer,
+            events: Events::with_sink(printer),
             signals: signals.clone(),
         }
     }

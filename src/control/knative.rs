@@ -891,7 +891,7 @@ spec:
             "[".repeat(100_000),
             "]".repeat(100_000)
         );
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let error = parse_service_yaml(&deep).unwrap_err();
         assert!(error.message.contains("nests more than"), "{error}");
         assert!(started.elapsed() < std::time::Duration::from_secs(1));

@@ -15,6 +15,7 @@ use crate::config::FieldError;
 use crate::control::knative::{self, Condition, ObjectMeta, RevisionTemplate};
 use crate::control::template::{self, Secrets};
 use crate::control::traffic::{self, TargetKey, TrafficTarget};
+use crate::events::{Event, Events};
 use crate::instances::instance::{RevisionSpec, StartError, StartFailure};
 use crate::instances::pool::{InstanceContext, Pool};
 use crate::instances::revision::RevisionConfig;
@@ -268,10 +269,11 @@ impl Platform {
     /// that gave up.
     pub async fn apply(&self, doc: knative::Service) -> Result<Applied, ApplyError> {
         let platform = self.clone();
-        let task = self
-            .inner
-            .applies
-            .spawn(async move { platform.apply_now(doc).await });
+        let task = self.inner.ctx.tasks.spawn(
+            self.inner
+                .applies
+                .track_future(async move { platform.apply_now(doc).await }),
+        );
         match task.await {
             Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -482,7 +484,7 @@ impl Platform {
         deleted: &CancellationToken,
     ) -> Result<(), ApplyError> {
         let runtime = &self.inner.ctx.runtime;
-        let image = resolve_image(runtime, &config.container.image).await?;
+        let image = resolve_image(runtime, &self.inner.ctx.events, &config.container.image).await?;
         let spec = RevisionSpec {
             service: service.to_string(),
             revision: name.clone(),
@@ -532,10 +534,11 @@ impl Platform {
             record.latest_created = Some(name.clone());
             record.failure = None;
         }
-        eprintln!(
-            "Creating revision [{name}] of service [{service}] from image [{}]...",
-            spec.config.container.image
-        );
+        self.inner.ctx.events.publish(Event::CreatingRevision {
+            service: service.to_string(),
+            revision: name.clone(),
+            image: spec.config.container.image.clone(),
+        });
         let result = pool.ensure_ready().await;
         let mut state = self.state();
         let record = state.get_mut(service).expect("recorded above");
@@ -610,9 +613,13 @@ impl Platform {
 
     /// Drains a revision that lost its traffic, then stops its instances, in the background.
     fn retire(&self, pool: Pool) {
-        self.inner.retiring.spawn(async move {
+        let retire = async move {
             pool.retire("revision no longer receives traffic").await;
-        });
+        };
+        self.inner
+            .ctx
+            .tasks
+            .spawn(self.inner.retiring.track_future(retire));
     }
 
     /// Rebuilds the routing table from the records and publishes it to the router.
@@ -1103,20 +1110,24 @@ struct ResolvedImage {
 
 async fn resolve_image(
     runtime: &runtime::Runtime,
+    events: &Events,
     image: &str,
 ) -> Result<ResolvedImage, ApplyError> {
     let info = match runtime.inspect_image(image).await? {
         Some(info) => info,
         None => {
-            eprintln!(
-                "Image '{image}' is not present locally; pulling it for {}...",
-                runtime::PLATFORM
-            );
+            events.publish(Event::PullingImage {
+                image: image.to_string(),
+                platform: runtime::PLATFORM.to_string(),
+            });
             let mut last = String::new();
             runtime
                 .pull_image(image, |line| {
                     if line != last {
-                        eprintln!("  {line}");
+                        events.publish(Event::PullProgress {
+                            image: image.to_string(),
+                            line: line.to_string(),
+                        });
                         last = line.to_string();
                     }
                 })

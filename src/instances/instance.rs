@@ -11,11 +11,13 @@ use rand::Rng;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::cloudrun;
+use crate::events::{Event, Events, SystemKind};
 use crate::instances::probe::{self, ListenDiagnosis};
 use crate::instances::revision::RevisionConfig;
-use crate::logs::{LineSplitter, LogPrinter};
+use crate::logs::LineSplitter;
 use crate::runtime::{
     ContainerSpec, ManagedContainer, Runtime, RuntimeError, LABEL_MANAGED, LABEL_OWNER,
     LABEL_REVISION, LABEL_SERVICE,
@@ -29,6 +31,41 @@ pub enum UpstreamMode {
     /// Dial a port published on 127.0.0.1 (Docker Desktop, where container addresses are in a
     /// VM the host cannot route to).
     PublishedPort,
+}
+
+/// What every pool needs to start and stop containers.
+#[derive(Clone, Debug)]
+pub struct InstanceContext {
+    pub runtime: Runtime,
+    pub mode: UpstreamMode,
+    /// Where instances say what happens to them.
+    pub events: Events,
+    /// Cancelled when the emulator shuts down: starts in progress give up.
+    pub shutdown: CancellationToken,
+    /// Cancelled by a second Ctrl-C: stops in progress turn into kills.
+    pub immediate: CancellationToken,
+    /// The emulator's tasks: every task a pool spawns is counted here too, so the emulator's
+    /// shutdown waits for those of pools already gone from the records (a deleted revision).
+    pub tasks: TaskTracker,
+}
+
+/// Where a pool's background tasks run: each is counted by the pool's tracker (a pool's
+/// stop waits for its own) and by the emulator's (its shutdown waits for every one, those
+/// of pools already gone from the records included).
+#[derive(Clone, Debug, Default)]
+pub struct Tasks {
+    pub pool: TaskTracker,
+    pub emulator: TaskTracker,
+}
+
+impl Tasks {
+    pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.emulator.spawn(self.pool.track_future(task))
+    }
 }
 
 /// One revision as its instances and pool run it: its names, the image id it resolved to,
@@ -338,15 +375,20 @@ pub async fn create(
 /// for Cloud Run's default startup probe. On any failure the container is removed before
 /// returning.
 pub async fn start(
-    runtime: &Runtime,
+    ctx: &InstanceContext,
     spec: &RevisionSpec,
-    mode: UpstreamMode,
-    printer: &LogPrinter,
+    tasks: &Tasks,
     reason: &str,
     cancel: &CancellationToken,
     created: Option<String>,
 ) -> Result<Instance, StartFailure> {
-    printer.system(&spec.revision, &cloudrun::starting_new_instance(reason));
+    let (runtime, mode, events) = (&ctx.runtime, ctx.mode, &ctx.events);
+    events.publish(Event::system(
+        SystemKind::Starting,
+        &spec.revision,
+        None,
+        cloudrun::starting_new_instance(reason),
+    ));
     let container_id = match created {
         Some(id) => id,
         None => create(runtime, spec, mode)
@@ -356,7 +398,7 @@ pub async fn start(
                 last_logs: Vec::new(),
             })?,
     };
-    match start_created(runtime, spec, mode, printer, &container_id, cancel).await {
+    match start_created(runtime, spec, mode, events, tasks, &container_id, cancel).await {
         Ok(instance) => Ok(instance),
         Err(error) => {
             let last_logs = runtime
@@ -386,7 +428,8 @@ async fn start_created(
     runtime: &Runtime,
     spec: &RevisionSpec,
     mode: UpstreamMode,
-    printer: &LogPrinter,
+    events: &Events,
+    tasks: &Tasks,
     container_id: &str,
     cancel: &CancellationToken,
 ) -> Result<Instance, StartError> {
@@ -396,14 +439,14 @@ async fn start_created(
         other => StartError::Runtime(other),
     })?;
     let id = container_id[..8.min(container_id.len())].to_string();
-    let log_task = tokio::spawn(follow_logs(
+    let log_task = tasks.spawn(follow_logs(
         runtime.clone(),
         container_id.to_string(),
         spec.revision.clone(),
         id.clone(),
-        printer.clone(),
+        events.clone(),
     ));
-    let result = match probe_until_ready(runtime, spec, mode, container_id, cancel).await {
+    let result = match probe_until_ready(runtime, spec, mode, events, container_id, cancel).await {
         Ok(ready) => still_running(runtime, container_id).await.map(|()| ready),
         Err(e) => Err(e),
     };
@@ -424,7 +467,12 @@ async fn start_created(
             &startup.target(),
         ),
     };
-    printer.system(&spec.revision, &line);
+    events.publish(Event::system(
+        SystemKind::ProbePassed,
+        &spec.revision,
+        Some(&id),
+        line,
+    ));
     Ok(Instance {
         container_id: container_id.to_string(),
         id,
@@ -448,6 +496,7 @@ async fn probe_until_ready(
     runtime: &Runtime,
     spec: &RevisionSpec,
     mode: UpstreamMode,
+    events: &Events,
     container_id: &str,
     cancel: &CancellationToken,
 ) -> Result<(SocketAddr, u32), StartError> {
@@ -525,12 +574,11 @@ async fn probe_until_ready(
             if diagnosis.is_some() && diagnosis == last_diagnosis {
                 warned = true;
                 if let Some(d) = &diagnosis {
-                    eprintln!(
-                        "warning: revision {} is not ready yet and will not become ready as it stands: {}\n         (the startup probe keeps waiting up to {:?}; --startup-timeout shortens it)",
-                        spec.revision,
-                        d.explain(container.port),
-                        container.startup_budget
-                    );
+                    events.publish(Event::WillNotBecomeReady {
+                        revision: spec.revision.clone(),
+                        why: d.explain(container.port),
+                        budget: container.startup_budget,
+                    });
                 }
             }
             last_diagnosis = diagnosis;
@@ -565,19 +613,24 @@ async fn follow_logs(
     container_id: String,
     revision: String,
     instance: String,
-    printer: LogPrinter,
+    events: Events,
 ) {
     let mut stream = Box::pin(runtime.follow_logs(&container_id));
     let (mut out, mut err) = (LineSplitter::default(), LineSplitter::default());
+    let publish = |line: &str| {
+        events.publish(Event::ContainerLog {
+            revision: revision.clone(),
+            instance: instance.clone(),
+            line: line.to_string(),
+        })
+    };
     while let Some(chunk) = stream.next().await {
         let Ok(chunk) = chunk else { break };
         let splitter = if chunk.stderr { &mut err } else { &mut out };
-        splitter.push(&chunk.bytes, |line| {
-            printer.container(&revision, &instance, line)
-        });
+        splitter.push(&chunk.bytes, publish);
     }
-    out.finish(|line| printer.container(&revision, &instance, line));
-    err.finish(|line| printer.container(&revision, &instance, line));
+    out.finish(publish);
+    err.finish(publish);
 }
 
 /// How an instance ended.
@@ -686,14 +739,14 @@ mod tests {
         let pid = child.id();
         let start = process_start_time(pid).expect("the child has a start time");
         let owner = format!("{}:{pid}:{start}", hostname());
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
             if stat_fields(&stat).unwrap().next() == Some("Z") {
                 break;
             }
             assert!(
-                std::time::Instant::now() < deadline,
+                tokio::time::Instant::now() < deadline,
                 "the child never exited"
             );
             std::thread::yield_now();

@@ -14,33 +14,21 @@ use std::time::Duration;
 use http::uri::Authority;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 
 use crate::cloudrun;
+use crate::events::{Event, SystemKind};
 use crate::instances::autoscaler::{self, Autoscaler};
-use crate::instances::instance::{
-    self, Instance, RevisionSpec, StartError, StartFailure, UpstreamMode,
-};
+pub use crate::instances::instance::InstanceContext;
+use crate::instances::instance::{self, Instance, RevisionSpec, StartError, StartFailure, Tasks};
+use crate::instances::probe::HealthProbe;
 use crate::instances::revision::ScalingConfig;
-use crate::logs::LogPrinter;
-use crate::runtime::Runtime;
 
 /// How long a request waits for a free slot when no instance is starting for it.
 pub const NO_CAPACITY_WAIT: Duration = Duration::from_secs(10);
 /// How often the autoscaler looks at the pool.
 const TICK: Duration = Duration::from_secs(1);
-
-/// What every pool needs to start and stop containers.
-#[derive(Clone, Debug)]
-pub struct InstanceContext {
-    pub runtime: Runtime,
-    pub mode: UpstreamMode,
-    pub printer: LogPrinter,
-    /// Cancelled when the emulator shuts down: starts in progress give up.
-    pub shutdown: CancellationToken,
-    /// Cancelled by a second Ctrl-C: stops in progress turn into kills.
-    pub immediate: CancellationToken,
-}
 
 /// Requests that may wait for a slot: one full load's worth, within sane bounds.
 fn waiting_bound(scaling: &ScalingConfig) -> usize {
@@ -57,8 +45,15 @@ struct PoolInner {
     spec: RevisionSpec,
     ctx: InstanceContext,
     state: Mutex<State>,
-    /// Signalled when a slot frees, an instance becomes ready, fails to start, or exits.
+    /// Signalled when a slot frees, an instance becomes ready, fails to start, or exits, and
+    /// when a spare's creation ends.
     changed: Notify,
+    /// Every task of this pool (starts, exit and liveness watchers, log streams, the
+    /// autoscaler tick, spare creation, scale-down drains): a stop waits for them all.
+    tasks: Tasks,
+    /// Cancelled when the pool stops for good (`stop_all`, `kill_all`): its tick and
+    /// watchers end at once instead of at their next wake-up.
+    closed: CancellationToken,
 }
 
 struct State {
@@ -111,6 +106,8 @@ struct Member {
     suspect: bool,
     started: Instant,
     idle_since: Instant,
+    /// Ends the instance's watchers (exit, liveness) when it leaves the pool's hands.
+    _watchers: DropGuard,
 }
 
 impl Member {
@@ -164,7 +161,7 @@ impl Lease {
             member.suspect = true;
         }
         let (pool, key) = (Pool::from_inner(self.pool.clone()), self.key);
-        tokio::spawn(async move { pool.recheck(key).await });
+        pool.clone().spawn(async move { pool.recheck(key).await });
     }
 }
 
@@ -275,15 +272,28 @@ impl Pool {
                     stats: Stats::default(),
                 }),
                 changed: Notify::new(),
+                tasks: Tasks {
+                    pool: TaskTracker::new(),
+                    emulator: ctx.tasks.clone(),
+                },
+                closed: CancellationToken::new(),
                 ctx,
             }),
         };
-        tokio::spawn(tick(Arc::downgrade(&pool.inner)));
+        pool.spawn(tick(Arc::downgrade(&pool.inner)));
         pool
     }
 
     fn from_inner(inner: Arc<PoolInner>) -> Self {
         Pool { inner }
+    }
+
+    /// Runs a task of this pool, counted by the pool's tracker and the emulator's.
+    fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.tasks.spawn(task);
     }
 
     pub fn spec(&self) -> &RevisionSpec {
@@ -420,7 +430,7 @@ impl Pool {
         let spare = state.spare.take();
         let cancel = state.cancel.clone();
         let pool = self.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             // A crash-looping revision backs off instead of spinning (a retire cuts it short:
             // start_instance then gives up at once).
             if !delay.is_zero() {
@@ -431,7 +441,11 @@ impl Pool {
             }
             if let Err(failure) = pool.start_instance(reason, cold, spare).await {
                 if !matches!(failure.error, StartError::Cancelled) {
-                    eprintln!("ERROR: {}", failure.report(&pool.inner.spec));
+                    let spec = &pool.inner.spec;
+                    pool.inner.ctx.events.publish(Event::StartFailed {
+                        revision: spec.revision.clone(),
+                        report: failure.report(spec),
+                    });
                 }
             }
         });
@@ -488,16 +502,7 @@ impl Pool {
                 last_logs: Vec::new(),
             })
         } else {
-            instance::start(
-                &ctx.runtime,
-                &inner.spec,
-                ctx.mode,
-                &ctx.printer,
-                reason,
-                &cancel,
-                spare,
-            )
-            .await
+            instance::start(ctx, &inner.spec, &inner.tasks, reason, &cancel, spare).await
         };
         let unwanted = result.is_ok() && (inner.lock().retiring || cancel.is_cancelled());
         if unwanted {
@@ -505,7 +510,7 @@ impl Pool {
             // `starting` still counts it, so a stop waiting for starts waits for this too.
             if let Ok(started) = result {
                 if let Err(e) = started.kill(&ctx.runtime).await {
-                    eprintln!("error: {e}");
+                    ctx.events.publish(Event::error(e.to_string()));
                 }
             }
             result = Err(StartFailure {
@@ -531,6 +536,7 @@ impl Pool {
                     .expect("a socket address is a valid authority");
                 let container_id = started.container_id.clone();
                 let now = Instant::now();
+                let watchers = inner.closed.child_token();
                 state.members.push(Member {
                     key,
                     authority,
@@ -540,8 +546,9 @@ impl Pool {
                     suspect: false,
                     started: now,
                     idle_since: now,
+                    _watchers: watchers.clone().drop_guard(),
                 });
-                tokio::spawn(self.clone().watch_exit(key, container_id));
+                self.spawn(self.clone().watch_exit(key, container_id, watchers.clone()));
                 if let Some(liveness) = &inner.spec.config.container.liveness {
                     // The probe port is the serving port unless the probe names another.
                     let target = match liveness.port == inner.spec.config.container.port {
@@ -551,7 +558,7 @@ impl Pool {
                         }),
                     };
                     if let Some(target) = target {
-                        tokio::spawn(self.clone().watch_liveness(key, target));
+                        self.spawn(self.clone().watch_liveness(key, target, watchers));
                     }
                 }
                 self.keep_a_spare(&mut state);
@@ -578,7 +585,7 @@ impl Pool {
         }
         state.creating_spare = true;
         let pool = self.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             let ctx = &pool.inner.ctx;
             let created = instance::create(&ctx.runtime, &pool.inner.spec, ctx.mode).await;
             let unwanted = {
@@ -602,17 +609,22 @@ impl Pool {
             if let Some(id) = unwanted {
                 let _ = ctx.runtime.remove(&id).await;
             }
-            // Cleared only now: a shutdown waits on it, so no spare outlives the emulator.
+            // Cleared only now: a retire waits on it, so no spare outlives the pool.
             pool.inner.lock().creating_spare = false;
+            pool.inner.changed.notify_waiters();
         });
     }
 
     /// Removes an instance whose container exits by itself (a crash, an OOM kill) and says so
     /// in Cloud Run's words. An instance the emulator stops is taken out of the pool first, so
     /// its exit is not reported as a crash.
-    async fn watch_exit(self, key: u64, container_id: String) {
+    async fn watch_exit(self, key: u64, container_id: String, gone: CancellationToken) {
         let ctx = &self.inner.ctx;
-        let exited = Instance::exited(&ctx.runtime, &container_id).await;
+        let exited = tokio::select! {
+            exited = Instance::exited(&ctx.runtime, &container_id) => exited,
+            // Taken out of the pool (stopped by it): not a crash.
+            _ = gone.cancelled() => return,
+        };
         let member = {
             let mut state = self.inner.lock();
             let Some(index) = state.members.iter().position(|m| m.key == key) else {
@@ -634,24 +646,30 @@ impl Pool {
         self.inner.changed.notify_waiters();
         match exited {
             Ok((code, oom_killed)) => {
-                self.report_exit(code, oom_killed);
+                self.report_exit(&member.instance.id, code, oom_killed);
             }
-            Err(e) => eprintln!(
-                "warning: lost track of instance {}: {e}",
+            Err(e) => ctx.events.publish(Event::warning(format!(
+                "lost track of instance {}: {e}",
                 member.instance.id
-            ),
+            ))),
         }
         if let Err(e) = member.instance.kill(&ctx.runtime).await {
-            eprintln!("warning: {e}");
+            ctx.events.publish(Event::warning(e.to_string()));
         }
     }
 
     /// Runs the revision's liveness probe against one instance; after `failureThreshold`
     /// failures in a row the instance is taken out and restarted (replaced on demand).
-    async fn watch_liveness(self, key: u64, target: std::net::SocketAddr) {
+    async fn watch_liveness(self, key: u64, target: std::net::SocketAddr, gone: CancellationToken) {
         let Some(liveness) = self.inner.spec.config.container.liveness.clone() else {
             return;
         };
+        // Ends as soon as the instance leaves the pool, not at its next probe.
+        gone.run_until_cancelled(self.probe_liveness(key, target, liveness))
+            .await;
+    }
+
+    async fn probe_liveness(&self, key: u64, target: std::net::SocketAddr, liveness: HealthProbe) {
         tokio::time::sleep(liveness.initial_delay).await;
         let mut failures = 0;
         loop {
@@ -684,17 +702,20 @@ impl Pool {
         self.inner.changed.notify_waiters();
         let spec = &self.inner.spec;
         let what = liveness.target();
-        self.inner.ctx.printer.system(
+        let events = &self.inner.ctx.events;
+        events.publish(Event::system(
+            SystemKind::LivenessFailed,
             &spec.revision,
-            &format!(
+            Some(&member.instance.id),
+            format!(
                 "LIVENESS {} probe failed {failures} times consecutively for container \"{}\" {what}. The instance {} will be restarted.",
                 liveness.kind(),
                 spec.service,
                 member.instance.id
             ),
-        );
+        ));
         if let Err(e) = member.instance.kill(&self.inner.ctx.runtime).await {
-            eprintln!("warning: {e}");
+            events.publish(Event::warning(e.to_string()));
         }
         // Cloud Run restarts the container: keep the revision's capacity.
         let mut state = self.inner.lock();
@@ -730,16 +751,23 @@ impl Pool {
 
     /// Cloud Run's lines for an instance that exited by itself: the memory limit when the
     /// engine OOM-killed it, then `Container called exit(N).`
-    fn report_exit(&self, code: i64, oom_killed: bool) {
-        let (printer, revision) = (&self.inner.ctx.printer, &self.inner.spec.revision);
+    fn report_exit(&self, instance: &str, code: i64, oom_killed: bool) {
+        let (events, revision) = (&self.inner.ctx.events, &self.inner.spec.revision);
+        let line = |kind, text| Event::system(kind, revision, Some(instance), text);
         if oom_killed {
             // The kernel kills when the cgroup's usage reaches the limit and nothing more can
             // be reclaimed, so the usage at the kill is the limit (the engine keeps no peak
             // after the container is gone).
             let limit = self.inner.spec.config.container.memory_bytes >> 20;
-            printer.system(revision, &cloudrun::memory_limit_exceeded(limit, limit));
+            events.publish(line(
+                SystemKind::OutOfMemory,
+                cloudrun::memory_limit_exceeded(limit, limit),
+            ));
         }
-        printer.system(revision, &cloudrun::container_called_exit(code));
+        events.publish(line(
+            SystemKind::Exited,
+            cloudrun::container_called_exit(code),
+        ));
     }
 
     /// One autoscaler decision: observe the load, start what it asks for, drain and stop the
@@ -791,7 +819,7 @@ impl Pool {
         drop(state);
         for key in stopping {
             let pool = self.clone();
-            tokio::spawn(async move {
+            self.spawn(async move {
                 let reason = format!("idle for {}; scaling down", humantime(idle_timeout));
                 pool.drain_and_stop(Some(key), &reason).await;
             });
@@ -882,24 +910,49 @@ impl Pool {
         self.drain_and_stop(None, reason).await;
     }
 
+    /// Removes the spare container, waiting first for one being created (which, seeing the
+    /// pool retiring, removes itself): no spare outlives a retire.
     async fn remove_spare(&self) {
-        // A spare being created right now would appear after this and be left behind.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.inner.lock().creating_spare && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let spare = self.inner.lock().spare.take();
+        let inner = &self.inner;
+        let spare = loop {
+            let notified = inner.changed.notified();
+            tokio::pin!(notified);
+            {
+                let mut state = inner.lock();
+                if !state.creating_spare {
+                    break state.spare.take();
+                }
+                notified.as_mut().enable();
+            }
+            notified.await;
+        };
         if let Some(id) = spare {
-            let _ = self.inner.ctx.runtime.remove(&id).await;
+            let _ = inner.ctx.runtime.remove(&id).await;
         }
     }
 
-    /// Stops every instance now (no drain), in parallel, and removes the spare.
+    /// Stops every instance now (no drain), in parallel, and removes the spare; for good:
+    /// returns once every task of the pool has ended.
     pub async fn stop_all(&self, grace: Duration, reason: &str) {
         self.stop_starting().await;
-        let members = std::mem::take(&mut self.inner.lock().members);
+        let members = self.take_members();
         self.stop_members(members, grace, reason).await;
         self.remove_spare().await;
+        self.close().await;
+    }
+
+    /// Takes every instance out of the pool, to be stopped; drains waiting on them end.
+    fn take_members(&self) -> Vec<Member> {
+        let members = std::mem::take(&mut self.inner.lock().members);
+        self.inner.changed.notify_waiters();
+        members
+    }
+
+    /// Ends the pool's tick and watchers and waits for every task it spawned.
+    async fn close(&self) {
+        self.inner.closed.cancel();
+        self.inner.tasks.pool.close();
+        self.inner.tasks.pool.wait().await;
     }
 
     async fn stop_members(&self, members: Vec<Member>, grace: Duration, reason: &str) {
@@ -917,7 +970,9 @@ impl Pool {
                         ctx.runtime.remove(&container_id).await
                     };
                     if let Err(e) = killed.await {
-                        eprintln!("error: {e}; remove it by hand: docker rm -f {container_id}");
+                        ctx.events.publish(Event::error(format!(
+                            "{e}; remove it by hand: docker rm -f {container_id}"
+                        )));
                     }
                     return;
                 }
@@ -931,24 +986,28 @@ impl Pool {
             }
             match stopped {
                 Ok(report) if report.already_exited => {
-                    self.report_exit(report.exit_code.unwrap_or(-1), report.oom_killed);
+                    self.report_exit(&id, report.exit_code.unwrap_or(-1), report.oom_killed);
                 }
-                Ok(report) if report.killed => ctx.printer.system(
+                Ok(report) if report.killed => ctx.events.publish(Event::system(
+                    SystemKind::Stopped,
                     revision,
-                    &format!("Instance {id} stopped ({reason}): it did not exit within {} s of SIGTERM and was sent SIGKILL.", grace.as_secs()),
-                ),
-                Ok(report) => ctx.printer.system(
+                    Some(&id),
+                    format!("Instance {id} stopped ({reason}): it did not exit within {} s of SIGTERM and was sent SIGKILL.", grace.as_secs()),
+                )),
+                Ok(report) => ctx.events.publish(Event::system(
+                    SystemKind::Stopped,
                     revision,
-                    &format!(
+                    Some(&id),
+                    format!(
                         "Instance {id} stopped ({reason}): exited{} {:.1} s after SIGTERM.",
                         report.exit_code.map(|c| format!(" with code {c}")).unwrap_or_default(),
                         report.took.as_secs_f64()
                     ),
-                ),
+                )),
                 Err(e) => {
                     // One more try: a container must never be left behind.
                     if ctx.runtime.remove(&container_id).await.is_err() {
-                        eprintln!("error: stopping instance {id}: {e}; remove it by hand: docker rm -f {container_id}");
+                        ctx.events.publish(Event::error(format!("stopping instance {id}: {e}; remove it by hand: docker rm -f {container_id}")));
                     }
                 }
             }
@@ -959,15 +1018,16 @@ impl Pool {
     /// Kills every instance at once and removes them (an apply that failed, or an emergency).
     pub async fn kill_all(&self) {
         self.stop_starting().await;
-        let members = std::mem::take(&mut self.inner.lock().members);
+        let members = self.take_members();
         let runtime = &self.inner.ctx.runtime;
         let kills = members.into_iter().map(|m| m.instance.kill(runtime));
         for result in futures_util::future::join_all(kills).await {
             if let Err(e) = result {
-                eprintln!("error: {e}");
+                self.inner.ctx.events.publish(Event::error(e.to_string()));
             }
         }
         self.remove_spare().await;
+        self.close().await;
     }
 
     pub fn status(&self) -> PoolStatus {
@@ -1007,16 +1067,22 @@ impl Pool {
     }
 }
 
-/// The autoscaler's clock: one decision a second while the pool exists.
+/// The autoscaler's clock: one decision a second while the pool exists, until it stops for
+/// good (or its service is deleted, or the emulator stops).
 async fn tick(pool: Weak<PoolInner>) {
+    let (closed, shutdown) = match pool.upgrade() {
+        Some(inner) => (inner.closed.clone(), inner.ctx.shutdown.clone()),
+        None => return,
+    };
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        interval.tick().await;
-        let Some(inner) = pool.upgrade() else { return };
-        if inner.ctx.shutdown.is_cancelled() {
-            return;
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = closed.cancelled() => return,
+            _ = shutdown.cancelled() => return,
         }
+        let Some(inner) = pool.upgrade() else { return };
         Pool::from_inner(inner).scale();
     }
 }

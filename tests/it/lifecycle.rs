@@ -190,14 +190,27 @@ async fn a_hangup_with_its_output_closed_still_removes_the_container() {
 #[tokio::test]
 async fn the_library_starts_serves_and_stops_an_emulator_in_process() {
     use emulate::app::{Emulator, EmulatorConfig, Shutdown};
+    use emulate::events::{Event, SystemKind};
     let service = service_name("inproc");
     let yaml = std::fs::read_to_string(service_yaml(&service, "")).unwrap();
     let document = emulate::control::knative::parse_service_yaml(&yaml).unwrap();
     let mut emulator = Emulator::start(EmulatorConfig::default())
         .await
         .expect("the emulator starts");
+    let mut events = emulator.events().subscribe();
     let applied = emulator.platform().apply(document).await;
     assert!(applied.is_ok(), "the deploy failed: {:?}", applied.err());
+    let revision = applied.unwrap().created_revision.expect("a revision");
+    let said = received(&mut events);
+    assert!(
+        said.iter()
+            .any(|e| matches!(e, Event::CreatingRevision { revision: r, .. } if *r == revision)),
+        "{said:?}"
+    );
+    assert!(
+        said.iter().any(|e| matches!(e, Event::System { kind: SystemKind::ProbePassed, revision: r, .. } if *r == revision)),
+        "{said:?}"
+    );
     emulator.serve();
     let url = format!("http://{}/echo", emulator.listen_addr());
     let host = format!("{service}.localhost");
@@ -206,4 +219,17 @@ async fn the_library_starts_serves_and_stops_an_emulator_in_process() {
     assert!(reply.revision.starts_with(&service), "{}", reply.revision);
     emulator.shutdown(Shutdown::Graceful).await;
     assert!(containers_of(&service).is_empty());
+    // The shutdown returned after the instance's stop, which it said.
+    let said = received(&mut events);
+    assert!(
+        said.iter().any(|e| matches!(e, Event::System { kind: SystemKind::Stopped, revision: r, .. } if *r == revision)),
+        "{said:?}"
+    );
+}
+
+/// The events published so far.
+fn received(
+    events: &mut tokio::sync::broadcast::Receiver<emulate::events::Event>,
+) -> Vec<emulate::events::Event> {
+    std::iter::from_fn(|| events.try_recv().ok()).collect()
 }

@@ -1,0 +1,241 @@
+//! What the emulator says, as events: instances starting and stopping, probe results, exits
+//! and OOM kills, deploy progress, warnings, orphans reaped, and the containers' own log
+//! lines. Deep modules publish [`Event`]s on an [`Events`] handle and never write to the
+//! terminal themselves; the terminal printer (`logs::LogPrinter`) is the handle's sink, and
+//! later observers (a dashboard, request logs, `--format json`) subscribe to its broadcast.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+/// How many events a slow subscriber may fall behind before it misses some (it is told how
+/// many: `RecvError::Lagged`). The sink never misses any.
+const BACKLOG: usize = 1024;
+
+/// One thing the emulator says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A line in Cloud Run's name about a revision's instances (`SYSTEM` lines), its text
+    /// in Cloud Run's words.
+    System {
+        kind: SystemKind,
+        revision: String,
+        /// The instance's short id, when the line is about one that exists.
+        instance: Option<String>,
+        text: String,
+    },
+    /// A line a container wrote (stdout or stderr).
+    ContainerLog {
+        revision: String,
+        instance: String,
+        line: String,
+    },
+    /// A deploy creates a revision (its first instance starts next).
+    CreatingRevision {
+        service: String,
+        revision: String,
+        image: String,
+    },
+    /// A deploy's image is not present locally and is being pulled.
+    PullingImage { image: String, platform: String },
+    /// What the engine reports while pulling (each line once).
+    PullProgress { image: String, line: String },
+    /// A start in the background (for a request, or the autoscaler) failed: Cloud Run's text,
+    /// the container's last lines and the local diagnosis.
+    StartFailed { revision: String, report: String },
+    /// A starting instance will not become ready as it stands (it listens on loopback or on
+    /// another port), said before the startup probe gives up.
+    WillNotBecomeReady {
+        revision: String,
+        why: String,
+        /// How long the startup probe keeps waiting.
+        budget: Duration,
+    },
+    /// Containers left behind by an emulator that was killed were removed (their names).
+    OrphansReaped { containers: Vec<String> },
+    /// Something the user should know that went wrong outside any request.
+    Problem { level: Level, text: String },
+}
+
+/// Which `SYSTEM` line an [`Event::System`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SystemKind {
+    /// An instance is starting (and why: autoscaling, min instances).
+    Starting,
+    /// An instance passed its startup probe.
+    ProbePassed,
+    /// An instance failed its liveness probe and is restarted.
+    LivenessFailed,
+    /// An instance was killed for exceeding its memory limit.
+    OutOfMemory,
+    /// An instance exited by itself (`Container called exit(N).`).
+    Exited,
+    /// The emulator stopped an instance (scale down, retire, shutdown).
+    Stopped,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Warning,
+    Error,
+}
+
+impl Event {
+    pub fn system(kind: SystemKind, revision: &str, instance: Option<&str>, text: String) -> Self {
+        Event::System {
+            kind,
+            revision: revision.to_string(),
+            instance: instance.map(str::to_string),
+            text,
+        }
+    }
+
+    pub fn warning(text: impl Into<String>) -> Self {
+        Event::Problem {
+            level: Level::Warning,
+            text: text.into(),
+        }
+    }
+
+    pub fn error(text: impl Into<String>) -> Self {
+        Event::Problem {
+            level: Level::Error,
+            text: text.into(),
+        }
+    }
+}
+
+/// Where events are shown as they happen: called in the publisher's task, in publish order,
+/// before `publish` returns, so it can neither lag nor lose an event, and what the CLI
+/// prints after an action always comes after what the action said.
+pub trait Sink: Send + Sync + 'static {
+    fn show(&self, event: &Event);
+}
+
+/// The emulator's event stream. Cheap to clone; every clone publishes to the same sink and
+/// subscribers.
+#[derive(Clone)]
+pub struct Events {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    sink: Option<Box<dyn Sink>>,
+    broadcast: broadcast::Sender<Event>,
+}
+
+impl Events {
+    /// A stream nobody shows: events reach subscribers only.
+    pub fn new() -> Self {
+        Events::build(None)
+    }
+
+    /// A stream shown by `sink` (the terminal printer) as well as broadcast.
+    pub fn with_sink(sink: impl Sink) -> Self {
+        Events::build(Some(Box::new(sink)))
+    }
+
+    fn build(sink: Option<Box<dyn Sink>>) -> Self {
+        Events {
+            inner: Arc::new(Inner {
+                sink,
+                broadcast: broadcast::channel(BACKLOG).0,
+            }),
+        }
+    }
+
+    /// Shows the event on the sink, then broadcasts it to the subscribers (if any).
+    pub fn publish(&self, event: Event) {
+        if let Some(sink) = &self.inner.sink {
+            sink.show(&event);
+        }
+        if self.inner.broadcast.receiver_count() > 0 {
+            // Fails only when every subscriber went away meanwhile.
+            let _ = self.inner.broadcast.send(event);
+        }
+    }
+
+    /// Every event published from now on. A subscriber that falls more than 1024 events
+    /// behind misses the oldest (and is told so); the sink never does.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.broadcast.subscribe()
+    }
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events::new()
+    }
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events")
+            .field("sink", &self.inner.sink.is_some())
+            .field("subscribers", &self.inner.broadcast.receiver_count())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Keeps what it is shown.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<Event>>>);
+
+    impl Sink for Recorder {
+        fn show(&self, event: &Event) {
+            self.0.lock().unwrap().push(event.clone());
+        }
+    }
+
+    fn numbered(n: usize) -> Event {
+        Event::warning(format!("event {n}"))
+    }
+
+    #[test]
+    fn the_sink_sees_every_event_in_order_before_publish_returns() {
+        let recorder = Recorder::default();
+        let events = Events::with_sink(recorder.clone());
+        events.publish(numbered(1));
+        assert_eq!(*recorder.0.lock().unwrap(), [numbered(1)]);
+        events.clone().publish(numbered(2));
+        assert_eq!(*recorder.0.lock().unwrap(), [numbered(1), numbered(2)]);
+    }
+
+    #[test]
+    fn subscribers_get_what_is_published_after_they_subscribe() {
+        let events = Events::new();
+        events.publish(numbered(0));
+        let mut first = events.subscribe();
+        let mut second = events.subscribe();
+        events.publish(numbered(1));
+        events.publish(numbered(2));
+        for receiver in [&mut first, &mut second] {
+            assert_eq!(receiver.try_recv().unwrap(), numbered(1));
+            assert_eq!(receiver.try_recv().unwrap(), numbered(2));
+            assert!(receiver.try_recv().is_err());
+        }
+    }
+
+    #[test]
+    fn a_lagging_subscriber_never_costs_the_sink_a_line() {
+        let recorder = Recorder::default();
+        let events = Events::with_sink(recorder.clone());
+        let mut slow = events.subscribe();
+        let total = BACKLOG + 10;
+        for n in 0..total {
+            events.publish(numbered(n));
+        }
+        assert_eq!(recorder.0.lock().unwrap().len(), total);
+        assert_eq!(
+            slow.try_recv(),
+            Err(broadcast::error::TryRecvError::Lagged(10))
+        );
+        assert_eq!(slow.try_recv().unwrap(), numbered(10));
+    }
+}
