@@ -532,8 +532,5 @@ pub fn parse_checks_file(text: &str) -> Result<ChecksFile, FieldError> {
     Ok(ChecksFile { checks })
 }
 
-// The document as written. Values are kept as text here and checked in `build`, where an
-// error can say exactly which field holds the bad value.
-
 #[cfg(test)]
 mod tests;

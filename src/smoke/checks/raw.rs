@@ -1,6 +1,8 @@
 //! The checks file as serde reads it: the raw shapes (a request as a mapping or as
 //! "METHOD /path", a status as a number, a class or a list, one string or many), and their
-//! conversion into the checks model with each error's field path.
+//! conversion into the checks model with each error's field path. Values are kept as text
+//! here and checked in `build`, where an error can say exactly which field holds the bad
+//! value.
 
 use super::*;
 
