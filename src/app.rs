@@ -20,6 +20,7 @@ use crate::events::{Event, Events};
 use crate::instances::instance::{self, UpstreamMode};
 use crate::instances::pool::InstanceContext;
 use crate::logs::LogPrinter;
+use crate::metadata::{self, Metadata, MetadataConfig};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::serve::proxy::{DrainReport, Proxy, ProxyConfig};
 use crate::shutdown::Signals;
@@ -48,6 +49,9 @@ pub struct EmulatorConfig {
     /// The first is cancelled to stop gracefully (starts in progress give up), the second
     /// to stop at once (stops in progress turn into kills).
     pub signals: Signals,
+    /// What the metadata server says (project, region, service account); `None` runs
+    /// without one.
+    pub metadata: Option<MetadataConfig>,
 }
 
 impl Default for EmulatorConfig {
@@ -63,6 +67,11 @@ impl Default for EmulatorConfig {
             max_connections: proxy.max_connections,
             events: Events::with_sink(LogPrinter::stderr()),
             signals: Signals::default(),
+            metadata: Some(MetadataConfig {
+                project_id: metadata::LOCAL_PROJECT.to_string(),
+                region: metadata::DEFAULT_REGION.to_string(),
+                service_account: None,
+            }),
         }
     }
 }
@@ -148,6 +157,29 @@ impl Emulator {
         // Every task of the emulator (the front end, the admin API, every pool's) is counted
         // here, so a shutdown returns only once they have all ended.
         let tasks = TaskTracker::new();
+        // The metadata server answers from now on: instances ask it while they start.
+        let metadata_stop = CancellationToken::new();
+        let metadata_host = match &config.metadata {
+            Some(settings) => {
+                start_metadata(
+                    &runtime,
+                    mode,
+                    settings,
+                    &config.events,
+                    &tasks,
+                    &metadata_stop,
+                )
+                .await
+            }
+            None => None,
+        };
+        let env = match &metadata_host {
+            Some(host) => metadata::HOST_ENV
+                .iter()
+                .map(|name| (name.to_string(), host.clone()))
+                .collect(),
+            None => Vec::new(),
+        };
         let platform = Platform::new(
             InstanceContext {
                 runtime: runtime.clone(),
@@ -156,6 +188,7 @@ impl Emulator {
                 shutdown: config.signals.graceful.clone(),
                 immediate: config.signals.immediate.clone(),
                 tasks: tasks.clone(),
+                env,
             },
             PlatformConfig {
                 port: listen.port(),
@@ -178,6 +211,8 @@ impl Emulator {
             proxy: None,
             admin_task: None,
             drain: None,
+            metadata_host,
+            metadata_stop,
         })
     }
 }
@@ -203,6 +238,10 @@ pub struct Running {
     proxy: Option<JoinHandle<DrainReport>>,
     admin_task: Option<JoinHandle<()>>,
     drain: Option<Drain>,
+    /// The metadata server's `host:port` as containers reach it, if it runs.
+    metadata_host: Option<String>,
+    /// Stops the metadata server, once the instances are gone.
+    metadata_stop: CancellationToken,
 }
 
 impl Running {
@@ -232,6 +271,12 @@ impl Running {
     /// The token the admin API asks for, if it has one.
     pub fn admin_token(&self) -> Option<&str> {
         self.admin_token.as_deref()
+    }
+
+    /// The metadata server's `host:port` as containers reach it (`GCE_METADATA_HOST`), if it
+    /// runs.
+    pub fn metadata_host(&self) -> Option<&str> {
+        self.metadata_host.as_deref()
     }
 
     /// Starts serving: the front end and the admin API accept connections from now on.
@@ -318,9 +363,52 @@ impl Running {
                 self.platform.shutdown(true).await;
             }
         }
+        self.metadata_stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;
     }
+}
+
+/// Binds and serves the metadata server where containers reach it, and returns that
+/// `host:port`: the bridge gateway (a host address only the host and its containers use, never
+/// a public interface), or, on Docker Desktop, the host's loopback, which containers reach as
+/// `host.docker.internal`. Without either the emulator runs without one, and says so.
+async fn start_metadata(
+    runtime: &Runtime,
+    mode: UpstreamMode,
+    settings: &MetadataConfig,
+    events: &Events,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> Option<String> {
+    let unavailable = |why: String| {
+        events.publish(Event::warning(format!(
+            "no metadata server for the containers: {why}"
+        )));
+        None
+    };
+    let (ip, host) = match mode {
+        UpstreamMode::PublishedPort => (
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            "host.docker.internal".to_string(),
+        ),
+        UpstreamMode::ContainerIp => match runtime.bridge_gateway().await {
+            Ok(Some(gateway)) => (gateway.into(), gateway.to_string()),
+            Ok(None) => return unavailable("the default bridge network has no gateway".into()),
+            Err(e) => return unavailable(e.to_string()),
+        },
+    };
+    let listener = match TcpListener::bind(SocketAddr::new(ip, 0)).await {
+        Ok(listener) => listener,
+        Err(e) => return unavailable(format!("cannot listen on {ip}: {e}")),
+    };
+    let port = match listener.local_addr() {
+        Ok(addr) => addr.port(),
+        Err(e) => return unavailable(format!("cannot listen on {ip}: {e}")),
+    };
+    let server = Arc::new(Metadata::new(settings.clone()));
+    tasks.spawn(metadata::serve(listener, server, stop.clone()));
+    Some(format!("{host}:{port}"))
 }
 
 /// Removes containers an emulator that was killed left behind, and says so.

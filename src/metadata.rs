@@ -26,6 +26,8 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::FieldError;
+
 /// The project id used when neither `--project` nor the environment names one.
 pub const LOCAL_PROJECT: &str = "emulate-local";
 /// The region used when `--region` is not given.
@@ -52,6 +54,61 @@ pub struct MetadataConfig {
 }
 
 impl MetadataConfig {
+    /// The settings from `--project`, `--region` and `--service-account`, checked; `env`
+    /// gives the project's defaults.
+    pub fn from_flags(
+        project: Option<String>,
+        region: String,
+        service_account: Option<String>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, FieldError> {
+        let project_id = Self::project_from(project, env);
+        // Google's project id rules: 6 to 30 lowercase letters, digits and hyphens, starting
+        // with a letter and not ending with a hyphen.
+        let project_ok = (6..=30).contains(&project_id.len())
+            && project_id.starts_with(|c: char| c.is_ascii_lowercase())
+            && !project_id.ends_with('-')
+            && project_id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !project_ok {
+            return Err(FieldError::new(
+                "--project",
+                format!("'{project_id}' is not a project id: 6 to 30 lowercase letters, digits and hyphens, starting with a letter and not ending with a hyphen"),
+            ));
+        }
+        let region_ok = !region.is_empty()
+            && region
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !region_ok {
+            return Err(FieldError::new(
+                "--region",
+                format!("'{region}' is not a region (e.g. us-central1)"),
+            ));
+        }
+        if let Some(email) = &service_account {
+            let valid = email.split_once('@').is_some_and(|(name, domain)| {
+                !name.is_empty()
+                    && domain.contains('.')
+                    && email
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "@.-_".contains(c))
+            });
+            if !valid {
+                return Err(FieldError::new(
+                    "--service-account",
+                    format!("'{email}' is not a service account email (e.g. NAME@PROJECT.iam.gserviceaccount.com)"),
+                ));
+            }
+        }
+        Ok(MetadataConfig {
+            project_id,
+            region,
+            service_account,
+        })
+    }
+
     /// The project id from `--project`, else `GOOGLE_CLOUD_PROJECT`, else
     /// `CLOUDSDK_CORE_PROJECT`, else [`LOCAL_PROJECT`].
     pub fn project_from(flag: Option<String>, env: impl Fn(&str) -> Option<String>) -> String {

@@ -490,6 +490,7 @@ impl Platform {
             revision: name.clone(),
             image_id: image.id.clone(),
             config,
+            emulator_env: self.inner.ctx.env.clone(),
         };
         // The pool's starts give up when the service is deleted or the emulator stops.
         let ctx = InstanceContext {

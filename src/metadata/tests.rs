@@ -302,3 +302,25 @@ fn every_answer_carries_the_flavor_header() {
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     assert_eq!(response.headers()["metadata-flavor"], "Google");
 }
+
+#[test]
+fn bad_settings_name_their_flag() {
+    let none = |_: &str| None;
+    let ok = MetadataConfig::from_flags(Some("my-project".into()), "us-east1".into(), None, none);
+    assert_eq!(ok.unwrap().project_id, "my-project");
+    let error = |project: &str, region: &str, account: Option<&str>| {
+        MetadataConfig::from_flags(
+            Some(project.into()),
+            region.into(),
+            account.map(String::from),
+            none,
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    assert!(error("My_Project", "us-east1", None).contains("--project"));
+    assert!(error("abc", "us-east1", None).contains("--project"));
+    assert!(error("my-project", "US East", None).contains("--region"));
+    assert!(error("my-project", "us-east1", Some("nobody")).contains("--service-account"));
+    assert!(error("my-project", "us-east1", Some("a/b@x.com")).contains("--service-account"));
+}

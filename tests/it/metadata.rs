@@ -1,0 +1,153 @@
+//! The metadata server as an app on Cloud Run meets it: from inside its container, at
+//! `$GCE_METADATA_HOST`.
+
+use crate::support::*;
+
+/// What the test app's `/metadata` got from the metadata server: status and body.
+async fn ask(emulator: &Emulator, path: &str, flavor: bool) -> (u16, String, String) {
+    let flag = if flavor { "" } else { "&flavor=0" };
+    let reply = get(&emulator.url(&format!("/metadata?path={path}{flag}"))).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let (head, body) = reply
+        .body
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP response: {}", reply.body));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status: {head}"));
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+#[tokio::test]
+async fn an_instance_finds_the_project_region_account_and_a_token() {
+    let service = service_name("metadata");
+    let emulator = Emulator::start(
+        &service,
+        &[
+            testapp_image(),
+            "--project",
+            "my-project-42",
+            "--region",
+            "europe-west1",
+        ],
+    )
+    .await;
+    let env = get(&emulator.url("/echo")).await.json()["env"].clone();
+    let host = env["GCE_METADATA_HOST"].as_str().unwrap().to_string();
+    assert_eq!(env["GCE_METADATA_IP"], host.as_str());
+    assert!(
+        emulator
+            .stderr()
+            .contains(&format!("Metadata server: http://{host}")),
+        "{}",
+        emulator.stderr()
+    );
+
+    let (status, head, project) =
+        ask(&emulator, "/computeMetadata/v1/project/project-id", true).await;
+    assert_eq!((status, project.as_str()), (200, "my-project-42"));
+    assert!(head.contains("metadata-flavor: google"), "{head}");
+    let (_, _, number) = ask(
+        &emulator,
+        "/computeMetadata/v1/project/numeric-project-id",
+        true,
+    )
+    .await;
+    assert!(
+        number.len() == 12 && number.chars().all(|c| c.is_ascii_digit()),
+        "{number}"
+    );
+    let (_, _, region) = ask(&emulator, "/computeMetadata/v1/instance/region", true).await;
+    assert_eq!(region, format!("projects/{number}/regions/europe-west1"));
+    let (_, _, email) = ask(
+        &emulator,
+        "/computeMetadata/v1/instance/service-accounts/default/email",
+        true,
+    )
+    .await;
+    assert_eq!(
+        email,
+        format!("{number}-compute@developer.gserviceaccount.com")
+    );
+    let (status, head, token) = ask(
+        &emulator,
+        "/computeMetadata/v1/instance/service-accounts/default/token",
+        true,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let token: serde_json::Value = serde_json::from_str(&token).unwrap();
+    assert_eq!(token["token_type"], "Bearer");
+    assert!(
+        token["access_token"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{token}"
+    );
+    assert!(
+        token["expires_in"].as_u64().is_some_and(|s| s > 3000),
+        "{token}"
+    );
+
+    // Without the header: refused, in the real server's words.
+    let (status, head, body) =
+        ask(&emulator, "/computeMetadata/v1/project/project-id", false).await;
+    assert_eq!(status, 403);
+    assert!(head.contains("metadata-flavor: google"), "{head}");
+    assert!(
+        body.contains("Missing Metadata-Flavor:Google header."),
+        "{body}"
+    );
+    assert!(!body.contains("my-project-42"), "{body}");
+    // ID tokens are not served yet: an unknown path.
+    let (status, _, _) = ask(
+        &emulator,
+        "/computeMetadata/v1/instance/service-accounts/default/identity?audience=x",
+        true,
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_users_gce_metadata_host_wins() {
+    let service = service_name("metadata-user");
+    let emulator = Emulator::start(
+        &service,
+        &[
+            testapp_image(),
+            "--service-account",
+            "api@my-project.iam.gserviceaccount.com",
+            "--set-env-vars",
+            "GCE_METADATA_IP=10.9.9.9:80",
+        ],
+    )
+    .await;
+    let env = get(&emulator.url("/echo")).await.json()["env"].clone();
+    assert_eq!(env["GCE_METADATA_IP"], "10.9.9.9:80");
+    let (_, _, email) = ask(
+        &emulator,
+        "/computeMetadata/v1/instance/service-accounts/default/email",
+        true,
+    )
+    .await;
+    assert_eq!(email, "api@my-project.iam.gserviceaccount.com");
+}
+
+#[tokio::test]
+async fn a_bad_project_is_refused_before_anything_starts() {
+    let service = service_name("metadata-bad");
+    let finished = Emulator::run_to_exit(
+        &service,
+        &[testapp_image(), "--project", "Not_A_Project"],
+        &[],
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(finished.status.code(), Some(2), "{}", finished.stderr);
+    assert!(finished.stderr.contains("--project"), "{}", finished.stderr);
+    assert!(containers_of(&service).is_empty());
+}
