@@ -151,3 +151,56 @@ async fn a_bad_project_is_refused_before_anything_starts() {
     assert!(finished.stderr.contains("--project"), "{}", finished.stderr);
     assert!(containers_of(&service).is_empty());
 }
+
+/// Google's own client library, google-auth for Python (installed by `.ci/run`), finds the
+/// server through `GCE_METADATA_HOST`/`GCE_METADATA_IP`, as an app on Cloud Run does:
+/// `google.auth.default()` gives compute credentials and the project, and they refresh.
+#[tokio::test]
+async fn google_auth_for_python_gets_the_project_and_a_token() {
+    let service = service_name("metadata-py");
+    let emulator = Emulator::start(&service, &[testapp_image(), "--project", "py-project-7"]).await;
+    let stderr = emulator.stderr();
+    let host = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("Metadata server: http://"))
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no metadata server line: {stderr}"))
+        .to_string();
+    let script = r#"
+import google.auth, google.auth.transport.requests as transport
+from google.auth import compute_engine
+credentials, project = google.auth.default()
+assert isinstance(credentials, compute_engine.Credentials), type(credentials)
+credentials.refresh(transport.Request())
+print(project)
+print(credentials.service_account_email)
+print(credentials.token)
+"#;
+    let home = std::env::temp_dir().join(format!("{service}-home"));
+    std::fs::create_dir_all(&home).unwrap();
+    let output = std::process::Command::new("python3")
+        .args(["-c", script])
+        // Nothing else for google.auth.default() to find: no key file, no gcloud config.
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &home)
+        .env("GCE_METADATA_HOST", &host)
+        .env("GCE_METADATA_IP", &host)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3 ({e}): install it and `pip install google-auth requests` (.ci/run does)"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "google-auth failed (is it installed? `python3 -m pip install google-auth requests`, as .ci/run does):\n{stderr}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines[0], "py-project-7");
+    assert!(
+        lines[1].ends_with("-compute@developer.gserviceaccount.com"),
+        "{stdout}"
+    );
+    assert!(lines[2].starts_with("ya29."), "{stdout}");
+    std::fs::remove_dir_all(home).unwrap();
+}
