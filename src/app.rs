@@ -20,7 +20,7 @@ use crate::events::{Event, Events};
 use crate::instances::instance::{self, UpstreamMode};
 use crate::instances::pool::InstanceContext;
 use crate::logs::LogPrinter;
-use crate::metadata::{self, Metadata, MetadataConfig};
+use crate::metadata::{self, MetadataConfig};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::serve::proxy::{DrainReport, Proxy, ProxyConfig};
 use crate::shutdown::Signals;
@@ -159,7 +159,7 @@ impl Emulator {
         let tasks = TaskTracker::new();
         // The metadata server answers from now on: instances ask it while they start.
         let metadata_stop = CancellationToken::new();
-        let metadata_host = match &config.metadata {
+        let metadata = match &config.metadata {
             Some(settings) => {
                 start_metadata(
                     &runtime,
@@ -173,12 +173,9 @@ impl Emulator {
             }
             None => None,
         };
-        let env = match &metadata_host {
-            Some(host) => metadata::HOST_ENV
-                .iter()
-                .map(|name| (name.to_string(), host.clone()))
-                .collect(),
-            None => Vec::new(),
+        let metadata_host = match &metadata {
+            Some(servers) => servers.endpoint(None).await.ok(),
+            None => None,
         };
         let platform = Platform::new(
             InstanceContext {
@@ -188,7 +185,6 @@ impl Emulator {
                 shutdown: config.signals.graceful.clone(),
                 immediate: config.signals.immediate.clone(),
                 tasks: tasks.clone(),
-                env,
             },
             PlatformConfig {
                 port: listen.port(),
@@ -196,6 +192,7 @@ impl Emulator {
                     dir: config.secrets_dir.clone(),
                 },
                 default_service: config.default_service.clone(),
+                metadata,
             },
         );
         Ok(Running {
@@ -369,10 +366,10 @@ impl Running {
     }
 }
 
-/// Binds and serves the metadata server where containers reach it, and returns that
-/// `host:port`: the bridge gateway (a host address only the host and its containers use, never
-/// a public interface), or, on Docker Desktop, the host's loopback, which containers reach as
-/// `host.docker.internal`. Without either the emulator runs without one, and says so.
+/// Starts the metadata servers where containers reach them: on the bridge gateway (a host
+/// address only the host and its containers use, never a public interface), or, on Docker
+/// Desktop, on the host's loopback, which containers reach as `host.docker.internal`. Without
+/// either the emulator runs without one, and says so.
 async fn start_metadata(
     runtime: &Runtime,
     mode: UpstreamMode,
@@ -380,7 +377,7 @@ async fn start_metadata(
     events: &Events,
     tasks: &TaskTracker,
     stop: &CancellationToken,
-) -> Option<String> {
+) -> Option<metadata::Servers> {
     let unavailable = |why: String| {
         events.publish(Event::warning(format!(
             "no metadata server for the containers: {why}"
@@ -398,17 +395,10 @@ async fn start_metadata(
             Err(e) => return unavailable(e.to_string()),
         },
     };
-    let listener = match TcpListener::bind(SocketAddr::new(ip, 0)).await {
-        Ok(listener) => listener,
-        Err(e) => return unavailable(format!("cannot listen on {ip}: {e}")),
-    };
-    let port = match listener.local_addr() {
-        Ok(addr) => addr.port(),
-        Err(e) => return unavailable(format!("cannot listen on {ip}: {e}")),
-    };
-    let server = Arc::new(Metadata::new(settings.clone()));
-    tasks.spawn(metadata::serve(listener, server, stop.clone()));
-    Some(format!("{host}:{port}"))
+    match metadata::Servers::start(ip, host, settings.clone(), tasks.clone(), stop.clone()).await {
+        Ok(servers) => Some(servers),
+        Err(e) => unavailable(format!("cannot listen on {ip}: {e}")),
+    }
 }
 
 /// Removes containers an emulator that was killed left behind, and says so.

@@ -493,6 +493,94 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The metadata servers of one emulator: one per service account, each on its own port of
+/// the same address, so a container's identity is the server its `GCE_METADATA_HOST` names
+/// (service.yaml's `serviceAccountName` sets a service's; the others get `--service-account`'s).
+#[derive(Clone, Debug)]
+pub struct Servers {
+    inner: Arc<ServersInner>,
+}
+
+#[derive(Debug)]
+struct ServersInner {
+    /// Where the servers listen.
+    ip: std::net::IpAddr,
+    /// How containers name that address (the IP, or `host.docker.internal`).
+    host: String,
+    settings: MetadataConfig,
+    tasks: tokio_util::task::TaskTracker,
+    stop: CancellationToken,
+    /// `host:port` by service account email.
+    endpoints: tokio::sync::Mutex<HashMap<String, String>>,
+}
+
+impl Servers {
+    /// Starts the default account's server, so a bad address fails at start.
+    pub async fn start(
+        ip: std::net::IpAddr,
+        host: String,
+        settings: MetadataConfig,
+        tasks: tokio_util::task::TaskTracker,
+        stop: CancellationToken,
+    ) -> std::io::Result<Servers> {
+        let servers = Servers {
+            inner: Arc::new(ServersInner {
+                ip,
+                host,
+                settings,
+                tasks,
+                stop,
+                endpoints: tokio::sync::Mutex::new(HashMap::new()),
+            }),
+        };
+        servers.endpoint(None).await?;
+        Ok(servers)
+    }
+
+    /// The settings of the default account's server.
+    pub fn settings(&self) -> &MetadataConfig {
+        &self.inner.settings
+    }
+
+    /// The `host:port` of the server for `account` (an email, or a bare name, which Cloud Run
+    /// reads as `NAME@PROJECT.iam.gserviceaccount.com`); `None` is the default account. The
+    /// server starts on first use.
+    pub async fn endpoint(&self, account: Option<&str>) -> std::io::Result<String> {
+        let settings = &self.inner.settings;
+        let email = match account.filter(|a| !a.is_empty()) {
+            Some(name) if !name.contains('@') => {
+                format!("{name}@{}.iam.gserviceaccount.com", settings.project_id)
+            }
+            Some(email) => email.to_string(),
+            None => settings.email(),
+        };
+        let mut endpoints = self.inner.endpoints.lock().await;
+        if let Some(endpoint) = endpoints.get(&email) {
+            return Ok(endpoint.clone());
+        }
+        let listener = TcpListener::bind(std::net::SocketAddr::new(self.inner.ip, 0)).await?;
+        let port = listener.local_addr()?.port();
+        let server = Metadata::new(MetadataConfig {
+            service_account: Some(email.clone()),
+            ..settings.clone()
+        });
+        self.inner
+            .tasks
+            .spawn(serve(listener, Arc::new(server), self.inner.stop.clone()));
+        let endpoint = format!("{}:{port}", self.inner.host);
+        endpoints.insert(email, endpoint.clone());
+        Ok(endpoint)
+    }
+}
+
+/// The env that points a container at the server at `endpoint` (`host:port`).
+pub fn container_env(endpoint: &str) -> Vec<(String, String)> {
+    HOST_ENV
+        .iter()
+        .map(|name| (name.to_string(), endpoint.to_string()))
+        .collect()
+}
+
 /// Serves the metadata server on `listener` until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, metadata: Arc<Metadata>, shutdown: CancellationToken) {
     let mut builder = hyper::server::conn::http1::Builder::new();

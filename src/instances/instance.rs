@@ -47,9 +47,6 @@ pub struct InstanceContext {
     /// The emulator's tasks: every task a pool spawns is counted here too, so the emulator's
     /// shutdown waits for those of pools already gone from the records (a deleted revision).
     pub tasks: TaskTracker,
-    /// Env the emulator gives every container after Cloud Run's own (the metadata server's
-    /// address); a user's variable of the same name wins.
-    pub env: Vec<(String, String)>,
 }
 
 /// Where a pool's background tasks run: each is counted by the pool's tracker (a pool's
@@ -80,7 +77,8 @@ pub struct RevisionSpec {
     /// The image id the revision runs, so a rebuilt tag does not change it.
     pub image_id: String,
     pub config: RevisionConfig,
-    /// The emulator's env for every container ([`InstanceContext::env`]).
+    /// The emulator's env for the revision's containers (the metadata server of its service
+    /// account); a user's variable of the same name wins.
     pub emulator_env: Vec<(String, String)>,
 }
 

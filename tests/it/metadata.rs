@@ -204,3 +204,67 @@ print(credentials.token)
     assert!(lines[2].starts_with("ya29."), "{stdout}");
     std::fs::remove_dir_all(home).unwrap();
 }
+
+/// service.yaml's `serviceAccountName` is the identity of that service's containers; a
+/// service without one gets the default account, and each account its own token.
+#[tokio::test]
+async fn each_service_gets_its_own_service_account() {
+    let service = service_name("md-sa");
+    let other = format!("{service}-b");
+    let dir = std::env::temp_dir().join(format!("{service}-files"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let yaml = |name: &str, account: &str| {
+        format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  template:\n    spec:\n{account}      containers:\n      - image: {}\n",
+            testapp_image()
+        )
+    };
+    let a = dir.join("a.yaml");
+    let b = dir.join("b.yaml");
+    std::fs::write(&a, yaml(&service, "      serviceAccountName: api\n")).unwrap();
+    std::fs::write(&b, yaml(&other, "")).unwrap();
+    let emulator = Emulator::start(
+        &service,
+        &[
+            "-f",
+            a.to_str().unwrap(),
+            "-f",
+            b.to_str().unwrap(),
+            "--project",
+            "sa-project",
+            "--default-service",
+            &service,
+        ],
+    )
+    .await;
+    let email_path = "/computeMetadata/v1/instance/service-accounts/default/email";
+    let (_, _, email) = ask(&emulator, email_path, true).await;
+    assert_eq!(email, "api@sa-project.iam.gserviceaccount.com");
+    let token_path = "/computeMetadata/v1/instance/service-accounts/default/token";
+    let (_, _, token_a) = ask(&emulator, token_path, true).await;
+    // The second service, by its host name.
+    let host = format!("{other}.localhost");
+    let ask_b = |path: &str| {
+        let url = emulator.url(&format!("/metadata?path={path}"));
+        let host = host.clone();
+        async move { request("GET", &url, &[("host", &host)], Vec::new(), false).await }
+    };
+    let reply = ask_b(email_path).await;
+    assert!(
+        reply
+            .body
+            .ends_with("-compute@developer.gserviceaccount.com"),
+        "{}",
+        reply.body
+    );
+    let token_b = ask_b(token_path).await.body;
+    let access = |body: &str| -> String {
+        let json = body.split_once("\r\n\r\n").unwrap().1;
+        serde_json::from_str::<serde_json::Value>(json).unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_ne!(access(&format!("x\r\n\r\n{token_a}")), access(&token_b));
+    std::fs::remove_dir_all(dir).unwrap();
+}
