@@ -384,12 +384,16 @@ async fn start_metadata(
         )));
         None
     };
-    let (ip, host) = match mode {
-        UpstreamMode::PublishedPort => (
+    // Docker Desktop's containers reach the host's loopback as host.docker.internal; elsewhere
+    // (`--upstream published-port` on Linux included) the bridge gateway is the way.
+    let desktop =
+        mode == UpstreamMode::PublishedPort && runtime.is_docker_desktop().await.unwrap_or(false);
+    let (ip, host) = match desktop {
+        true => (
             std::net::IpAddr::from([127, 0, 0, 1]),
             "host.docker.internal".to_string(),
         ),
-        UpstreamMode::ContainerIp => match runtime.bridge_gateway().await {
+        false => match runtime.bridge_gateway().await {
             Ok(Some(gateway)) => (gateway.into(), gateway.to_string()),
             Ok(None) => return unavailable("the default bridge network has no gateway".into()),
             Err(e) => return unavailable(e.to_string()),
