@@ -20,6 +20,7 @@ use crate::events::{Event, Events};
 use crate::instances::instance::{self, UpstreamMode};
 use crate::instances::pool::InstanceContext;
 use crate::logs::LogPrinter;
+use crate::metadata::{self, MetadataConfig};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::serve::proxy::{DrainReport, Proxy, ProxyConfig};
 use crate::shutdown::Signals;
@@ -48,6 +49,9 @@ pub struct EmulatorConfig {
     /// The first is cancelled to stop gracefully (starts in progress give up), the second
     /// to stop at once (stops in progress turn into kills).
     pub signals: Signals,
+    /// What the metadata server says (project, region, service account); `None` runs
+    /// without one.
+    pub metadata: Option<MetadataConfig>,
 }
 
 impl Default for EmulatorConfig {
@@ -63,6 +67,11 @@ impl Default for EmulatorConfig {
             max_connections: proxy.max_connections,
             events: Events::with_sink(LogPrinter::stderr()),
             signals: Signals::default(),
+            metadata: Some(MetadataConfig {
+                project_id: metadata::LOCAL_PROJECT.to_string(),
+                region: metadata::DEFAULT_REGION.to_string(),
+                service_account: None,
+            }),
         }
     }
 }
@@ -148,6 +157,26 @@ impl Emulator {
         // Every task of the emulator (the front end, the admin API, every pool's) is counted
         // here, so a shutdown returns only once they have all ended.
         let tasks = TaskTracker::new();
+        // The metadata server answers from now on: instances ask it while they start.
+        let metadata_stop = CancellationToken::new();
+        let metadata = match &config.metadata {
+            Some(settings) => {
+                start_metadata(
+                    &runtime,
+                    mode,
+                    settings,
+                    &config.events,
+                    &tasks,
+                    &metadata_stop,
+                )
+                .await
+            }
+            None => None,
+        };
+        let metadata_host = match &metadata {
+            Some(servers) => servers.endpoint(None).await.ok(),
+            None => None,
+        };
         let platform = Platform::new(
             InstanceContext {
                 runtime: runtime.clone(),
@@ -163,6 +192,7 @@ impl Emulator {
                     dir: config.secrets_dir.clone(),
                 },
                 default_service: config.default_service.clone(),
+                metadata,
             },
         );
         Ok(Running {
@@ -178,6 +208,8 @@ impl Emulator {
             proxy: None,
             admin_task: None,
             drain: None,
+            metadata_host,
+            metadata_stop,
         })
     }
 }
@@ -203,6 +235,10 @@ pub struct Running {
     proxy: Option<JoinHandle<DrainReport>>,
     admin_task: Option<JoinHandle<()>>,
     drain: Option<Drain>,
+    /// The metadata server's `host:port` as containers reach it, if it runs.
+    metadata_host: Option<String>,
+    /// Stops the metadata server, once the instances are gone.
+    metadata_stop: CancellationToken,
 }
 
 impl Running {
@@ -232,6 +268,12 @@ impl Running {
     /// The token the admin API asks for, if it has one.
     pub fn admin_token(&self) -> Option<&str> {
         self.admin_token.as_deref()
+    }
+
+    /// The metadata server's `host:port` as containers reach it (`GCE_METADATA_HOST`), if it
+    /// runs.
+    pub fn metadata_host(&self) -> Option<&str> {
+        self.metadata_host.as_deref()
     }
 
     /// Starts serving: the front end and the admin API accept connections from now on.
@@ -318,8 +360,48 @@ impl Running {
                 self.platform.shutdown(true).await;
             }
         }
+        self.metadata_stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+    }
+}
+
+/// Starts the metadata servers where containers reach them: on the bridge gateway (a host
+/// address only the host and its containers use, never a public interface), or, on Docker
+/// Desktop, on the host's loopback, which containers reach as `host.docker.internal`. Without
+/// either the emulator runs without one, and says so.
+async fn start_metadata(
+    runtime: &Runtime,
+    mode: UpstreamMode,
+    settings: &MetadataConfig,
+    events: &Events,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> Option<metadata::Servers> {
+    let unavailable = |why: String| {
+        events.publish(Event::warning(format!(
+            "no metadata server for the containers: {why}"
+        )));
+        None
+    };
+    // Docker Desktop's containers reach the host's loopback as host.docker.internal; elsewhere
+    // (`--upstream published-port` on Linux included) the bridge gateway is the way.
+    let desktop =
+        mode == UpstreamMode::PublishedPort && runtime.is_docker_desktop().await.unwrap_or(false);
+    let (ip, host) = match desktop {
+        true => (
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            "host.docker.internal".to_string(),
+        ),
+        false => match runtime.bridge_gateway().await {
+            Ok(Some(gateway)) => (gateway.into(), gateway.to_string()),
+            Ok(None) => return unavailable("the default bridge network has no gateway".into()),
+            Err(e) => return unavailable(e.to_string()),
+        },
+    };
+    match metadata::Servers::start(ip, host, settings.clone(), tasks.clone(), stop.clone()).await {
+        Ok(servers) => Some(servers),
+        Err(e) => unavailable(format!("cannot listen on {ip}: {e}")),
     }
 }
 

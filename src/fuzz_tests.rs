@@ -379,3 +379,52 @@ fn the_checks_file_never_panics_and_errors_name_a_field() {
         },
     );
 }
+
+#[test]
+fn metadata_requests_and_flags_never_panic() {
+    use crate::metadata::{Metadata, MetadataConfig};
+    let server = Metadata::new(MetadataConfig {
+        project_id: "my-project".into(),
+        region: "us-central1".into(),
+        service_account: None,
+    });
+    let mut headers = http::HeaderMap::new();
+    headers.insert("metadata-flavor", http::HeaderValue::from_static("Google"));
+    fuzz(
+        "metadata paths",
+        |rng| {
+            input(
+                rng,
+                &[
+                    "/computeMetadata/v1/instance/service-accounts/default/?recursive=true&alt=text",
+                    "/computeMetadata/v1/project/project-id?alt=json",
+                    "/computeMetadata/v1//instance//",
+                ],
+            )
+        },
+        |text| {
+            let (path, query) = text.split_once('?').unwrap_or((text, ""));
+            let answer = server.answer(&http::Method::GET, path, query, &headers);
+            assert!(answer.status.as_u16() < 500, "{text:?}: {answer:?}");
+        },
+    );
+    fuzz(
+        "metadata flags",
+        |rng| {
+            input(
+                rng,
+                &["my-project", "us-east1", "sa@p.iam.gserviceaccount.com"],
+            )
+        },
+        |text| {
+            if let Err(e) = MetadataConfig::from_flags(
+                Some(text.to_string()),
+                text.to_string(),
+                Some(text.to_string()),
+                |_| None,
+            ) {
+                assert!(e.field.starts_with("--"), "{e}");
+            }
+        },
+    );
+}

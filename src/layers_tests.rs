@@ -8,7 +8,7 @@ const LAYERS: &[&[&str]] = &[
     &["cloudrun", "config", "shutdown"],
     &["events", "logs", "runtime"],
     &["instances", "sample"],
-    &["serve"],
+    &["serve", "metadata"],
     &["control"],
     &["admin"],
     &["app"],

@@ -14,6 +14,7 @@ pub mod control;
 pub mod events;
 pub mod instances;
 pub mod logs;
+pub mod metadata;
 pub mod runtime;
 pub mod sample;
 pub mod serve;

@@ -207,6 +207,30 @@ impl Runtime {
             .is_some_and(|os| os.contains("Docker Desktop")))
     }
 
+    /// The gateway address of Docker's default bridge network (typically 172.17.0.1): the
+    /// host's own address on the bridge, which every container on it can reach and which is
+    /// not a public interface. None when the network has no IPv4 gateway. Engines that leave
+    /// the gateway out of the IPAM config (20.10) use the subnet's first address.
+    pub async fn bridge_gateway(&self) -> Result<Option<std::net::Ipv4Addr>, RuntimeError> {
+        let network = self
+            .docker
+            .inspect_network(
+                "bridge",
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+            .map_err(|e| RuntimeError::operation("inspect the default bridge network", e))?;
+        Ok(network
+            .ipam
+            .and_then(|ipam| ipam.config)
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|config| match config.gateway {
+                Some(gateway) => gateway.parse().ok(),
+                None => config.subnet.as_deref().and_then(first_address),
+            }))
+    }
+
     /// The local image, or None when the engine does not have it.
     pub async fn inspect_image(&self, image: &str) -> Result<Option<ImageInfo>, RuntimeError> {
         match self.docker.inspect_image(image).await {
@@ -545,6 +569,14 @@ fn split_reference(image: &str) -> (String, Option<String>) {
 }
 
 /// The 12-character form of a container id, as `docker ps` shows it.
+/// The first host address of an IPv4 subnet (`172.17.0.0/16` → 172.17.0.1), Docker's choice
+/// of gateway.
+fn first_address(subnet: &str) -> Option<std::net::Ipv4Addr> {
+    let (network, _) = subnet.split_once('/')?;
+    let network: std::net::Ipv4Addr = network.parse().ok()?;
+    Some(std::net::Ipv4Addr::from(u32::from(network).checked_add(1)?))
+}
+
 pub fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
@@ -552,6 +584,14 @@ pub fn short(id: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bridge_without_a_gateway_uses_its_subnets_first_address() {
+        assert_eq!(first_address("172.17.0.0/16"), Some([172, 17, 0, 1].into()));
+        assert_eq!(first_address("10.1.2.0/24"), Some([10, 1, 2, 1].into()));
+        assert_eq!(first_address("fd00::/64"), None);
+        assert_eq!(first_address("garbage"), None);
+    }
 
     #[test]
     fn a_container_already_in_the_wanted_state_is_not_an_error() {

@@ -21,6 +21,7 @@ use crate::control::platform::ApplyError;
 use crate::events::Events;
 use crate::instances::instance::UpstreamMode;
 use crate::logs::LogPrinter;
+use crate::metadata::MetadataConfig;
 use crate::runtime::Runtime;
 use crate::sample;
 use crate::shutdown::Signals;
@@ -83,6 +84,34 @@ pub struct RunArgs {
     /// Client connections open at once (default: half the open-file limit, at most 10000).
     #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: Option<u64>,
+    #[command(flatten)]
+    pub google: GoogleArgs,
+}
+
+/// What the metadata server tells the containers about where they run.
+#[derive(Debug, Args)]
+pub struct GoogleArgs {
+    /// The project the metadata server names (default: GOOGLE_CLOUD_PROJECT, else
+    /// CLOUDSDK_CORE_PROJECT, else emulate-local).
+    #[arg(long, value_name = "PROJECT_ID")]
+    pub project: Option<String>,
+    /// The region the metadata server names.
+    #[arg(long, default_value = crate::metadata::DEFAULT_REGION, value_name = "REGION")]
+    pub region: String,
+    /// The service account the metadata server hands tokens for (default: the project's
+    /// Compute Engine default service account, PROJECT_NUMBER-compute@developer.gserviceaccount.com,
+    /// as on Cloud Run).
+    #[arg(long, value_name = "EMAIL")]
+    pub service_account: Option<String>,
+}
+
+impl GoogleArgs {
+    /// The metadata server's settings, checked; the project's defaults come from the env.
+    pub fn check(self) -> Result<MetadataConfig, FieldError> {
+        MetadataConfig::from_flags(self.project, self.region, self.service_account, |name| {
+            std::env::var(name).ok()
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -117,6 +146,7 @@ pub struct RunConfig {
     pub upstream: UpstreamChoice,
     pub header_read_timeout: Duration,
     pub max_connections: Option<usize>,
+    pub metadata: MetadataConfig,
 }
 
 impl RunConfig {
@@ -165,6 +195,7 @@ impl RunConfig {
                 &args.header_read_timeout,
             )?,
             max_connections: args.max_connections.map(|n| n as usize),
+            metadata: args.google.check()?,
         })
     }
 
@@ -188,6 +219,7 @@ impl RunConfig {
             max_connections: self.max_connections.unwrap_or(defaults.max_connections),
             events: Events::with_sink(printer),
             signals: signals.clone(),
+            metadata: Some(self.metadata.clone()),
         }
     }
 }
@@ -295,6 +327,12 @@ pub async fn run(args: RunArgs) -> Exit {
     // Announced before the address is printed, so a verb started on seeing it finds the token.
     let announcement = Announcement::write(admin, listen, &token);
     eprintln!("Admin API: http://{admin} (emulate services list, emulate deploy ... find it by themselves)");
+    if let Some(host) = emulator.metadata_host() {
+        eprintln!(
+            "Metadata server: http://{host} (project {}, GCE_METADATA_HOST in every container)",
+            config.metadata.project_id
+        );
+    }
     if let Err(e) = &announcement {
         eprintln!(
             "warning: cannot write the discovery file ({e}); CLI verbs will need --admin {admin} and {TOKEN_ENV}={token}"

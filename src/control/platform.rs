@@ -19,6 +19,7 @@ use crate::events::{Event, Events};
 use crate::instances::instance::{RevisionSpec, StartError, StartFailure};
 use crate::instances::pool::{InstanceContext, Pool};
 use crate::instances::revision::RevisionConfig;
+use crate::metadata;
 use crate::runtime::{self, RuntimeError};
 use crate::serve::router::{self, RevisionRoute, Router, RoutingTable, ServiceRoutes};
 
@@ -165,6 +166,8 @@ pub struct PlatformConfig {
     pub secrets: Secrets,
     /// The service plain `http://localhost:PORT` reaches when several exist.
     pub default_service: Option<String>,
+    /// The metadata servers (one per service account), if they run.
+    pub metadata: Option<metadata::Servers>,
 }
 
 #[derive(Clone)]
@@ -471,6 +474,25 @@ impl Platform {
         Ok(())
     }
 
+    /// The env that points a revision's containers at the metadata server of its service
+    /// account (`serviceAccountName`, else the emulator's default one).
+    async fn metadata_env(&self, template: &RevisionTemplate) -> Vec<(String, String)> {
+        let Some(servers) = &self.inner.config.metadata else {
+            return Vec::new();
+        };
+        let account = template.spec.service_account_name.as_deref();
+        match servers.endpoint(account).await {
+            Ok(endpoint) => metadata::container_env(&endpoint),
+            Err(e) => {
+                self.inner.ctx.events.publish(Event::warning(format!(
+                    "no metadata server for service account {}: {e}",
+                    account.unwrap_or("default")
+                )));
+                Vec::new()
+            }
+        }
+    }
+
     /// Makes a revision from a template, starts its first instance and waits for its startup
     /// probe. The revision is recorded (as latest created) even when it fails, with the reason;
     /// it becomes latest ready only when the apply commits.
@@ -490,6 +512,7 @@ impl Platform {
             revision: name.clone(),
             image_id: image.id.clone(),
             config,
+            emulator_env: self.metadata_env(template).await,
         };
         // The pool's starts give up when the service is deleted or the emulator stops.
         let ctx = InstanceContext {

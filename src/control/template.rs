@@ -237,9 +237,6 @@ pub fn resolve(
         None => None,
         Some(probe) => health_probe(probe, port, &format!("{at}.livenessProbe"), false)?,
     };
-    if spec.service_account_name.is_some() {
-        notes.push(format!("{SPEC}.serviceAccountName: accepted; it has no local effect (the container gets no Google credentials)"));
-    }
     for key in annotations.keys() {
         if key.starts_with("run.googleapis.com/") {
             notes.push(format!(
@@ -499,14 +496,14 @@ mod tests {
     }
 
     #[test]
-    fn settings_without_local_effect_are_noted() {
+    fn the_service_account_is_emulated_so_not_noted() {
+        // The metadata server hands the revision's containers that account's identity.
         let mut notes = Vec::new();
         let t = template(
             "",
             "      serviceAccountName: sa@p.iam.gserviceaccount.com\n",
         );
         resolve(&t, &Secrets::default(), &mut notes).unwrap();
-        assert_eq!(notes.len(), 1);
-        assert!(notes[0].starts_with("spec.template.spec.serviceAccountName"));
+        assert!(notes.is_empty(), "{notes:?}");
     }
 }

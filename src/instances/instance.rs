@@ -77,10 +77,14 @@ pub struct RevisionSpec {
     /// The image id the revision runs, so a rebuilt tag does not change it.
     pub image_id: String,
     pub config: RevisionConfig,
+    /// The emulator's env for the revision's containers (the metadata server of its service
+    /// account); a user's variable of the same name wins.
+    pub emulator_env: Vec<(String, String)>,
 }
 
 impl RevisionSpec {
-    /// The container's env: Cloud Run's variables first, then the user's.
+    /// The container's env: Cloud Run's variables first, then the emulator's (those the user
+    /// does not set), then the user's.
     pub fn container_env(&self) -> Vec<(String, String)> {
         let container = &self.config.container;
         let mut env = vec![
@@ -89,6 +93,12 @@ impl RevisionSpec {
             ("K_REVISION".to_string(), self.revision.clone()),
             ("K_CONFIGURATION".to_string(), self.service.clone()),
         ];
+        env.extend(
+            self.emulator_env
+                .iter()
+                .filter(|(name, _)| !container.env.iter().any(|(user, _)| user == name))
+                .cloned(),
+        );
         env.extend(container.env.iter().cloned());
         env
     }
@@ -106,6 +116,7 @@ impl RevisionSpec {
             service: service.into(),
             revision: format!("{service}-00001-abc"),
             image_id: "sha256:x".into(),
+            emulator_env: Vec::new(),
             config: RevisionConfig {
                 container: ContainerConfig {
                     image: service.into(),
@@ -721,6 +732,25 @@ mod tests {
         assert_eq!(env[2], ("K_REVISION".into(), "hello-00001-abc".into()));
         assert_eq!(env[3], ("K_CONFIGURATION".into(), "hello".into()));
         assert_eq!(env[4], ("A".into(), "1".into()));
+    }
+
+    #[test]
+    fn env_gives_the_emulators_variables_unless_the_user_sets_them() {
+        let mut spec = RevisionSpec::example("hello");
+        spec.emulator_env = vec![
+            ("GCE_METADATA_HOST".into(), "172.17.0.1:4000".into()),
+            ("GCE_METADATA_IP".into(), "172.17.0.1:4000".into()),
+        ];
+        spec.config.container.env = vec![("GCE_METADATA_IP".into(), "mine".into())];
+        let env = spec.container_env();
+        let values = |name: &str| -> Vec<String> {
+            env.iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        assert_eq!(values("GCE_METADATA_HOST"), ["172.17.0.1:4000"]);
+        assert_eq!(values("GCE_METADATA_IP"), ["mine"]);
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod control;
 mod failures;
 mod faults;
 mod lifecycle;
+mod metadata;
 mod promises;
 mod proxying;
 mod revisions;

@@ -466,11 +466,18 @@ spec:
     assert_eq!(echo["env"]["DB_PASS"], "hunter2");
     assert_eq!(echo["env"]["PORT"], "9000");
     assert_eq!(echo["env"]["K_REVISION"], format!("{service}-first"));
-    let stderr = emulator.stderr();
+    // The service account is the identity the metadata server gives the containers.
+    let email =
+        get(&emulator
+            .url("/metadata?path=/computeMetadata/v1/instance/service-accounts/default/email"))
+        .await
+        .body;
     assert!(
-        stderr.contains("note: spec.template.spec.serviceAccountName: accepted"),
-        "{stderr}"
+        email.ends_with("\r\n\r\nsa@project.iam.gserviceaccount.com"),
+        "{email}"
     );
+    let stderr = emulator.stderr();
+    assert!(!stderr.contains("serviceAccountName"), "{stderr}");
     assert!(
         stderr.contains(
             "note: spec.template.metadata.annotations[run.googleapis.com/vpc-access-connector]"

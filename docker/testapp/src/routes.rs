@@ -65,6 +65,7 @@ pub async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible
         "/status" => status(&query),
         "/crash" => crash(&query),
         "/upload" => upload(req).await,
+        "/metadata" => metadata(&query).await,
         "/healthz" if SICK.load(std::sync::atomic::Ordering::SeqCst) => {
             Ok(text(StatusCode::SERVICE_UNAVAILABLE, "sick\n"))
         }
@@ -372,4 +373,35 @@ fn crash(query: &Query) -> Handled {
 async fn upload(req: Request<Incoming>) -> Handled {
     let len = body_len(req.into_body()).await?;
     Ok(text(StatusCode::OK, format!("received {len} bytes\n")))
+}
+
+/// `/metadata?path=P[&flavor=0]`: asks the metadata server at `$GCE_METADATA_HOST` for `P`
+/// (with `Metadata-Flavor: Google` unless `flavor=0`), as Google's libraries do from inside
+/// a container, and answers with the raw HTTP response it got.
+async fn metadata(query: &Query) -> Handled {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = std::env::var("GCE_METADATA_HOST")
+        .map_err(|_| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "no GCE_METADATA_HOST\n"))?;
+    let path = query.get("path").unwrap_or("/computeMetadata/v1/");
+    let flavor = if query.get("flavor") == Some("0") {
+        ""
+    } else {
+        "Metadata-Flavor: Google\r\n"
+    };
+    let failed = |e: std::io::Error| {
+        Failure::new(
+            StatusCode::BAD_GATEWAY,
+            format!("metadata server at {host}: {e}\n"),
+        )
+    };
+    let mut stream = tokio::net::TcpStream::connect(&host)
+        .await
+        .map_err(failed)?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: metadata.google.internal\r\n{flavor}Connection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.map_err(failed)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.map_err(failed)?;
+    Ok(text(StatusCode::OK, response))
 }

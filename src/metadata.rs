@@ -1,0 +1,644 @@
+//! The metadata server every instance can reach, as Cloud Run's (offline mode): the project,
+//! the region, the instance and its service account with an opaque access token, under
+//! `/computeMetadata/v1/`. Google's client libraries find it through `GCE_METADATA_HOST`.
+//!
+//! The rules are the real server's (Compute Engine's "About VM metadata" and Cloud Run's
+//! "Container runtime contract"; google-auth-library-python's `compute_engine/_metadata.py` as
+//! the client): `Metadata-Flavor: Google` is required under `/computeMetadata/v1/` (403
+//! otherwise) and carried by every answer; a request with `X-Forwarded-For` is refused;
+//! unknown paths are 404; `?recursive=true` answers a directory as JSON (camelCase keys) and
+//! `?alt=json|text` picks the format; text answers are `application/text`, JSON ones
+//! `application/json` (the client parses JSON on that content type only).
+//!
+//! Not served yet: `identity` (ID tokens) answers 404 as an unknown path does.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::FieldError;
+
+/// The project id used when neither `--project` nor the environment names one.
+pub const LOCAL_PROJECT: &str = "emulate-local";
+/// The region used when `--region` is not given.
+pub const DEFAULT_REGION: &str = "us-central1";
+/// The env vars every container gets, naming the server's `host:port` (google-auth reads
+/// both: `GCE_METADATA_HOST` for requests, `GCE_METADATA_IP` for its "am I on Google" ping).
+pub const HOST_ENV: [&str; 2] = ["GCE_METADATA_HOST", "GCE_METADATA_IP"];
+
+/// How long an access token lives, and how close to its expiry the server hands out a new
+/// one (until then every request gets the same token, its `expires_in` counting down).
+const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(300);
+
+/// Cloud Run's default scope for the service account's tokens.
+const SCOPES: &[&str] = &["https://www.googleapis.com/auth/cloud-platform"];
+
+/// What the server says about the project and its one identity: plain data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetadataConfig {
+    pub project_id: String,
+    pub region: String,
+    /// The service account's email; `None` means the project's default compute account.
+    pub service_account: Option<String>,
+}
+
+impl MetadataConfig {
+    /// The settings from `--project`, `--region` and `--service-account`, checked; `env`
+    /// gives the project's defaults.
+    pub fn from_flags(
+        project: Option<String>,
+        region: String,
+        service_account: Option<String>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, FieldError> {
+        let project_id = Self::project_from(project, env);
+        // Google's project id rules: 6 to 30 lowercase letters, digits and hyphens, starting
+        // with a letter and not ending with a hyphen.
+        let project_ok = (6..=30).contains(&project_id.len())
+            && project_id.starts_with(|c: char| c.is_ascii_lowercase())
+            && !project_id.ends_with('-')
+            && project_id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !project_ok {
+            return Err(FieldError::new(
+                "--project",
+                format!("'{project_id}' is not a project id: 6 to 30 lowercase letters, digits and hyphens, starting with a letter and not ending with a hyphen"),
+            ));
+        }
+        let region_ok = !region.is_empty()
+            && region
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !region_ok {
+            return Err(FieldError::new(
+                "--region",
+                format!("'{region}' is not a region (e.g. us-central1)"),
+            ));
+        }
+        if let Some(email) = &service_account {
+            let valid = email.split_once('@').is_some_and(|(name, domain)| {
+                !name.is_empty()
+                    && domain.contains('.')
+                    && email
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "@.-_".contains(c))
+            });
+            if !valid {
+                return Err(FieldError::new(
+                    "--service-account",
+                    format!("'{email}' is not a service account email (e.g. NAME@PROJECT.iam.gserviceaccount.com)"),
+                ));
+            }
+        }
+        Ok(MetadataConfig {
+            project_id,
+            region,
+            service_account,
+        })
+    }
+
+    /// The project id from `--project`, else `GOOGLE_CLOUD_PROJECT`, else
+    /// `CLOUDSDK_CORE_PROJECT`, else [`LOCAL_PROJECT`].
+    pub fn project_from(flag: Option<String>, env: impl Fn(&str) -> Option<String>) -> String {
+        flag.or_else(|| env("GOOGLE_CLOUD_PROJECT"))
+            .or_else(|| env("CLOUDSDK_CORE_PROJECT"))
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| LOCAL_PROJECT.to_string())
+    }
+
+    /// A stable 12-digit project number derived from the id (the real one is assigned by
+    /// Google; apps only see it in `numeric-project-id` and resource names).
+    pub fn project_number(&self) -> u64 {
+        // FNV-1a: the same id gives the same number on every run and machine.
+        let hash = self
+            .project_id
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        100_000_000_000 + hash % 900_000_000_000
+    }
+
+    /// The service account's email: the configured one, else Cloud Run's default, the
+    /// project's Compute Engine default service account.
+    pub fn email(&self) -> String {
+        match &self.service_account {
+            Some(email) => email.clone(),
+            None => format!(
+                "{}-compute@developer.gserviceaccount.com",
+                self.project_number()
+            ),
+        }
+    }
+}
+
+/// One node of the metadata tree.
+#[derive(Clone, Debug)]
+enum Node {
+    /// Entries in the order the listing shows them (kebab-case names).
+    Dir(Vec<(String, Node)>),
+    Text(String),
+    Number(u64),
+    List(Vec<String>),
+    /// The access token, fetched (and cached) only when asked for; never in a recursive
+    /// answer, as on the real server.
+    Token,
+}
+
+/// The metadata server's state: its settings, the instance id and the token cache.
+#[derive(Debug)]
+pub struct Metadata {
+    config: MetadataConfig,
+    instance_id: String,
+    token: Mutex<Option<CachedToken>>,
+}
+
+#[derive(Clone, Debug)]
+struct CachedToken {
+    value: String,
+    expires: Instant,
+}
+
+/// One answer of the server, before it becomes an HTTP response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Metadata {
+    pub fn new(config: MetadataConfig) -> Self {
+        Metadata {
+            config,
+            instance_id: hex(&rand::random::<[u8; 32]>()),
+            token: Mutex::new(None),
+        }
+    }
+
+    pub fn config(&self) -> &MetadataConfig {
+        &self.config
+    }
+
+    /// The access token: the cached one while it has more than the refresh margin left, else
+    /// a new one. Returns the token and its remaining lifetime.
+    fn access_token(&self) -> (String, Duration) {
+        let now = Instant::now();
+        let mut cached = self.token.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = cached
+            .as_ref()
+            .filter(|t| t.expires.saturating_duration_since(now) > TOKEN_REFRESH_MARGIN)
+            .cloned();
+        let token = fresh.unwrap_or_else(|| {
+            let token = CachedToken {
+                // Opaque, in the shape of Google's access tokens: Google's local emulators
+                // (Pub/Sub, Firestore, Datastore, Spanner) accept any bearer token.
+                value: format!("ya29.emulate.{}", hex(&rand::random::<[u8; 24]>())),
+                expires: now + TOKEN_LIFETIME,
+            };
+            *cached = Some(token.clone());
+            token
+        });
+        let left = token.expires.saturating_duration_since(now);
+        (token.value, left)
+    }
+
+    fn account(&self) -> Node {
+        Node::Dir(vec![
+            ("aliases".into(), Node::List(vec!["default".into()])),
+            ("email".into(), Node::Text(self.config.email())),
+            (
+                "scopes".into(),
+                Node::List(SCOPES.iter().map(|s| s.to_string()).collect()),
+            ),
+            ("token".into(), Node::Token),
+        ])
+    }
+
+    /// The tree under `/computeMetadata/v1/`.
+    fn tree(&self) -> Node {
+        let number = self.config.project_number();
+        let region = &self.config.region;
+        Node::Dir(vec![
+            (
+                "instance".into(),
+                Node::Dir(vec![
+                    ("id".into(), Node::Text(self.instance_id.clone())),
+                    (
+                        "region".into(),
+                        Node::Text(format!("projects/{number}/regions/{region}")),
+                    ),
+                    (
+                        "service-accounts".into(),
+                        Node::Dir(vec![
+                            ("default".into(), self.account()),
+                            (self.config.email(), self.account()),
+                        ]),
+                    ),
+                    (
+                        "zone".into(),
+                        Node::Text(format!("projects/{number}/zones/{region}-1")),
+                    ),
+                ]),
+            ),
+            (
+                "project".into(),
+                Node::Dir(vec![
+                    ("numeric-project-id".into(), Node::Number(number)),
+                    (
+                        "project-id".into(),
+                        Node::Text(self.config.project_id.clone()),
+                    ),
+                ]),
+            ),
+        ])
+    }
+
+    /// Answers one request from its method, path, query and headers.
+    pub fn answer(&self, method: &Method, path: &str, query: &str, headers: &HeaderMap) -> Answer {
+        if headers.contains_key("x-forwarded-for") {
+            // The real server refuses any request that went through a proxy.
+            return google_error(
+                StatusCode::FORBIDDEN,
+                &format!("Your client does not have permission to get URL <code>{path}</code> from this server. Requests with an X-Forwarded-For header are refused."),
+            );
+        }
+        if method != Method::GET && method != Method::HEAD {
+            return google_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("The request method <code>{method}</code> is inappropriate for the URL <code>{path}</code>."),
+            );
+        }
+        // The two directories above v1 list without the header, as on the real server.
+        match path {
+            "/" => return text("computeMetadata/\n"),
+            "/computeMetadata" | "/computeMetadata/" => return text("v1/\n"),
+            _ => {}
+        }
+        let Some(rest) = path
+            .strip_prefix("/computeMetadata/v1")
+            .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+        else {
+            return not_found(path);
+        };
+        let flavored = headers
+            .get("metadata-flavor")
+            .is_some_and(|value| value.as_bytes() == b"Google");
+        if !flavored {
+            return google_error(
+                StatusCode::FORBIDDEN,
+                &format!("Your client does not have permission to get URL <code>{path}</code> from this server. Missing Metadata-Flavor:Google header."),
+            );
+        }
+        let params = parse_query(query);
+        let recursive = params.get("recursive").is_some_and(|v| v == "true");
+        let alt = params.get("alt").map(String::as_str);
+        if alt.is_some_and(|alt| alt != "json" && alt != "text") {
+            return google_error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "Invalid alt value <code>{}</code>: json or text.",
+                    alt.unwrap_or("")
+                ),
+            );
+        }
+        let trailing = rest.ends_with('/');
+        let mut node = self.tree();
+        for segment in rest.split('/').filter(|s| !s.is_empty()) {
+            let Node::Dir(entries) = node else {
+                return not_found(path);
+            };
+            match entries.into_iter().find(|(name, _)| name == segment) {
+                Some((_, child)) => node = child,
+                None => return not_found(path),
+            }
+        }
+        match node {
+            Node::Dir(entries) => {
+                if recursive {
+                    let value = to_json(&Node::Dir(entries.clone()));
+                    match alt {
+                        Some("text") => text(&flatten(&value)),
+                        _ => json_answer(&value),
+                    }
+                } else if alt == Some("json") {
+                    json_answer(&Value::from(listing(&entries)))
+                } else {
+                    text(&listing(&entries).concat())
+                }
+            }
+            _ if trailing => not_found(path),
+            Node::Token => {
+                let (token, left) = self.access_token();
+                json_answer(&json!({
+                    "access_token": token,
+                    "expires_in": left.as_secs(),
+                    "token_type": "Bearer",
+                }))
+            }
+            leaf => match alt {
+                Some("json") => json_answer(&to_json(&leaf)),
+                _ => text(&leaf_text(&leaf)),
+            },
+        }
+    }
+}
+
+/// A directory's listing: one entry a line, directories with a trailing slash.
+fn listing(entries: &[(String, Node)]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|(name, node)| match node {
+            Node::Dir(_) => format!("{name}/\n"),
+            _ => format!("{name}\n"),
+        })
+        .collect()
+}
+
+fn leaf_text(node: &Node) -> String {
+    match node {
+        Node::Text(text) => text.clone(),
+        Node::Number(n) => n.to_string(),
+        Node::List(items) => items.iter().map(|i| format!("{i}\n")).collect(),
+        Node::Dir(_) | Node::Token => String::new(),
+    }
+}
+
+/// A node as recursive JSON: keys in camelCase, as the real server writes them; the token
+/// left out.
+fn to_json(node: &Node) -> Value {
+    match node {
+        Node::Dir(entries) => Value::Object(
+            entries
+                .iter()
+                .filter(|(_, node)| !matches!(node, Node::Token))
+                .map(|(name, node)| (camel(name), to_json(node)))
+                .collect(),
+        ),
+        Node::Text(text) => Value::from(text.clone()),
+        Node::Number(n) => Value::from(*n),
+        Node::List(items) => Value::from(items.clone()),
+        Node::Token => Value::Null,
+    }
+}
+
+/// `numeric-project-id` → `numericProjectId`; an email key is kept as it is.
+fn camel(name: &str) -> String {
+    if name.contains('@') {
+        return name.to_string();
+    }
+    let mut out = String::new();
+    let mut upper = false;
+    for c in name.chars() {
+        if c == '-' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `?recursive=true&alt=text`: one `path value` line per leaf.
+fn flatten(value: &Value) -> String {
+    fn walk(prefix: &str, value: &Value, out: &mut String) {
+        match value {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}/{key}")
+                    };
+                    walk(&path, value, out);
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(&format!("{prefix}/{i}"), item, out);
+                }
+            }
+            Value::String(s) => out.push_str(&format!("{prefix} {s}\n")),
+            other => out.push_str(&format!("{prefix} {other}\n")),
+        }
+    }
+    let mut out = String::new();
+    walk("", value, &mut out);
+    out
+}
+
+fn parse_query(query: &str) -> HashMap<String, String> {
+    query
+        .split('&')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let (key, value) = part.split_once('=').unwrap_or((part, ""));
+            (key.to_string(), value.to_string())
+        })
+        .collect()
+}
+
+fn text(body: &str) -> Answer {
+    Answer {
+        status: StatusCode::OK,
+        content_type: "application/text",
+        body: body.to_string(),
+    }
+}
+
+fn json_answer(value: &Value) -> Answer {
+    Answer {
+        status: StatusCode::OK,
+        content_type: "application/json",
+        body: value.to_string(),
+    }
+}
+
+fn not_found(path: &str) -> Answer {
+    google_error(
+        StatusCode::NOT_FOUND,
+        &format!("The requested URL <code>{path}</code> was not found on this server."),
+    )
+}
+
+/// Google's front end error page, as the real server sends it.
+fn google_error(status: StatusCode, message: &str) -> Answer {
+    let code = status.as_u16();
+    let reason = status.canonical_reason().unwrap_or("Error");
+    Answer {
+        status,
+        content_type: "text/html; charset=UTF-8",
+        body: format!(
+            "<!DOCTYPE html>\n<html lang=en>\n  <meta charset=utf-8>\n  <title>Error {code} ({reason})!!1</title>\n  <p><b>{code}.</b> <ins>That’s an error.</ins>\n  <p>{message} <ins>That’s all we know.</ins>\n"
+        ),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The metadata servers of one emulator: one per service account, each on its own port of
+/// the same address, so a container's identity is the server its `GCE_METADATA_HOST` names
+/// (service.yaml's `serviceAccountName` sets a service's; the others get `--service-account`'s).
+#[derive(Clone, Debug)]
+pub struct Servers {
+    inner: Arc<ServersInner>,
+}
+
+#[derive(Debug)]
+struct ServersInner {
+    /// Where the servers listen.
+    ip: std::net::IpAddr,
+    /// How containers name that address (the IP, or `host.docker.internal`).
+    host: String,
+    settings: MetadataConfig,
+    tasks: tokio_util::task::TaskTracker,
+    stop: CancellationToken,
+    /// `host:port` by service account email.
+    endpoints: tokio::sync::Mutex<HashMap<String, String>>,
+}
+
+impl Servers {
+    /// Starts the default account's server, so a bad address fails at start.
+    pub async fn start(
+        ip: std::net::IpAddr,
+        host: String,
+        settings: MetadataConfig,
+        tasks: tokio_util::task::TaskTracker,
+        stop: CancellationToken,
+    ) -> std::io::Result<Servers> {
+        let servers = Servers {
+            inner: Arc::new(ServersInner {
+                ip,
+                host,
+                settings,
+                tasks,
+                stop,
+                endpoints: tokio::sync::Mutex::new(HashMap::new()),
+            }),
+        };
+        servers.endpoint(None).await?;
+        Ok(servers)
+    }
+
+    /// The settings of the default account's server.
+    pub fn settings(&self) -> &MetadataConfig {
+        &self.inner.settings
+    }
+
+    /// The `host:port` of the server for `account` (an email, or a bare name, which Cloud Run
+    /// reads as `NAME@PROJECT.iam.gserviceaccount.com`); `None` is the default account. The
+    /// server starts on first use.
+    pub async fn endpoint(&self, account: Option<&str>) -> std::io::Result<String> {
+        let settings = &self.inner.settings;
+        let email = match account.filter(|a| !a.is_empty()) {
+            Some(name) if !name.contains('@') => {
+                format!("{name}@{}.iam.gserviceaccount.com", settings.project_id)
+            }
+            Some(email) => email.to_string(),
+            None => settings.email(),
+        };
+        let mut endpoints = self.inner.endpoints.lock().await;
+        if let Some(endpoint) = endpoints.get(&email) {
+            return Ok(endpoint.clone());
+        }
+        let listener = TcpListener::bind(std::net::SocketAddr::new(self.inner.ip, 0)).await?;
+        let port = listener.local_addr()?.port();
+        let server = Metadata::new(MetadataConfig {
+            service_account: Some(email.clone()),
+            ..settings.clone()
+        });
+        self.inner
+            .tasks
+            .spawn(serve(listener, Arc::new(server), self.inner.stop.clone()));
+        let endpoint = format!("{}:{port}", self.inner.host);
+        endpoints.insert(email, endpoint.clone());
+        Ok(endpoint)
+    }
+}
+
+/// The env that points a container at the server at `endpoint` (`host:port`).
+pub fn container_env(endpoint: &str) -> Vec<(String, String)> {
+    HOST_ENV
+        .iter()
+        .map(|name| (name.to_string(), endpoint.to_string()))
+        .collect()
+}
+
+/// Serves the metadata server on `listener` until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, metadata: Arc<Metadata>, shutdown: CancellationToken) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::debug!("metadata server: accept failed: {e}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let metadata = metadata.clone();
+        let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+            let answer = metadata.answer(
+                request.method(),
+                request.uri().path(),
+                request.uri().query().unwrap_or(""),
+                request.headers(),
+            );
+            async move { Ok::<_, Infallible>(response(answer)) }
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                result = connection => if let Err(e) = result {
+                    tracing::debug!("metadata server connection ended: {e}");
+                },
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn response(answer: Answer) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(answer.body)));
+    *response.status_mut() = answer.status;
+    let headers = response.headers_mut();
+    headers.insert("metadata-flavor", http::HeaderValue::from_static("Google"));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(answer.content_type),
+    );
+    headers.insert(
+        "server",
+        http::HeaderValue::from_static("Metadata Server for Serverless"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests;

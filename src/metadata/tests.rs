@@ -1,0 +1,326 @@
+use super::*;
+
+fn server() -> Metadata {
+    Metadata::new(MetadataConfig {
+        project_id: "my-project".into(),
+        region: "europe-west1".into(),
+        service_account: None,
+    })
+}
+
+fn flavored() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("metadata-flavor", "Google".parse().unwrap());
+    headers
+}
+
+fn get(server: &Metadata, path_and_query: &str) -> Answer {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    server.answer(&Method::GET, path, query, &flavored())
+}
+
+#[test]
+fn the_project_region_and_account_are_served_as_text() {
+    let server = server();
+    let number = server.config().project_number();
+    let project = get(&server, "/computeMetadata/v1/project/project-id");
+    assert_eq!(project.status, StatusCode::OK);
+    assert_eq!(project.content_type, "application/text");
+    assert_eq!(project.body, "my-project");
+    assert_eq!(
+        get(&server, "/computeMetadata/v1/project/numeric-project-id").body,
+        number.to_string()
+    );
+    assert_eq!(
+        get(&server, "/computeMetadata/v1/instance/region").body,
+        format!("projects/{number}/regions/europe-west1")
+    );
+    assert_eq!(
+        get(&server, "/computeMetadata/v1/instance/zone").body,
+        format!("projects/{number}/zones/europe-west1-1")
+    );
+    let email = format!("{number}-compute@developer.gserviceaccount.com");
+    assert_eq!(
+        get(
+            &server,
+            "/computeMetadata/v1/instance/service-accounts/default/email"
+        )
+        .body,
+        email
+    );
+    assert_eq!(
+        get(
+            &server,
+            &format!("/computeMetadata/v1/instance/service-accounts/{email}/email")
+        )
+        .body,
+        email
+    );
+    assert_eq!(
+        get(
+            &server,
+            "/computeMetadata/v1/instance/service-accounts/default/aliases"
+        )
+        .body,
+        "default\n"
+    );
+    assert_eq!(
+        get(&server, "/computeMetadata/v1/instance/id").body.len(),
+        64
+    );
+}
+
+#[test]
+fn the_project_number_is_stable_and_twelve_digits() {
+    let a = server().config().project_number();
+    assert_eq!(a, server().config().project_number());
+    assert_eq!(a.to_string().len(), 12);
+}
+
+#[test]
+fn a_configured_service_account_replaces_the_default_one() {
+    let server = Metadata::new(MetadataConfig {
+        project_id: "p".into(),
+        region: "us-central1".into(),
+        service_account: Some("api@p.iam.gserviceaccount.com".into()),
+    });
+    assert_eq!(
+        get(
+            &server,
+            "/computeMetadata/v1/instance/service-accounts/default/email"
+        )
+        .body,
+        "api@p.iam.gserviceaccount.com"
+    );
+    assert_eq!(
+        get(&server, "/computeMetadata/v1/instance/service-accounts/").body,
+        "default/\napi@p.iam.gserviceaccount.com/\n"
+    );
+}
+
+#[test]
+fn the_project_comes_from_the_flag_then_the_environment_then_a_local_id() {
+    let env = |vars: &'static [(&'static str, &'static str)]| {
+        move |name: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    };
+    let both = env(&[
+        ("GOOGLE_CLOUD_PROJECT", "a"),
+        ("CLOUDSDK_CORE_PROJECT", "b"),
+    ]);
+    assert_eq!(MetadataConfig::project_from(Some("f".into()), both), "f");
+    assert_eq!(MetadataConfig::project_from(None, both), "a");
+    let sdk = env(&[("CLOUDSDK_CORE_PROJECT", "b")]);
+    assert_eq!(MetadataConfig::project_from(None, sdk), "b");
+    assert_eq!(MetadataConfig::project_from(None, env(&[])), LOCAL_PROJECT);
+}
+
+#[test]
+fn without_the_flavor_header_v1_is_forbidden_with_the_real_text() {
+    let server = server();
+    let answer = server.answer(
+        &Method::GET,
+        "/computeMetadata/v1/project/project-id",
+        "",
+        &HeaderMap::new(),
+    );
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    assert!(
+        answer
+            .body
+            .contains("Missing Metadata-Flavor:Google header."),
+        "{}",
+        answer.body
+    );
+    let mut wrong = HeaderMap::new();
+    wrong.insert("metadata-flavor", "google".parse().unwrap());
+    let answer = server.answer(&Method::GET, "/computeMetadata/v1/", "", &wrong);
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    // The root listings do not need it (google-auth's ping sends it anyway).
+    let root = server.answer(&Method::GET, "/", "", &HeaderMap::new());
+    assert_eq!(
+        (root.status, root.body.as_str()),
+        (StatusCode::OK, "computeMetadata/\n")
+    );
+    assert_eq!(
+        server
+            .answer(&Method::GET, "/computeMetadata/", "", &HeaderMap::new())
+            .body,
+        "v1/\n"
+    );
+}
+
+#[test]
+fn a_request_through_a_proxy_is_refused() {
+    let server = server();
+    let mut headers = flavored();
+    headers.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
+    let answer = server.answer(
+        &Method::GET,
+        "/computeMetadata/v1/project/project-id",
+        "",
+        &headers,
+    );
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    assert!(!answer.body.contains("my-project"));
+}
+
+#[test]
+fn unknown_paths_and_identity_are_not_found() {
+    let server = server();
+    for path in [
+        "/computeMetadata/v1/nope",
+        "/computeMetadata/v1/project/project-id/",
+        "/computeMetadata/v1/project/project-id/x",
+        "/computeMetadata/v1/instance/service-accounts/other@x.com/email",
+        "/computeMetadata/v1/instance/service-accounts/default/identity",
+        "/computeMetadata/v2/project/project-id",
+        "/computeMetadata/v1x",
+        "/other",
+    ] {
+        let answer = get(&server, path);
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{path}");
+        assert!(
+            answer.body.contains("was not found on this server"),
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn directories_list_their_entries_and_recursive_answers_json() {
+    let server = server();
+    assert_eq!(
+        get(&server, "/computeMetadata/v1/").body,
+        "instance/\nproject/\n"
+    );
+    assert_eq!(
+        get(&server, "/computeMetadata/v1").body,
+        "instance/\nproject/\n"
+    );
+    assert_eq!(
+        get(&server, "/computeMetadata/v1/project/").body,
+        "numeric-project-id\nproject-id\n"
+    );
+    let project = get(&server, "/computeMetadata/v1/project/?recursive=true");
+    assert_eq!(project.content_type, "application/json");
+    let value: Value = serde_json::from_str(&project.body).unwrap();
+    assert_eq!(value["projectId"], "my-project");
+    assert_eq!(value["numericProjectId"], server.config().project_number());
+    // google-auth's get_service_account_info: email, aliases and scopes, never the token.
+    let account = get(
+        &server,
+        "/computeMetadata/v1/instance/service-accounts/default/?recursive=true",
+    );
+    let value: Value = serde_json::from_str(&account.body).unwrap();
+    assert_eq!(value["email"], server.config().email());
+    assert_eq!(value["aliases"], json!(["default"]));
+    assert_eq!(value["scopes"], json!(SCOPES));
+    assert!(value.get("token").is_none(), "{value}");
+}
+
+#[test]
+fn alt_picks_json_or_text() {
+    let server = server();
+    let id = get(&server, "/computeMetadata/v1/project/project-id?alt=json");
+    assert_eq!(
+        (id.content_type, id.body.as_str()),
+        ("application/json", "\"my-project\"")
+    );
+    let number = get(
+        &server,
+        "/computeMetadata/v1/project/numeric-project-id?alt=json",
+    );
+    assert_eq!(number.body, server.config().project_number().to_string());
+    let flat = get(
+        &server,
+        "/computeMetadata/v1/project/?recursive=true&alt=text",
+    );
+    assert_eq!(flat.content_type, "application/text");
+    assert!(
+        flat.body.contains("projectId my-project\n"),
+        "{}",
+        flat.body
+    );
+    assert_eq!(
+        get(&server, "/computeMetadata/v1/project/project-id?alt=yaml").status,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_token_is_cached_until_close_to_expiry_and_counts_down() {
+    let server = server();
+    let path = "/computeMetadata/v1/instance/service-accounts/default/token";
+    let token = |answer: Answer| -> (String, u64, String) {
+        assert_eq!(answer.content_type, "application/json");
+        let value: Value = serde_json::from_str(&answer.body).unwrap();
+        (
+            value["access_token"].as_str().unwrap().to_string(),
+            value["expires_in"].as_u64().unwrap(),
+            value["token_type"].as_str().unwrap().to_string(),
+        )
+    };
+    let (first, expires, kind) = token(get(&server, path));
+    assert_eq!((expires, kind.as_str()), (3600, "Bearer"));
+    assert!(first.starts_with("ya29."));
+    tokio::time::advance(Duration::from_secs(100)).await;
+    let (again, expires, _) = token(get(&server, path));
+    assert_eq!((again.as_str(), expires), (first.as_str(), 3500));
+    // The same account under its email gets the same token.
+    let email = server.config().email();
+    let by_email = format!("/computeMetadata/v1/instance/service-accounts/{email}/token");
+    assert_eq!(token(get(&server, &by_email)).0, first);
+    // Close to expiry: a new token, a full hour again.
+    tokio::time::advance(Duration::from_secs(3500 - 300)).await;
+    let (renewed, expires, _) = token(get(&server, path));
+    assert_ne!(renewed, first);
+    assert_eq!(expires, 3600);
+}
+
+#[test]
+fn only_reads_are_served() {
+    let server = server();
+    let answer = server.answer(
+        &Method::POST,
+        "/computeMetadata/v1/project/project-id",
+        "",
+        &flavored(),
+    );
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[test]
+fn every_answer_carries_the_flavor_header() {
+    let answer = server().answer(&Method::GET, "/nope", "", &HeaderMap::new());
+    let response = response(answer);
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(response.headers()["metadata-flavor"], "Google");
+}
+
+#[test]
+fn bad_settings_name_their_flag() {
+    let none = |_: &str| None;
+    let ok = MetadataConfig::from_flags(Some("my-project".into()), "us-east1".into(), None, none);
+    assert_eq!(ok.unwrap().project_id, "my-project");
+    let error = |project: &str, region: &str, account: Option<&str>| {
+        MetadataConfig::from_flags(
+            Some(project.into()),
+            region.into(),
+            account.map(String::from),
+            none,
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    assert!(error("My_Project", "us-east1", None).contains("--project"));
+    assert!(error("abc", "us-east1", None).contains("--project"));
+    assert!(error("my-project", "US East", None).contains("--region"));
+    assert!(error("my-project", "us-east1", Some("nobody")).contains("--service-account"));
+    assert!(error("my-project", "us-east1", Some("a/b@x.com")).contains("--service-account"));
+}
