@@ -399,7 +399,22 @@ async fn start_metadata(
             Err(e) => return unavailable(e.to_string()),
         },
     };
-    match metadata::Servers::start(ip, host, settings.clone(), tasks.clone(), stop.clone()).await {
+    let dir = metadata::identity::state_dir(|name| std::env::var(name).ok());
+    let Some(dir) = dir else {
+        return unavailable(
+            "no state directory for its signing key (set EMULATE_STATE_DIR)".into(),
+        );
+    };
+    let key = match tokio::task::spawn_blocking(move || metadata::IdentityKey::load_or_create(&dir))
+        .await
+    {
+        Ok(Ok(key)) => std::sync::Arc::new(key),
+        Ok(Err(e)) => return unavailable(format!("its signing key: {e}")),
+        Err(e) => return unavailable(format!("its signing key: {e}")),
+    };
+    match metadata::Servers::start(ip, host, settings.clone(), key, tasks.clone(), stop.clone())
+        .await
+    {
         Ok(servers) => Some(servers),
         Err(e) => unavailable(format!("cannot listen on {ip}: {e}")),
     }

@@ -383,11 +383,14 @@ fn the_checks_file_never_panics_and_errors_name_a_field() {
 #[test]
 fn metadata_requests_and_flags_never_panic() {
     use crate::metadata::{Metadata, MetadataConfig};
-    let server = Metadata::new(MetadataConfig {
-        project_id: "my-project".into(),
-        region: "us-central1".into(),
-        service_account: None,
-    });
+    let server = Metadata::new(
+        MetadataConfig {
+            project_id: "my-project".into(),
+            region: "us-central1".into(),
+            service_account: None,
+        },
+        crate::metadata::identity::test_key(),
+    );
     let mut headers = http::HeaderMap::new();
     headers.insert("metadata-flavor", http::HeaderValue::from_static("Google"));
     fuzz(

@@ -10,7 +10,9 @@
 //! `?alt=json|text` picks the format; text answers are `application/text`, JSON ones
 //! `application/json` (the client parses JSON on that content type only).
 //!
-//! Not served yet: `identity` (ID tokens) answers 404 as an unknown path does.
+//! `identity?audience=AUD` answers an ID token signed with the emulator's key
+//! (`identity.rs`); that key's certs are served at `/oauth2/v3/certs` (JWKS) and
+//! `/oauth2/v1/certs` (PEM), so apps that verify tokens can be pointed there.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -27,6 +29,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::FieldError;
+
+pub mod identity;
+pub use identity::IdentityKey;
 
 /// The project id used when neither `--project` nor the environment names one.
 pub const LOCAL_PROJECT: &str = "emulate-local";
@@ -155,6 +160,8 @@ enum Node {
     /// The access token, fetched (and cached) only when asked for; never in a recursive
     /// answer, as on the real server.
     Token,
+    /// An ID token, made for the audience asked for; never in a recursive answer.
+    Identity,
 }
 
 /// The metadata server's state: its settings, the instance id and the token cache.
@@ -163,6 +170,7 @@ pub struct Metadata {
     config: MetadataConfig,
     instance_id: String,
     token: Mutex<Option<CachedToken>>,
+    key: Arc<IdentityKey>,
 }
 
 #[derive(Clone, Debug)]
@@ -180,11 +188,12 @@ pub struct Answer {
 }
 
 impl Metadata {
-    pub fn new(config: MetadataConfig) -> Self {
+    pub fn new(config: MetadataConfig, key: Arc<IdentityKey>) -> Self {
         Metadata {
             config,
             instance_id: hex(&rand::random::<[u8; 32]>()),
             token: Mutex::new(None),
+            key,
         }
     }
 
@@ -219,6 +228,7 @@ impl Metadata {
         Node::Dir(vec![
             ("aliases".into(), Node::List(vec!["default".into()])),
             ("email".into(), Node::Text(self.config.email())),
+            ("identity".into(), Node::Identity),
             (
                 "scopes".into(),
                 Node::List(SCOPES.iter().map(|s| s.to_string()).collect()),
@@ -281,10 +291,13 @@ impl Metadata {
                 &format!("The request method <code>{method}</code> is inappropriate for the URL <code>{path}</code>."),
             );
         }
-        // The two directories above v1 list without the header, as on the real server.
+        // The two directories above v1 list without the header, as on the real server; the
+        // certs are googleapis.com's, which need none either.
         match path {
             "/" => return text("computeMetadata/\n"),
             "/computeMetadata" | "/computeMetadata/" => return text("v1/\n"),
+            "/oauth2/v3/certs" => return json_answer(&self.key.jwks()),
+            "/oauth2/v1/certs" => return json_answer(&self.key.pem_certs()),
             _ => {}
         }
         let Some(rest) = path
@@ -348,12 +361,84 @@ impl Metadata {
                     "token_type": "Bearer",
                 }))
             }
+            Node::Identity => self.identity(&params),
             leaf => match alt {
                 Some("json") => json_answer(&to_json(&leaf)),
                 _ => text(&leaf_text(&leaf)),
             },
         }
     }
+}
+
+impl Metadata {
+    /// `identity?audience=AUD[&format=full[&licenses=TRUE]]`: an ID token for the account.
+    fn identity(&self, params: &HashMap<String, String>) -> Answer {
+        let audience = params.get("audience").map(|a| percent_decode(a));
+        let Some(audience) = audience.filter(|a| !a.is_empty()) else {
+            return Answer {
+                status: StatusCode::BAD_REQUEST,
+                content_type: "text/plain; charset=utf-8",
+                body: "non-empty audience parameter required\n".to_string(),
+            };
+        };
+        let extra = (params.get("format").map(String::as_str) == Some("full")).then(|| {
+            let number = self.config.project_number();
+            let mut engine = json!({
+                "instance_id": self.instance_id,
+                "project_id": self.config.project_id,
+                "project_number": number,
+                "zone": format!("{}-1", self.config.region),
+            });
+            if params
+                .get("licenses")
+                .is_some_and(|l| l.eq_ignore_ascii_case("true"))
+            {
+                engine["license_id"] = json!([]);
+            }
+            json!({"google": {"compute_engine": engine}})
+        });
+        let email = self.config.email();
+        let token = self.key.id_token(
+            &email,
+            &identity::subject(&email),
+            &audience,
+            unix_now(),
+            extra,
+        );
+        text(&token)
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `%XX` escapes decoded (an audience is a URL, sent escaped); bad escapes kept as they are.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| value.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A directory's listing: one entry a line, directories with a trailing slash.
@@ -372,7 +457,7 @@ fn leaf_text(node: &Node) -> String {
         Node::Text(text) => text.clone(),
         Node::Number(n) => n.to_string(),
         Node::List(items) => items.iter().map(|i| format!("{i}\n")).collect(),
-        Node::Dir(_) | Node::Token => String::new(),
+        Node::Dir(_) | Node::Token | Node::Identity => String::new(),
     }
 }
 
@@ -383,14 +468,14 @@ fn to_json(node: &Node) -> Value {
         Node::Dir(entries) => Value::Object(
             entries
                 .iter()
-                .filter(|(_, node)| !matches!(node, Node::Token))
+                .filter(|(_, node)| !matches!(node, Node::Token | Node::Identity))
                 .map(|(name, node)| (camel(name), to_json(node)))
                 .collect(),
         ),
         Node::Text(text) => Value::from(text.clone()),
         Node::Number(n) => Value::from(*n),
         Node::List(items) => Value::from(items.clone()),
-        Node::Token => Value::Null,
+        Node::Token | Node::Identity => Value::Null,
     }
 }
 
@@ -508,6 +593,7 @@ struct ServersInner {
     /// How containers name that address (the IP, or `host.docker.internal`).
     host: String,
     settings: MetadataConfig,
+    key: Arc<IdentityKey>,
     tasks: tokio_util::task::TaskTracker,
     stop: CancellationToken,
     /// `host:port` by service account email.
@@ -520,6 +606,7 @@ impl Servers {
         ip: std::net::IpAddr,
         host: String,
         settings: MetadataConfig,
+        key: Arc<IdentityKey>,
         tasks: tokio_util::task::TaskTracker,
         stop: CancellationToken,
     ) -> std::io::Result<Servers> {
@@ -528,6 +615,7 @@ impl Servers {
                 ip,
                 host,
                 settings,
+                key,
                 tasks,
                 stop,
                 endpoints: tokio::sync::Mutex::new(HashMap::new()),
@@ -535,6 +623,11 @@ impl Servers {
         };
         servers.endpoint(None).await?;
         Ok(servers)
+    }
+
+    /// The key ID tokens are signed with.
+    pub fn key(&self) -> &Arc<IdentityKey> {
+        &self.inner.key
     }
 
     /// The settings of the default account's server.
@@ -560,10 +653,13 @@ impl Servers {
         }
         let listener = TcpListener::bind(std::net::SocketAddr::new(self.inner.ip, 0)).await?;
         let port = listener.local_addr()?.port();
-        let server = Metadata::new(MetadataConfig {
-            service_account: Some(email.clone()),
-            ..settings.clone()
-        });
+        let server = Metadata::new(
+            MetadataConfig {
+                service_account: Some(email.clone()),
+                ..settings.clone()
+            },
+            self.inner.key.clone(),
+        );
         self.inner
             .tasks
             .spawn(serve(listener, Arc::new(server), self.inner.stop.clone()));

@@ -1,11 +1,14 @@
 use super::*;
 
 fn server() -> Metadata {
-    Metadata::new(MetadataConfig {
-        project_id: "my-project".into(),
-        region: "europe-west1".into(),
-        service_account: None,
-    })
+    Metadata::new(
+        MetadataConfig {
+            project_id: "my-project".into(),
+            region: "europe-west1".into(),
+            service_account: None,
+        },
+        crate::metadata::identity::test_key(),
+    )
 }
 
 fn flavored() -> HeaderMap {
@@ -81,11 +84,14 @@ fn the_project_number_is_stable_and_twelve_digits() {
 
 #[test]
 fn a_configured_service_account_replaces_the_default_one() {
-    let server = Metadata::new(MetadataConfig {
-        project_id: "p".into(),
-        region: "us-central1".into(),
-        service_account: Some("api@p.iam.gserviceaccount.com".into()),
-    });
+    let server = Metadata::new(
+        MetadataConfig {
+            project_id: "p".into(),
+            region: "us-central1".into(),
+            service_account: Some("api@p.iam.gserviceaccount.com".into()),
+        },
+        crate::metadata::identity::test_key(),
+    );
     assert_eq!(
         get(
             &server,
@@ -171,14 +177,13 @@ fn a_request_through_a_proxy_is_refused() {
 }
 
 #[test]
-fn unknown_paths_and_identity_are_not_found() {
+fn unknown_paths_are_not_found() {
     let server = server();
     for path in [
         "/computeMetadata/v1/nope",
         "/computeMetadata/v1/project/project-id/",
         "/computeMetadata/v1/project/project-id/x",
         "/computeMetadata/v1/instance/service-accounts/other@x.com/email",
-        "/computeMetadata/v1/instance/service-accounts/default/identity",
         "/computeMetadata/v2/project/project-id",
         "/computeMetadata/v1x",
         "/other",
@@ -323,4 +328,68 @@ fn bad_settings_name_their_flag() {
     assert!(error("my-project", "US East", None).contains("--region"));
     assert!(error("my-project", "us-east1", Some("nobody")).contains("--service-account"));
     assert!(error("my-project", "us-east1", Some("a/b@x.com")).contains("--service-account"));
+}
+
+#[test]
+fn identity_answers_an_id_token_for_the_audience() {
+    let server = server();
+    let answer = get(
+        &server,
+        "/computeMetadata/v1/instance/service-accounts/default/identity?audience=http%3A%2F%2Fb.localhost%3A8080",
+    );
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.content_type, "application/text");
+    let claims = identity::test_key()
+        .verify(&answer.body, unix_now())
+        .unwrap();
+    assert_eq!(claims["aud"], "http://b.localhost:8080");
+    assert_eq!(claims["email"], server.config().email());
+    assert_eq!(claims["email_verified"], true);
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        3600
+    );
+    assert!(claims.get("google").is_none());
+    let email = server.config().email();
+    let full = get(
+        &server,
+        &format!("/computeMetadata/v1/instance/service-accounts/{email}/identity?audience=a&format=full&licenses=TRUE"),
+    );
+    let claims = identity::test_key().verify(&full.body, unix_now()).unwrap();
+    assert_eq!(
+        claims["google"]["compute_engine"]["project_id"],
+        "my-project"
+    );
+    assert_eq!(claims["google"]["compute_engine"]["license_id"], json!([]));
+}
+
+#[test]
+fn identity_without_an_audience_is_400() {
+    let server = server();
+    for query in ["", "?audience=", "?format=full"] {
+        let answer = get(
+            &server,
+            &format!("/computeMetadata/v1/instance/service-accounts/default/identity{query}"),
+        );
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(answer.body, "non-empty audience parameter required\n");
+    }
+    // Never in a recursive answer.
+    let all = get(
+        &server,
+        "/computeMetadata/v1/instance/service-accounts/default/?recursive=true",
+    );
+    assert!(!all.body.contains("identity"), "{}", all.body);
+}
+
+#[test]
+fn the_certs_are_served_without_the_flavor_header() {
+    let server = server();
+    let jwks = server.answer(&Method::GET, "/oauth2/v3/certs", "", &HeaderMap::new());
+    assert_eq!(jwks.status, StatusCode::OK);
+    let jwks: Value = serde_json::from_str(&jwks.body).unwrap();
+    assert_eq!(jwks["keys"][0]["kid"], identity::test_key().kid());
+    let pem = server.answer(&Method::GET, "/oauth2/v1/certs", "", &HeaderMap::new());
+    let pem: Value = serde_json::from_str(&pem.body).unwrap();
+    assert!(pem[identity::test_key().kid()].is_string());
 }

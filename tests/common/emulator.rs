@@ -24,6 +24,11 @@ pub fn emulate_command(binary: impl AsRef<OsStr>) -> Command {
             command.env_remove(name);
         }
     }
+    // One signing key for every test run, never the user's own state directory.
+    command.env(
+        "EMULATE_STATE_DIR",
+        std::env::temp_dir().join("emulate-test-state"),
+    );
     command
 }
 

@@ -102,14 +102,45 @@ async fn an_instance_finds_the_project_region_account_and_a_token() {
         "{body}"
     );
     assert!(!body.contains("my-project-42"), "{body}");
-    // ID tokens are not served yet: an unknown path.
-    let (status, _, _) = ask(
+    // An ID token for the audience asked for, in Google's shape.
+    let (status, _, token) = ask(
         &emulator,
-        "/computeMetadata/v1/instance/service-accounts/default/identity?audience=x",
+        "/computeMetadata/v1/instance/service-accounts/default/identity?audience=http://b.localhost:8080",
         true,
     )
     .await;
-    assert_eq!(status, 404);
+    assert_eq!(status, 200, "{token}");
+    let claims = jwt_claims(&token);
+    assert_eq!(claims["aud"], "http://b.localhost:8080");
+    assert_eq!(claims["iss"], "https://accounts.google.com");
+    assert!(
+        claims["email"]
+            .as_str()
+            .unwrap()
+            .ends_with("-compute@developer.gserviceaccount.com"),
+        "{claims}"
+    );
+    let (status, _, body) = ask(
+        &emulator,
+        "/computeMetadata/v1/instance/service-accounts/default/identity",
+        true,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body, "non-empty audience parameter required\n");
+}
+
+/// A JWT's claims, undecoded and unverified.
+fn jwt_claims(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let part = token
+        .split('.')
+        .nth(1)
+        .unwrap_or_else(|| panic!("not a JWT: {token}"));
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .unwrap_or_else(|e| panic!("not a JWT ({e}): {token}"));
+    serde_json::from_slice(&bytes).unwrap()
 }
 
 #[tokio::test]
@@ -175,6 +206,11 @@ credentials.refresh(transport.Request())
 print(project)
 print(credentials.service_account_email)
 print(credentials.token)
+import google.oauth2.id_token as id_token, os
+token = id_token.fetch_id_token(transport.Request(), "http://b.localhost:8080")
+claims = id_token.verify_token(token, transport.Request(), audience="http://b.localhost:8080",
+    certs_url="http://" + os.environ["GCE_METADATA_HOST"] + "/oauth2/v1/certs")
+print(claims["aud"])
 "#;
     let home = std::env::temp_dir().join(format!("{service}-home"));
     std::fs::create_dir_all(&home).unwrap();
@@ -195,13 +231,15 @@ print(credentials.token)
         "google-auth failed (is it installed? `python3 -m pip install google-auth requests`, as .ci/run does):\n{stderr}"
     );
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines.len(), 4, "{stdout}");
     assert_eq!(lines[0], "py-project-7");
     assert!(
         lines[1].ends_with("-compute@developer.gserviceaccount.com"),
         "{stdout}"
     );
     assert!(lines[2].starts_with("ya29."), "{stdout}");
+    // fetch_id_token through the metadata server; verify_token with the emulator's certs.
+    assert_eq!(lines[3], "http://b.localhost:8080");
     std::fs::remove_dir_all(home).unwrap();
 }
 
