@@ -27,6 +27,8 @@ macro_rules! eprintln {
     };
 }
 
+pub mod access_flags;
+pub mod auth;
 pub mod control;
 pub mod deploy;
 pub mod documents;
@@ -65,6 +67,9 @@ pub enum Command {
     /// Exit codes: 0 passed, 1 a check failed, 2 bad usage or input, 3 the service never
     /// became ready, 4 Docker unavailable, 130 interrupted.
     Smoke(smoke::SmokeArgs),
+    /// Identity tokens for calling private services, as `gcloud auth`.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
 }
 
 /// Exit codes, the same for every command.
@@ -122,6 +127,7 @@ pub fn main() -> ExitCode {
             Command::Services(command) => services::run(command).await,
             Command::Revisions(command) => revisions::run(command).await,
             Command::Smoke(args) => smoke::run(args).await,
+            Command::Auth(command) => auth::run(command).await,
         }
     });
     // Tasks still running (log followers of removed containers) must not hold the exit.

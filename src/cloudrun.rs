@@ -41,6 +41,56 @@ pub const UPSTREAM_REQUEST_TIMEOUT: &str = "upstream request timeout";
 pub const REQUEST_TOO_LARGE: &str = "Your client issued a request that was too large.";
 /// 400: Google's front end on a request it cannot parse (a bad chunk size, a bad or missing
 /// `Host`).
+/// The Service annotation that turns Cloud Run's invoker IAM check off (`"true"`: public) or
+/// keeps it (`"false"`: private). Without it a service is public, as `emulate` has always run
+/// them (Cloud Run keeps invoker bindings in IAM, outside the YAML).
+pub const INVOKER_IAM_DISABLED: &str = "run.googleapis.com/invoker-iam-disabled";
+/// The Service annotation listing extra audiences a private service accepts (a JSON list).
+pub const CUSTOM_AUDIENCES: &str = "run.googleapis.com/custom-audiences";
+
+/// Whether a service with these annotations is public.
+pub fn is_public(annotations: &std::collections::BTreeMap<String, String>) -> bool {
+    annotations
+        .get(INVOKER_IAM_DISABLED)
+        .is_none_or(|v| v.trim() != "false")
+}
+
+/// The custom audiences of a service (`run.googleapis.com/custom-audiences`, a JSON list of
+/// strings); none when absent or not such a list.
+pub fn custom_audiences(annotations: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    annotations
+        .get(CUSTOM_AUDIENCES)
+        .and_then(|v| serde_json::from_str::<Vec<String>>(v).ok())
+        .unwrap_or_default()
+}
+
+/// A private service's answer to a request without an ID token (403).
+pub fn forbidden_page(path: &str) -> String {
+    google_page(
+        "403 Forbidden",
+        "Error: Forbidden",
+        &format!(
+            "Your client does not have permission to get URL <code>{path}</code> from this server."
+        ),
+    )
+}
+
+/// A private service's answer to a request whose token is not valid for it (401).
+pub fn unauthorized_page(path: &str) -> String {
+    google_page(
+        "401 Unauthorized",
+        "Error: Unauthorized",
+        &format!("Your client does not have permission to the requested URL <code>{path}</code>."),
+    )
+}
+
+/// Google front end's HTML error page.
+fn google_page(title: &str, heading: &str, message: &str) -> String {
+    format!(
+        "\n<html><head>\n<meta http-equiv=\"content-type\" content=\"text/html;charset=utf-8\">\n<title>{title}</title>\n</head>\n<body text=#000000 bgcolor=#ffffff>\n<h1>{heading}</h1>\n<h2>{message}</h2>\n<h2></h2>\n</body></html>\n"
+    )
+}
+
 pub const MALFORMED_REQUEST: &str = "Your client has issued a malformed or illegal request.";
 
 /// The reason Cloud Run logs when an instance starts because of traffic.

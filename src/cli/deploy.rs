@@ -36,6 +36,8 @@ pub struct DeployArgs {
     pub image: Option<String>,
     #[command(flatten)]
     pub revision: RevisionFlags,
+    #[command(flatten)]
+    pub access: super::access_flags::AccessFlags,
     /// Add or change env vars: `NAME=VALUE,...`.
     #[arg(long, value_name = "KEY=VALUE,...", conflicts_with = "set_env_vars")]
     pub update_env_vars: Option<String>,
@@ -192,6 +194,7 @@ fn apply_flags(service: &mut knative::Service, args: &DeployArgs) -> Result<(), 
         changes.env = Some(Vec::new());
     }
     changes.apply(&mut service.spec.template);
+    args.access.apply(service);
     let container = &mut service.spec.template.spec.containers[0];
     if let Some(image) = &args.image {
         container.image = image.clone();

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use super::access_flags::AccessFlags;
 use super::documents::{print_deployed, read_service_files};
 use super::invalid;
 use super::revision_flags::{new_service, RevisionChanges, RevisionFlags};
@@ -43,6 +44,8 @@ pub struct RunArgs {
     pub service: Option<String>,
     #[command(flatten)]
     pub revision: RevisionFlags,
+    #[command(flatten)]
+    pub access: AccessFlags,
     /// Where the emulator serves requests.
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: String,
@@ -135,6 +138,8 @@ pub struct RunConfig {
     pub service: String,
     /// The revision flags, checked; those with a default always have a value.
     pub revision: RevisionChanges,
+    /// Who may invoke the services (the service.yaml's own setting unless a flag is given).
+    pub access: AccessFlags,
     pub startup_budget: Duration,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
@@ -182,6 +187,7 @@ impl RunConfig {
             image,
             service,
             revision,
+            access: args.access,
             startup_budget,
             listen: parse_listen("--listen", &args.listen)?,
             admin_listen,
@@ -292,6 +298,9 @@ pub async fn run(args: RunArgs) -> Exit {
         documents.push(service_from_flags(&config, &image));
     }
 
+    for doc in &mut documents {
+        config.access.apply(doc);
+    }
     let mut deployed = Vec::new();
     for doc in documents {
         let name = doc.metadata.name.clone().unwrap_or_default();

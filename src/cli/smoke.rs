@@ -232,7 +232,12 @@ pub async fn run(mut args: SmokeArgs) -> Exit {
     let platform = emulator.platform().clone();
 
     let exit = tokio::select! {
-        exit = smoke.deploy_and_check(&platform, &documents, &checks, port) => exit,
+        exit = {
+            for doc in &mut documents {
+                config.access.apply(doc);
+            }
+            smoke.deploy_and_check(&platform, &documents, &checks, port)
+        } => exit,
         _ = signals.graceful.cancelled() => {
             eprintln!("Interrupted: removing everything this smoke test started.");
             emulator.shutdown(Shutdown::Immediate).await;

@@ -21,6 +21,7 @@ use crate::instances::pool::{InstanceContext, Pool};
 use crate::instances::revision::RevisionConfig;
 use crate::metadata;
 use crate::runtime::{self, RuntimeError};
+use crate::serve::invoker::Invoker;
 use crate::serve::router::{self, RevisionRoute, Router, RoutingTable, ServiceRoutes};
 
 /// Why an apply (deploy, replace, update-traffic) was refused or failed. Nothing changed.
@@ -673,9 +674,33 @@ impl Platform {
                 let follows_latest = target.key == TargetKey::Latest;
                 routes.add(revision, follows_latest, target.percent, target.tag.clone());
             }
+            routes.invoker = self.invoker(name, service);
             table.insert(name.clone(), routes);
         }
         self.inner.router.publish(table);
+    }
+
+    /// A private service's invoker check (audiences: its URL, its tag URLs, its custom
+    /// audiences); `None` for a public one.
+    fn invoker(&self, name: &str, service: &ServiceState) -> Option<Invoker> {
+        let annotations = &service.doc.metadata.annotations;
+        if cloudrun::is_public(annotations) {
+            return None;
+        }
+        let mut audiences = vec![
+            self.service_url(name),
+            metadata::identity::GCLOUD_AUDIENCE.to_string(),
+        ];
+        audiences.extend(
+            service
+                .traffic
+                .iter()
+                .filter_map(|t| t.tag.as_deref())
+                .map(|tag| self.tag_url(tag, name)),
+        );
+        audiences.extend(cloudrun::custom_audiences(annotations));
+        let key = self.inner.config.metadata.as_ref().map(|m| m.key().clone());
+        Some(Invoker::new(key, audiences))
     }
 
     pub fn list_services(&self) -> Vec<knative::Service> {

@@ -19,6 +19,9 @@ use sha2::{Digest, Sha256};
 
 /// The issuer of Google's ID tokens, which verifiers check.
 pub const ISSUER: &str = "https://accounts.google.com";
+/// The audience of `gcloud auth print-identity-token` without `--audiences` (gcloud's
+/// OAuth client id), which Cloud Run accepts for every private service.
+pub const GCLOUD_AUDIENCE: &str = "32555940559.apps.googleusercontent.com";
 /// How long an ID token lives, as Google's.
 pub const ID_TOKEN_LIFETIME_SECS: u64 = 3600;
 /// The env var naming the state directory (tests point it at a temporary one).

@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cloudrun;
 use crate::instances::pool::AcquireError;
+use crate::serve::invoker::{self, Denied};
 use crate::serve::router::{Backend, RouteError, Slot};
 pub use body::ProxyBody;
 use body::{BodyTooLarge, CappedBody, ClientBodyError};
@@ -249,8 +250,11 @@ impl<B: Backend> Proxy<B> {
             .and_then(|h| h.to_str().ok())
             .or_else(|| request.uri().authority().map(|a| a.as_str()))
             .unwrap_or("");
-        let route = match self.backend.route(host).await {
+        let route = match self.backend.route(host, request.headers()).await {
             Ok(route) => route,
+            Err(RouteError::Denied(denied)) => {
+                return denial(denied, request.uri().path());
+            }
             Err(error) => {
                 let (status, text) = not_routed(&error);
                 return refusal(status, text, false);
@@ -267,6 +271,12 @@ impl<B: Backend> Proxy<B> {
         let (mut parts, body) = request.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers, upgrade, route.http2);
         headers::remove_google_headers(&mut parts.headers);
+        if let Some(name) = &route.token_header {
+            if let Some(value) = parts.headers.get(name) {
+                let stripped = invoker::without_signature(value);
+                parts.headers.insert(name.clone(), stripped);
+            }
+        }
         headers::set_forwarding(&mut parts.headers, client.ip(), "http");
         headers::set_trace(&mut parts.headers, &mut rand::rng());
         let mut uri = http::uri::Parts::default();
@@ -428,6 +438,7 @@ fn not_routed(error: &RouteError) -> (StatusCode, Cow<'static, str>) {
             StatusCode::NOT_FOUND,
             format!("404 page not found: {error}\n").into(),
         ),
+        RouteError::Denied(_) => (StatusCode::FORBIDDEN, "Forbidden\n".into()),
         RouteError::NoTraffic | RouteError::Acquire(AcquireError::Retiring) => (
             StatusCode::SERVICE_UNAVAILABLE,
             cloudrun::MALFORMED_OR_UNREACHABLE.into(),
@@ -441,6 +452,22 @@ fn not_routed(error: &RouteError) -> (StatusCode, Cow<'static, str>) {
             cloudrun::NO_AVAILABLE_INSTANCE.into(),
         ),
     }
+}
+
+/// Cloud Run's answer to a request a private service refuses: 403 without a token, 401 with
+/// one that is not valid for the service; Google's HTML error page.
+fn denial(denied: Denied, path: &str) -> Response<ProxyBody> {
+    let (status, page) = match denied {
+        Denied::Missing => (StatusCode::FORBIDDEN, cloudrun::forbidden_page(path)),
+        Denied::Invalid => (StatusCode::UNAUTHORIZED, cloudrun::unauthorized_page(path)),
+    };
+    let mut response = Response::new(ProxyBody::text(page.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=UTF-8"),
+    );
+    response
 }
 
 /// A response of the proxy's own. `close` ends an HTTP/1 connection after it (the client may
@@ -534,7 +561,7 @@ mod with_a_fake_router {
     }
 
     impl Backend for FakeRouter {
-        async fn route(&self, host: &str) -> Result<Route, RouteError> {
+        async fn route(&self, host: &str, _: &HeaderMap) -> Result<Route, RouteError> {
             let label = host.split('.').next().unwrap_or_default();
             let authority = match label {
                 "app" => self.app.clone(),
@@ -558,6 +585,7 @@ mod with_a_fake_router {
                 http2: false,
                 request_timeout: Duration::from_secs(30),
                 slot: Box::new(FakeSlot(self.slots.clone())),
+                token_header: None,
             })
         }
     }

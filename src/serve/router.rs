@@ -14,15 +14,22 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::uri::Authority;
+use http::HeaderMap;
 
 use crate::instances::pool::{AcquireError, Lease, Pool};
+use crate::serve::invoker::{Denied, Invoker};
 
 /// What the proxy asks for each request: where it goes, or why it goes nowhere. The
 /// [`Router`] in the emulator; a fake in the proxy's tests.
 pub trait Backend: Send + Sync + 'static {
     /// Routes a request by its host (`Host`, or the HTTP/2 `:authority`; empty when it has
     /// none), waiting for a cold start if needed.
-    fn route(&self, host: &str) -> impl Future<Output = Result<Route, RouteError>> + Send;
+    /// A private service's invoker check reads `headers`.
+    fn route(
+        &self,
+        host: &str,
+        headers: &HeaderMap,
+    ) -> impl Future<Output = Result<Route, RouteError>> + Send;
 }
 
 /// Where one request goes: an instance's address, the revision's request settings, and the
@@ -33,6 +40,8 @@ pub struct Route {
     pub http2: bool,
     pub request_timeout: Duration,
     pub slot: Box<dyn Slot>,
+    /// The header a private service's token came from: forwarded without its signature.
+    pub token_header: Option<http::header::HeaderName>,
 }
 
 /// What a routed request holds on its instance for its whole life (response body, tunnel):
@@ -60,6 +69,9 @@ pub enum RouteError {
     /// revision failed, say).
     #[error("the service routes no traffic to a revision")]
     NoTraffic,
+    /// A private service refused the request (no token, or not a valid one for it).
+    #[error("the request has no valid ID token for this private service")]
+    Denied(Denied),
     /// The revision was picked, but none of its instances took the request.
     #[error(transparent)]
     Acquire(#[from] AcquireError),
@@ -124,6 +136,8 @@ pub struct ServiceRoutes<P = Pool> {
     tags: HashMap<String, RevisionRoute<P>>,
     /// The traffic as published, by revision name.
     targets: Vec<RoutedTarget>,
+    /// A private service's invoker check; `None` for a public one.
+    pub invoker: Option<Invoker>,
 }
 
 impl<P> Default for ServiceRoutes<P> {
@@ -132,6 +146,7 @@ impl<P> Default for ServiceRoutes<P> {
             split: Vec::new(),
             tags: HashMap::new(),
             targets: Vec::new(),
+            invoker: None,
         }
     }
 }
@@ -218,12 +233,23 @@ impl<P> RoutingTable<P> {
 
     /// The revision a request to `host` (lower case) goes to: by tag, or picked from the
     /// service's split at random by weight.
+    #[cfg(test)]
     fn lookup(
         &self,
         host: &str,
         port: u16,
         rng: &mut impl rand::Rng,
     ) -> Result<&RevisionRoute<P>, RouteError> {
+        let (routes, tag) = self.find(host, port)?;
+        routes.pick(tag, rng)
+    }
+
+    /// The service a request to `host` (lower case) goes to, and the tag it names.
+    fn find<'h>(
+        &self,
+        host: &'h str,
+        port: u16,
+    ) -> Result<(&ServiceRoutes<P>, Option<&'h str>), RouteError> {
         let (service, tag) = parse_host(host);
         let routes = match service {
             Some(name) => self.services.get(name),
@@ -239,12 +265,23 @@ impl<P> RoutingTable<P> {
                 services: self.services.keys().map(|s| service_url(s, port)).collect(),
             });
         };
+        Ok((routes, tag))
+    }
+}
+
+impl<P> ServiceRoutes<P> {
+    /// The revision a request goes to: by tag, or picked from the split at random by weight.
+    fn pick(
+        &self,
+        tag: Option<&str>,
+        rng: &mut impl rand::Rng,
+    ) -> Result<&RevisionRoute<P>, RouteError> {
         match tag {
-            Some(tag) => routes
+            Some(tag) => self
                 .tags
                 .get(tag)
                 .ok_or_else(|| RouteError::NoTag(tag.to_string())),
-            None => pick(&routes.split, rng).ok_or(RouteError::NoTraffic),
+            None => pick(&self.split, rng).ok_or(RouteError::NoTraffic),
         }
     }
 }
@@ -297,16 +334,27 @@ impl Router {
 }
 
 impl Backend for Router {
-    async fn route(&self, host: &str) -> Result<Route, RouteError> {
+    async fn route(&self, host: &str, headers: &HeaderMap) -> Result<Route, RouteError> {
         let table = self.table();
         let host = host.to_ascii_lowercase();
-        let revision = table.lookup(&host, self.port, &mut rand::rng())?;
+        let (routes, tag) = table.find(&host, self.port)?;
+        // A public service has no invoker: nothing to check.
+        let token_header = match &routes.invoker {
+            None => None,
+            Some(invoker) => Some(
+                invoker
+                    .check(headers, crate::metadata::unix_now())
+                    .map_err(RouteError::Denied)?,
+            ),
+        };
+        let revision = routes.pick(tag, &mut rand::rng())?;
         let lease = revision.pool.acquire().await?;
         Ok(Route {
             authority: lease.authority.clone(),
             http2: revision.http2,
             request_timeout: revision.timeout,
             slot: Box::new(lease),
+            token_header,
         })
     }
 }

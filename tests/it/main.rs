@@ -16,6 +16,7 @@ mod client_faults;
 mod control;
 mod failures;
 mod faults;
+mod identity;
 mod lifecycle;
 mod metadata;
 mod promises;
