@@ -176,3 +176,64 @@ async fn a_public_service_needs_no_token_and_deploy_can_make_it_private() {
         .await;
     assert_eq!(call(&emulator, &service, "/", &[]).await.status, 200);
 }
+
+/// service.yaml says it with Cloud Run's own annotations: `invoker-iam-disabled: "false"`
+/// makes the service private, `custom-audiences` adds audiences; a tag URL is one too.
+#[tokio::test]
+async fn service_yaml_makes_a_service_private_with_custom_audiences_and_tags() {
+    let service = service_name("private-yaml");
+    let yaml = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {service}\n  annotations:\n    run.googleapis.com/invoker-iam-disabled: 'false'\n    run.googleapis.com/custom-audiences: '[\"https://api.example.com\"]'\nspec:\n  template:\n    spec:\n      containers:\n      - image: {}\n  traffic:\n  - latestRevision: true\n    percent: 100\n    tag: green\n",
+        testapp_image()
+    );
+    let file = std::env::temp_dir().join(format!("{service}.yaml"));
+    std::fs::write(&file, yaml).unwrap();
+    let emulator = Emulator::start(&service, &["-f", file.to_str().unwrap()]).await;
+    assert_eq!(call(&emulator, &service, "/", &[]).await.status, 403);
+    let port = emulator.url("").rsplit(':').next().unwrap().to_string();
+    for audience in [
+        "https://api.example.com".to_string(),
+        format!("http://green---{service}.localhost:{port}"),
+    ] {
+        let token = print_token(&emulator, &audience).await;
+        let reply = call(
+            &emulator,
+            &service,
+            "/",
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{audience}: {}", reply.body);
+    }
+    std::fs::remove_file(file).unwrap();
+}
+
+/// `emulate smoke` can check that a private service refuses anonymous requests.
+#[tokio::test]
+async fn smoke_checks_that_a_private_service_refuses_anonymous_requests() {
+    let service = service_name("private-smoke");
+    let output = tokio::task::spawn_blocking(move || {
+        emulate_command()
+            .args([
+                "smoke",
+                testapp_image(),
+                "--service",
+                &service,
+                "--no-allow-unauthenticated",
+            ])
+            .args(["--request", "GET /echo", "--expect-status", "403"])
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("PASS GET /echo"), "{stdout}");
+}
