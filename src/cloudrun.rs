@@ -64,6 +64,33 @@ pub fn custom_audiences(annotations: &std::collections::BTreeMap<String, String>
         .unwrap_or_default()
 }
 
+/// The Service's access annotations checked: `invoker-iam-disabled` is `"true"` or
+/// `"false"`, `custom-audiences` a JSON list of non-empty strings.
+pub fn validate_access_annotations(
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<(), crate::config::FieldError> {
+    let field = |key: &str| format!("metadata.annotations[{key}]");
+    if let Some(value) = annotations.get(INVOKER_IAM_DISABLED) {
+        if value.trim() != "true" && value.trim() != "false" {
+            return Err(crate::config::FieldError::new(
+                field(INVOKER_IAM_DISABLED),
+                format!("'{value}' is not a boolean: \"true\" (public) or \"false\" (private)"),
+            ));
+        }
+    }
+    if let Some(value) = annotations.get(CUSTOM_AUDIENCES) {
+        let ok = serde_json::from_str::<Vec<String>>(value)
+            .is_ok_and(|list| list.iter().all(|a| !a.trim().is_empty()));
+        if !ok {
+            return Err(crate::config::FieldError::new(
+                field(CUSTOM_AUDIENCES),
+                format!("'{value}' is not a JSON list of audiences, e.g. '[\"https://api.example.com\"]'"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A private service's answer to a request without an ID token (403).
 pub fn forbidden_page(path: &str) -> String {
     google_page(

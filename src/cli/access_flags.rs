@@ -81,5 +81,27 @@ mod tests {
             "false".to_string(),
         );
         assert!(!cloudrun::is_public(&private));
+        assert!(cloudrun::validate_access_annotations(&private).is_ok());
+    }
+
+    #[test]
+    fn bad_access_annotations_are_refused_naming_the_annotation() {
+        let check = |key: &str, value: &str| {
+            let annotations = [(key.to_string(), value.to_string())].into();
+            cloudrun::validate_access_annotations(&annotations).map_err(|e| e.to_string())
+        };
+        let bad = check(cloudrun::INVOKER_IAM_DISABLED, "yes").unwrap_err();
+        assert!(
+            bad.contains("metadata.annotations[run.googleapis.com/invoker-iam-disabled]"),
+            "{bad}"
+        );
+        for value in ["https://a", "[1]", "[\"\"]"] {
+            let bad = check(cloudrun::CUSTOM_AUDIENCES, value).unwrap_err();
+            assert!(
+                bad.contains("metadata.annotations[run.googleapis.com/custom-audiences]"),
+                "{bad}"
+            );
+        }
+        assert!(check(cloudrun::CUSTOM_AUDIENCES, "[\"https://a\"]").is_ok());
     }
 }

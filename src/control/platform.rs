@@ -287,6 +287,7 @@ impl Platform {
 
     async fn apply_now(&self, doc: knative::Service) -> Result<Applied, ApplyError> {
         let name = knative::validate_names(&doc)?.to_string();
+        cloudrun::validate_access_annotations(&doc.metadata.annotations)?;
         let mut notes: Vec<String> = knative::unmodelled_fields(&doc)
             .into_iter()
             .map(|path| format!("{path}: accepted; it is not emulated"))

@@ -237,3 +237,31 @@ async fn smoke_checks_that_a_private_service_refuses_anonymous_requests() {
     );
     assert!(stdout.contains("PASS GET /echo"), "{stdout}");
 }
+
+/// A bad access annotation in service.yaml is refused naming it, exit 2, nothing started.
+#[tokio::test]
+async fn a_bad_custom_audiences_annotation_is_refused() {
+    let service = service_name("private-bad");
+    let yaml = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {service}\n  annotations:\n    run.googleapis.com/custom-audiences: 'https://api.example.com'\nspec:\n  template:\n    spec:\n      containers:\n      - image: {}\n",
+        testapp_image()
+    );
+    let file = std::env::temp_dir().join(format!("{service}.yaml"));
+    std::fs::write(&file, yaml).unwrap();
+    let done = Emulator::run_to_exit(
+        &service,
+        &["-f", file.to_str().unwrap()],
+        &[],
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(done.status.code(), Some(2), "{}", done.stderr);
+    assert!(
+        done.stderr
+            .contains("metadata.annotations[run.googleapis.com/custom-audiences]"),
+        "{}",
+        done.stderr
+    );
+    assert!(containers_of(&service).is_empty());
+    std::fs::remove_file(file).unwrap();
+}
