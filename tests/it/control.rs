@@ -24,21 +24,8 @@ struct Snapshot {
     running: Vec<String>,
 }
 
-async fn describe(emulator: &Emulator) -> serde_json::Value {
-    let done = emulator
-        .cli_ok(&[
-            "services",
-            "describe",
-            &emulator.service,
-            "--format",
-            "json",
-        ])
-        .await;
-    serde_json::from_str(&done.stdout).unwrap()
-}
-
 async fn snapshot(emulator: &Emulator) -> Snapshot {
-    let service = describe(emulator).await;
+    let service = emulator.describe_service().await;
     let status = &service["status"];
     let revisions = emulator
         .revision_list()
@@ -110,7 +97,7 @@ async fn settled_containers(service: &str) -> Vec<String> {
 
 /// The service's document as describe gives it, without status: what `replace` takes.
 async fn document(emulator: &Emulator) -> serde_json::Value {
-    let mut doc = describe(emulator).await;
+    let mut doc = emulator.describe_service().await;
     doc.as_object_mut().unwrap().remove("status");
     doc
 }
@@ -413,7 +400,7 @@ async fn an_abandoned_put_completes_and_a_delete_then_stops_everything() {
         "the abandoned apply completes",
         Duration::from_secs(30),
         async || {
-            let status = describe(&emulator).await["status"].clone();
+            let status = emulator.describe_service().await["status"].clone();
             status["conditions"][0]["status"] == "True"
                 && status["latestReadyRevisionName"] == status["latestCreatedRevisionName"]
                 && status["latestCreatedRevisionName"].as_str()

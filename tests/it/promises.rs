@@ -17,23 +17,9 @@ async fn echo(emulator: &Emulator) -> serde_json::Value {
     reply.json()
 }
 
-/// The Service document, as `services describe --format json` prints it.
-async fn describe(emulator: &Emulator) -> serde_json::Value {
-    let done = emulator
-        .cli_ok(&[
-            "services",
-            "describe",
-            &emulator.service,
-            "--format",
-            "json",
-        ])
-        .await;
-    serde_json::from_str(&done.stdout).unwrap()
-}
-
 /// The service's tags as (tag, revision), sorted by tag.
 async fn tags(emulator: &Emulator) -> Vec<(String, String)> {
-    let service = describe(emulator).await;
+    let service = emulator.describe_service().await;
     let mut tags: Vec<(String, String)> = service["spec"]["traffic"]
         .as_array()
         .unwrap()
@@ -51,7 +37,7 @@ async fn tags(emulator: &Emulator) -> Vec<(String, String)> {
 
 /// The percent of traffic each revision gets (summed over its targets), by revision name.
 async fn percents(emulator: &Emulator) -> std::collections::BTreeMap<String, u64> {
-    let service = describe(emulator).await;
+    let service = emulator.describe_service().await;
     let mut percents = std::collections::BTreeMap::new();
     for target in service["spec"]["traffic"].as_array().unwrap() {
         let revision = target["revisionName"]
@@ -218,7 +204,7 @@ async fn the_tag_verbs_set_update_remove_and_clear_tags_and_route_by_tag() {
 #[tokio::test]
 async fn format_yaml_and_table_print_the_same_service() {
     let emulator = Emulator::start(&service_name("formats"), &[testapp_image()]).await;
-    let json = describe(&emulator).await;
+    let json = emulator.describe_service().await;
     let yaml = emulator
         .cli_ok(&[
             "services",

@@ -174,16 +174,7 @@ async fn a_failing_revision_leaves_traffic_where_it_was() {
     for _ in 0..20 {
         assert_eq!(emulator.revision_for(&host(&emulator), "/echo").await, good);
     }
-    let described = emulator
-        .cli_ok(&[
-            "services",
-            "describe",
-            &emulator.service,
-            "--format",
-            "json",
-        ])
-        .await;
-    let service: serde_json::Value = serde_json::from_str(&described.stdout).unwrap();
+    let service = emulator.describe_service().await;
     let status = &service["status"];
     assert_eq!(status["latestReadyRevisionName"], good.as_str());
     assert_ne!(status["latestCreatedRevisionName"], good.as_str());

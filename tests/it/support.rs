@@ -353,6 +353,14 @@ impl Emulator {
         list.as_array().cloned().unwrap_or_default()
     }
 
+    /// The Service document, as `services describe SERVICE --format json` prints it.
+    pub async fn describe_service(&self) -> serde_json::Value {
+        let done = self
+            .cli_ok(&["services", "describe", &self.service, "--format", "json"])
+            .await;
+        serde_json::from_str(&done.stdout).unwrap()
+    }
+
     /// The revision that answers a request for `path` with the given Host header.
     pub async fn revision_for(&self, host: &str, path: &str) -> String {
         let reply = request("GET", &self.url(path), &[("host", host)], Vec::new(), false).await;
