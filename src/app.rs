@@ -3,7 +3,7 @@
 //! everything down. `emulate run`, `emulate smoke` and tests all start the emulator here; the
 //! CLI keeps only flags, printing and exit codes.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminConfig, Gate};
-use crate::control::platform::{Platform, PlatformConfig};
+use crate::control::platform::{Platform, PlatformConfig, Reach};
 use crate::control::template::Secrets;
+use crate::dns;
 use crate::events::{Event, Events};
 use crate::instances::instance::{self, UpstreamMode};
 use crate::instances::pool::InstanceContext;
@@ -157,21 +158,31 @@ impl Emulator {
         // Every task of the emulator (the front end, the admin API, every pool's) is counted
         // here, so a shutdown returns only once they have all ended.
         let tasks = TaskTracker::new();
+        // Where containers reach the host: the metadata server, the front end's second
+        // listener and the name server listen there.
+        let host_side = match HostSide::find(&runtime, mode).await {
+            Ok(host_side) => Some(host_side),
+            Err(why) => {
+                config.events.publish(Event::warning(format!(
+                    "containers cannot reach the emulator (no metadata server, no service URLs inside them): {why}"
+                )));
+                None
+            }
+        };
         // The metadata server answers from now on: instances ask it while they start.
         let metadata_stop = CancellationToken::new();
-        let metadata = match &config.metadata {
-            Some(settings) => {
-                start_metadata(
-                    &runtime,
-                    mode,
-                    settings,
-                    &config.events,
-                    &tasks,
-                    &metadata_stop,
-                )
-                .await
+        let metadata = match (&config.metadata, &host_side) {
+            (Some(settings), Some(host_side)) => {
+                start_metadata(host_side, settings, &config.events, &tasks, &metadata_stop).await
             }
-            None => None,
+            _ => None,
+        };
+        let (container_listener, reach) = match &host_side {
+            Some(host_side) => {
+                reach_from_containers(host_side, listen, &config.events, &tasks, &metadata_stop)
+                    .await
+            }
+            None => (None, Reach::default()),
         };
         let metadata_host = match &metadata {
             Some(servers) => servers.endpoint(None).await.ok(),
@@ -193,6 +204,7 @@ impl Emulator {
                 },
                 default_service: config.default_service.clone(),
                 metadata,
+                reach,
             },
         );
         Ok(Running {
@@ -202,7 +214,12 @@ impl Emulator {
             listen,
             admin_addr: admin.as_ref().map(|(_, gate)| gate.bound),
             admin_token: admin.as_ref().map(|(_, gate)| gate.token.clone()),
-            waiting: Some(Waiting { listener, admin }),
+            waiting: Some(Waiting {
+                listeners: std::iter::once(listener)
+                    .chain(container_listener)
+                    .collect(),
+                admin,
+            }),
             tasks,
             stop_accepting: CancellationToken::new(),
             proxy: None,
@@ -216,7 +233,8 @@ impl Emulator {
 
 /// The listeners bound at start, until [`Running::serve`] takes them.
 struct Waiting {
-    listener: TcpListener,
+    /// The front end's: the address asked for, and the one containers reach, if apart.
+    listeners: Vec<TcpListener>,
     admin: Option<(TcpListener, Gate)>,
 }
 
@@ -237,7 +255,7 @@ pub struct Running {
     drain: Option<Drain>,
     /// The metadata server's `host:port` as containers reach it, if it runs.
     metadata_host: Option<String>,
-    /// Stops the metadata server, once the instances are gone.
+    /// Stops the metadata and name servers, once the instances are gone.
     metadata_stop: CancellationToken,
 }
 
@@ -278,7 +296,7 @@ impl Running {
 
     /// Starts serving: the front end and the admin API accept connections from now on.
     pub fn serve(&mut self) {
-        let Some(Waiting { listener, admin }) = self.waiting.take() else {
+        let Some(Waiting { listeners, admin }) = self.waiting.take() else {
             return;
         };
         let proxy = Proxy::new(
@@ -291,7 +309,7 @@ impl Running {
         );
         self.proxy = Some(
             self.tasks
-                .spawn(proxy.serve(listener, self.stop_accepting.clone())),
+                .spawn(proxy.serve(listeners, self.stop_accepting.clone())),
         );
         if let Some((listener, gate)) = admin {
             self.admin_task = Some(self.tasks.spawn(admin::serve(
@@ -366,13 +384,48 @@ impl Running {
     }
 }
 
-/// Starts the metadata servers where containers reach them: on the bridge gateway (a host
-/// address only the host and its containers use, never a public interface), or, on Docker
-/// Desktop, on the host's loopback, which containers reach as `host.docker.internal`. Without
-/// either the emulator runs without one, and says so.
+/// Where the host is, seen from containers: the bridge gateway (a host address only the host
+/// and its containers use, never a public interface), or, on Docker Desktop, the host's
+/// loopback, which containers reach as `host.docker.internal`.
+struct HostSide {
+    /// The host address the emulator listens on for containers.
+    ip: IpAddr,
+    /// That address as containers name it (`GCE_METADATA_HOST`'s host).
+    name: String,
+    /// Docker Desktop: containers reach the host's loopback, by name only.
+    desktop: bool,
+}
+
+impl HostSide {
+    async fn find(runtime: &Runtime, mode: UpstreamMode) -> Result<HostSide, String> {
+        // Docker Desktop's containers reach the host's loopback as host.docker.internal;
+        // elsewhere (`--upstream published-port` on Linux included) the bridge gateway is
+        // the way.
+        let desktop = mode == UpstreamMode::PublishedPort
+            && runtime.is_docker_desktop().await.unwrap_or(false);
+        if desktop {
+            return Ok(HostSide {
+                ip: IpAddr::from([127, 0, 0, 1]),
+                name: "host.docker.internal".to_string(),
+                desktop,
+            });
+        }
+        match runtime.bridge_gateway().await {
+            Ok(Some(gateway)) => Ok(HostSide {
+                ip: gateway.into(),
+                name: gateway.to_string(),
+                desktop,
+            }),
+            Ok(None) => Err("the default bridge network has no gateway".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Starts the metadata servers (one per service account) on the host side. Without them the
+/// emulator runs on, and says so.
 async fn start_metadata(
-    runtime: &Runtime,
-    mode: UpstreamMode,
+    host_side: &HostSide,
     settings: &MetadataConfig,
     events: &Events,
     tasks: &TaskTracker,
@@ -383,21 +436,6 @@ async fn start_metadata(
             "no metadata server for the containers: {why}"
         )));
         None
-    };
-    // Docker Desktop's containers reach the host's loopback as host.docker.internal; elsewhere
-    // (`--upstream published-port` on Linux included) the bridge gateway is the way.
-    let desktop =
-        mode == UpstreamMode::PublishedPort && runtime.is_docker_desktop().await.unwrap_or(false);
-    let (ip, host) = match desktop {
-        true => (
-            std::net::IpAddr::from([127, 0, 0, 1]),
-            "host.docker.internal".to_string(),
-        ),
-        false => match runtime.bridge_gateway().await {
-            Ok(Some(gateway)) => (gateway.into(), gateway.to_string()),
-            Ok(None) => return unavailable("the default bridge network has no gateway".into()),
-            Err(e) => return unavailable(e.to_string()),
-        },
     };
     let dir = metadata::identity::state_dir(|name| std::env::var(name).ok());
     let Some(dir) = dir else {
@@ -412,12 +450,96 @@ async fn start_metadata(
         Ok(Err(e)) => return unavailable(format!("its signing key: {e}")),
         Err(e) => return unavailable(format!("its signing key: {e}")),
     };
-    match metadata::Servers::start(ip, host, settings.clone(), key, tasks.clone(), stop.clone())
-        .await
+    let ip = host_side.ip;
+    match metadata::Servers::start(
+        ip,
+        host_side.name.clone(),
+        settings.clone(),
+        key,
+        tasks.clone(),
+        stop.clone(),
+    )
+    .await
     {
         Ok(servers) => Some(servers),
         Err(e) => unavailable(format!("cannot listen on {ip}: {e}")),
     }
+}
+
+/// Makes every service URL (`http://SERVICE.localhost:PORT`) work inside containers: the front
+/// end also listens on the host side at the same port, and the name server there resolves
+/// `*.localhost` to it (services deployed later included). Where the name server cannot run
+/// (port 53 needs root), the platform writes the names it knows into each new container's
+/// `/etc/hosts`. Returns the extra listener and what the platform tells containers.
+async fn reach_from_containers(
+    host_side: &HostSide,
+    listen: SocketAddr,
+    events: &Events,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> (Option<TcpListener>, Reach) {
+    if host_side.desktop {
+        // Desktop's containers reach the host's loopback, where the front end already is;
+        // the engine's `host-gateway` is that host.
+        return (
+            None,
+            Reach {
+                dns: None,
+                front_end: Some("host-gateway".to_string()),
+            },
+        );
+    }
+    let ip = host_side.ip;
+    let (listener, front_end) = if listen.ip().is_unspecified() || listen.ip() == ip {
+        (None, Some(ip.to_string()))
+    } else {
+        let addr = SocketAddr::new(ip, listen.port());
+        match TcpListener::bind(addr).await {
+            Ok(listener) => (Some(listener), Some(ip.to_string())),
+            Err(e) => {
+                events.publish(Event::warning(format!(
+                    "service URLs do not work inside containers: cannot listen on {addr}: {e}"
+                )));
+                return (None, Reach::default());
+            }
+        }
+    };
+    let IpAddr::V4(local) = ip else {
+        return (
+            listener,
+            Reach {
+                dns: None,
+                front_end,
+            },
+        );
+    };
+    let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut upstream = dns::upstream_servers(&resolv_conf);
+    if upstream.is_empty() {
+        // Docker's own fallback when the host names no server.
+        upstream = vec![
+            SocketAddr::from(([8, 8, 8, 8], dns::PORT)),
+            SocketAddr::from(([8, 8, 4, 4], dns::PORT)),
+        ];
+    }
+    let server = dns::Dns::start(
+        SocketAddr::new(ip, dns::PORT),
+        dns::DnsConfig { local, upstream },
+        tasks,
+        stop.clone(),
+    )
+    .await;
+    let dns = match server {
+        Ok(server) => Some(server.addr.ip()),
+        Err(e) => {
+            events.publish(Event::warning(format!(
+                "no name server for the containers ({ip}:{} needs root: {e}); an instance reaches the services that existed when it started, by URL, through its /etc/hosts",
+                dns::PORT
+            )));
+            None
+        }
+    };
+    (listener, Reach { dns, front_end })
 }
 
 /// Removes containers an emulator that was killed left behind, and says so.

@@ -8,7 +8,7 @@ const LAYERS: &[&[&str]] = &[
     &["cloudrun", "config", "shutdown"],
     &["events", "logs", "runtime"],
     &["instances", "sample"],
-    &["serve", "metadata"],
+    &["serve", "metadata", "dns"],
     &["control"],
     &["admin"],
     &["app"],

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod cloudrun;
 pub mod config;
 pub mod control;
+pub mod dns;
 pub mod events;
 pub mod instances;
 pub mod logs;

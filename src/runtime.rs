@@ -124,6 +124,10 @@ pub struct ContainerSpec {
     /// Publish the port on 127.0.0.1 (an ephemeral host port), for engines whose container
     /// addresses the host cannot reach (Docker Desktop).
     pub publish_port: bool,
+    /// Name servers instead of the engine's default (`--dns`).
+    pub dns: Vec<String>,
+    /// `NAME:ADDRESS` lines added to `/etc/hosts` (`--add-host`).
+    pub extra_hosts: Vec<String>,
 }
 
 /// A container's state as the emulator needs it.
@@ -329,6 +333,8 @@ impl Runtime {
                 memory_swap: Some(spec.memory_bytes as i64),
                 nano_cpus: Some(spec.cpu_millis as i64 * 1_000_000),
                 port_bindings,
+                dns: (!spec.dns.is_empty()).then(|| spec.dns.clone()),
+                extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
                 ..Default::default()
             }),
             ..Default::default()

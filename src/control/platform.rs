@@ -3,7 +3,7 @@
 //! revision; traffic moves only to revisions that are ready). It publishes the routing table
 //! the front end's router reads on every request, and reads status back from it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -16,7 +16,7 @@ use crate::control::knative::{self, Condition, ObjectMeta, RevisionTemplate};
 use crate::control::template::{self, Secrets};
 use crate::control::traffic::{self, TargetKey, TrafficTarget};
 use crate::events::{Event, Events};
-use crate::instances::instance::{RevisionSpec, StartError, StartFailure};
+use crate::instances::instance::{ContainerNetwork, RevisionSpec, StartError, StartFailure};
 use crate::instances::pool::{InstanceContext, Pool};
 use crate::instances::revision::RevisionConfig;
 use crate::metadata;
@@ -169,6 +169,18 @@ pub struct PlatformConfig {
     pub default_service: Option<String>,
     /// The metadata servers (one per service account), if they run.
     pub metadata: Option<metadata::Servers>,
+    /// How containers reach the service URLs.
+    pub reach: Reach,
+}
+
+/// How containers reach the emulator's service URLs (`http://SERVICE.localhost:PORT`).
+#[derive(Clone, Debug, Default)]
+pub struct Reach {
+    /// The emulator's name server, which resolves every `*.localhost` name to the front end.
+    pub dns: Option<std::net::IpAddr>,
+    /// The front end's address as containers reach it (an IP, or the engine's
+    /// `host-gateway`); `None` when they cannot.
+    pub front_end: Option<String>,
 }
 
 #[derive(Clone)]
@@ -495,6 +507,32 @@ impl Platform {
         }
     }
 
+    /// How a new revision's containers find the service URLs and the host: the emulator's
+    /// name server, or, without one, `/etc/hosts` lines for the services and tags known now
+    /// (`service` included).
+    fn container_network(&self, service: &str) -> ContainerNetwork {
+        let reach = &self.inner.config.reach;
+        // The host, by the name Docker Desktop gives it everywhere (for Google's emulators
+        // running there: PUBSUB_EMULATOR_HOST=host.docker.internal:8085).
+        let mut hosts = vec!["host.docker.internal:host-gateway".to_string()];
+        let mut dns = Vec::new();
+        match (reach.dns, &reach.front_end) {
+            (Some(server), Some(_)) => dns.push(server),
+            (None, Some(address)) => {
+                let mut names = BTreeSet::from([router::service_host(service)]);
+                for (name, record) in self.state().iter() {
+                    names.insert(router::service_host(name));
+                    for tag in record.traffic.iter().filter_map(|t| t.tag.as_deref()) {
+                        names.insert(router::tag_host(tag, name));
+                    }
+                }
+                hosts.extend(names.iter().map(|name| format!("{name}:{address}")));
+            }
+            (_, None) => {}
+        }
+        ContainerNetwork { dns, hosts }
+    }
+
     /// Makes a revision from a template, starts its first instance and waits for its startup
     /// probe. The revision is recorded (as latest created) even when it fails, with the reason;
     /// it becomes latest ready only when the apply commits.
@@ -515,6 +553,7 @@ impl Platform {
             image_id: image.id.clone(),
             config,
             emulator_env: self.metadata_env(template).await,
+            network: self.container_network(service),
         };
         // The pool's starts give up when the service is deleted or the emulator stops.
         let ctx = InstanceContext {

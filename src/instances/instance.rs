@@ -80,6 +80,19 @@ pub struct RevisionSpec {
     /// The emulator's env for the revision's containers (the metadata server of its service
     /// account); a user's variable of the same name wins.
     pub emulator_env: Vec<(String, String)>,
+    /// How its containers find the emulator's services and the host.
+    pub network: ContainerNetwork,
+}
+
+/// What the emulator adds to a container's name resolution (Docker's `--dns` and
+/// `--add-host`), so service URLs and `host.docker.internal` work inside it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContainerNetwork {
+    /// Name servers (the emulator's own, which answers `*.localhost`).
+    pub dns: Vec<std::net::IpAddr>,
+    /// `NAME:ADDRESS` entries for `/etc/hosts` (`host-gateway` is the engine's name for the
+    /// host).
+    pub hosts: Vec<String>,
 }
 
 impl RevisionSpec {
@@ -117,6 +130,7 @@ impl RevisionSpec {
             revision: format!("{service}-00001-abc"),
             image_id: "sha256:x".into(),
             emulator_env: Vec::new(),
+            network: ContainerNetwork::default(),
             config: RevisionConfig {
                 container: ContainerConfig {
                     image: service.into(),
@@ -378,6 +392,8 @@ pub async fn create(
         cpu_millis: config.cpu_millis,
         port: config.port,
         publish_port: mode == UpstreamMode::PublishedPort,
+        dns: spec.network.dns.iter().map(|ip| ip.to_string()).collect(),
+        extra_hosts: spec.network.hosts.clone(),
     };
     runtime.create(&container).await
 }

@@ -21,7 +21,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -80,6 +80,22 @@ pub struct Proxy<B> {
     tunnels: TaskTracker,
 }
 
+/// The next connection on any of the listeners (the host's address and the one containers
+/// reach), taken in turn so a busy one cannot starve the others.
+async fn accept_any(listeners: &[TcpListener]) -> std::io::Result<(TcpStream, SocketAddr)> {
+    let start = rand::random_range(0..listeners.len().max(1));
+    std::future::poll_fn(|cx| {
+        for i in 0..listeners.len() {
+            let listener = &listeners[(start + i) % listeners.len()];
+            if let std::task::Poll::Ready(accepted) = listener.poll_accept(cx) {
+                return std::task::Poll::Ready(accepted);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
 /// How serving ended.
 #[derive(Debug)]
 pub struct DrainReport {
@@ -113,7 +129,7 @@ impl<B: Backend> Proxy<B> {
     /// requests in flight finish (bounded by the drain timeout).
     pub async fn serve(
         self: Arc<Self>,
-        listener: TcpListener,
+        listeners: Vec<TcpListener>,
         shutdown: CancellationToken,
     ) -> DrainReport {
         let graceful = GracefulShutdown::new();
@@ -147,7 +163,7 @@ impl<B: Backend> Proxy<B> {
                 }
             };
             let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
+                accepted = accept_any(&listeners) => match accepted {
                     Ok(accepted) => {
                         backoff.succeeded();
                         accepted
@@ -200,7 +216,7 @@ impl<B: Backend> Proxy<B> {
                 }
             });
         }
-        drop(listener);
+        drop(listeners);
         self.tunnels.close();
         let drain = async {
             graceful.shutdown().await;
@@ -642,7 +658,7 @@ mod with_a_fake_router {
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         let proxy = Proxy::new(Arc::new(router), ProxyConfig::default());
-        tokio::spawn(proxy.serve(listener, stop.clone()));
+        tokio::spawn(proxy.serve(vec![listener], stop.clone()));
         Running { addr, slots, stop }
     }
 

@@ -86,12 +86,22 @@ fn list_or_none(items: &[String]) -> String {
 
 /// The service URL: `http://SERVICE.localhost:PORT` (`*.localhost` is loopback).
 pub fn service_url(service: &str, port: u16) -> String {
-    format!("http://{service}.localhost:{port}")
+    format!("http://{}:{port}", service_host(service))
 }
 
 /// A tag's URL: `http://TAG---SERVICE.localhost:PORT`.
 pub fn tag_url(tag: &str, service: &str, port: u16) -> String {
-    format!("http://{tag}---{service}.localhost:{port}")
+    format!("http://{}:{port}", tag_host(tag, service))
+}
+
+/// The service URL's host name.
+pub fn service_host(service: &str) -> String {
+    format!("{service}.localhost")
+}
+
+/// A tag URL's host name.
+pub fn tag_host(tag: &str, service: &str) -> String {
+    format!("{tag}---{service}.localhost")
 }
 
 /// Splits a request's host into (service, tag): the inverse of [`service_url`] and

@@ -57,10 +57,13 @@ pub struct Announcement {
 impl Announcement {
     /// The announcement in what the emulator printed on stderr so far, once both lines are in.
     pub fn find(stderr: &str) -> Option<Announcement> {
+        // `http://localhost:PORT` for one service, `http://SERVICE.localhost:PORT` for each
+        // of several.
         let port = stderr
             .lines()
-            .find_map(|l| l.strip_prefix("Service URL: http://localhost:"))
-            .and_then(|p| p.trim().parse::<u16>().ok())?;
+            .find_map(|l| l.strip_prefix("Service URL: http://"))
+            .and_then(|url| url.rsplit_once(':'))
+            .and_then(|(_, p)| p.trim().parse::<u16>().ok())?;
         let admin = stderr
             .lines()
             .find_map(|l| l.strip_prefix("Admin API: http://"))

@@ -12,6 +12,7 @@ mod images;
 mod support;
 
 mod admin_security;
+mod calls;
 mod client_faults;
 mod control;
 mod failures;

@@ -66,6 +66,7 @@ pub async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible
         "/crash" => crash(&query),
         "/upload" => upload(req).await,
         "/metadata" => metadata(&query).await,
+        "/call" => call(&query).await,
         "/healthz" if SICK.load(std::sync::atomic::Ordering::SeqCst) => {
             Ok(text(StatusCode::SERVICE_UNAVAILABLE, "sick\n"))
         }
@@ -379,7 +380,6 @@ async fn upload(req: Request<Incoming>) -> Handled {
 /// (with `Metadata-Flavor: Google` unless `flavor=0`), as Google's libraries do from inside
 /// a container, and answers with the raw HTTP response it got.
 async fn metadata(query: &Query) -> Handled {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let host = std::env::var("GCE_METADATA_HOST")
         .map_err(|_| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "no GCE_METADATA_HOST\n"))?;
     let path = query.get("path").unwrap_or("/computeMetadata/v1/");
@@ -388,20 +388,74 @@ async fn metadata(query: &Query) -> Handled {
     } else {
         "Metadata-Flavor: Google\r\n"
     };
-    let failed = |e: std::io::Error| {
-        Failure::new(
-            StatusCode::BAD_GATEWAY,
-            format!("metadata server at {host}: {e}\n"),
-        )
+    let response = http_get(&host, path, "metadata.google.internal", flavor).await?;
+    Ok(text(StatusCode::OK, response))
+}
+
+/// `GET url` from inside the container, as a service calls another: the host is resolved by
+/// the container's resolver (its /etc/hosts and name server). With `audience`, an identity
+/// token for it is fetched from the metadata server first and sent in `header` (default
+/// `Authorization`) as `Bearer TOKEN`. Answers the raw response it got.
+async fn call(query: &Query) -> Handled {
+    let url = query
+        .get("url")
+        .ok_or_else(|| Failure::new(StatusCode::BAD_REQUEST, "no url\n"))?;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| Failure::new(StatusCode::BAD_REQUEST, "only http:// urls\n"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
     };
-    let mut stream = tokio::net::TcpStream::connect(&host)
+    let mut headers = String::new();
+    if let Some(audience) = query.get("audience") {
+        let metadata = std::env::var("GCE_METADATA_HOST").map_err(|_| {
+            Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "no GCE_METADATA_HOST\n")
+        })?;
+        let identity = format!(
+            "/computeMetadata/v1/instance/service-accounts/default/identity?audience={}",
+            audience.replace(':', "%3A").replace('/', "%2F")
+        );
+        let answer = http_get(
+            &metadata,
+            &identity,
+            "metadata.google.internal",
+            "Metadata-Flavor: Google\r\n",
+        )
+        .await?;
+        let answer = String::from_utf8_lossy(&answer);
+        let (head, token) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        if !head.starts_with("HTTP/1.1 200") {
+            return Err(Failure::new(
+                StatusCode::BAD_GATEWAY,
+                format!("identity token: {answer}\n"),
+            ));
+        }
+        let header = query.get("header").unwrap_or("Authorization");
+        headers = format!("{header}: Bearer {}\r\n", token.trim());
+    }
+    let response = http_get(authority, path, authority, &headers).await?;
+    Ok(text(StatusCode::OK, response))
+}
+
+/// One HTTP/1.1 GET over a new connection to `address` (resolved here), with `headers`
+/// (complete lines); the whole raw response.
+async fn http_get(
+    address: &str,
+    path: &str,
+    host: &str,
+    headers: &str,
+) -> Result<Vec<u8>, Failure> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let failed =
+        |e: std::io::Error| Failure::new(StatusCode::BAD_GATEWAY, format!("{address}: {e}\n"));
+    let mut stream = tokio::net::TcpStream::connect(address)
         .await
         .map_err(failed)?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: metadata.google.internal\r\n{flavor}Connection: close\r\n\r\n"
-    );
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.map_err(failed)?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.map_err(failed)?;
-    Ok(text(StatusCode::OK, response))
+    Ok(response)
 }
