@@ -304,6 +304,7 @@ impl Running {
             ProxyConfig {
                 header_read_timeout: self.config.header_read_timeout,
                 max_connections: self.config.max_connections,
+                request_log: Some(self.config.events.clone()),
                 ..ProxyConfig::default()
             },
         );

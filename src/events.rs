@@ -5,7 +5,7 @@
 //! later observers (a dashboard, request logs, `--format json`) subscribe to its broadcast.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
 
@@ -20,6 +20,7 @@ pub enum Event {
     /// in Cloud Run's words.
     System {
         kind: SystemKind,
+        service: String,
         revision: String,
         /// The instance's short id, when the line is about one that exists.
         instance: Option<String>,
@@ -27,10 +28,16 @@ pub enum Event {
     },
     /// A line a container wrote (stdout or stderr).
     ContainerLog {
+        service: String,
         revision: String,
         instance: String,
+        /// Written to stderr (else stdout).
+        stderr: bool,
         line: String,
     },
+    /// A request the front end answered (by an instance, or itself: a 429, 503, 404...),
+    /// once its response ended: Cloud Run's request log.
+    Request(Box<RequestLog>),
     /// A deploy creates a revision (its first instance starts next).
     CreatingRevision {
         service: String,
@@ -58,6 +65,40 @@ pub enum Event {
     Problem { level: Level, text: String },
 }
 
+/// One request as Cloud Run's request log records it (Cloud Logging's `HttpRequest`, with
+/// where it went).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestLog {
+    /// When the request arrived.
+    pub received: SystemTime,
+    pub method: String,
+    /// The URL as the client asked for it: `http://HOST/PATH?QUERY`.
+    pub url: String,
+    /// `HTTP/1.1`, `HTTP/2`...
+    pub protocol: String,
+    pub status: u16,
+    /// The request's head and (declared) body, in bytes.
+    pub request_size: u64,
+    /// The response's head and body as sent, in bytes.
+    pub response_size: u64,
+    /// From arrival until the response's last byte (or the client went away).
+    pub latency: Duration,
+    pub user_agent: Option<String>,
+    pub referer: Option<String>,
+    pub remote_ip: String,
+    /// The service the host named, if one exists.
+    pub service: Option<String>,
+    /// The revision and instance that answered; `None` when the emulator answered itself
+    /// (no instance free: 429; no service: 404; a private service's 403...).
+    pub revision: Option<String>,
+    pub instance: Option<String>,
+    /// The instance's `IP:PORT`.
+    pub server_ip: Option<String>,
+    /// The trace id (32 hex digits) and span id (decimal), as forwarded to the instance in
+    /// `X-Cloud-Trace-Context`, or as the client sent them.
+    pub trace: Option<(String, String)>,
+}
+
 /// Which `SYSTEM` line an [`Event::System`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SystemKind {
@@ -82,9 +123,16 @@ pub enum Level {
 }
 
 impl Event {
-    pub fn system(kind: SystemKind, revision: &str, instance: Option<&str>, text: String) -> Self {
+    pub fn system(
+        kind: SystemKind,
+        service: &str,
+        revision: &str,
+        instance: Option<&str>,
+        text: String,
+    ) -> Self {
         Event::System {
             kind,
+            service: service.to_string(),
             revision: revision.to_string(),
             instance: instance.map(str::to_string),
             text,

@@ -4,9 +4,15 @@
 //! structured (JSON) lines shown as severity and message, and Cloud Run's own system lines,
 //! coloured on a terminal and plain when piped; deploy progress and warnings on stderr.
 
-use std::io::{IsTerminal, Write};
+pub mod entry;
 
-use crate::events::{Event, Level, Sink};
+use std::collections::HashSet;
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use crate::events::{Event, Level, RequestLog, Sink};
+pub use entry::Resource;
 
 /// One container log line as Cloud Logging would show it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,22 +54,54 @@ pub struct LogPrinter {
     color: bool,
     /// Logs go to stderr when stdout carries a result (`emulate smoke`).
     stderr: bool,
+    format: LogFormat,
+    /// One line per request (`--request-log on`, the default).
+    requests: bool,
+    /// The services already warned about a JSON line that would not parse as meant.
+    doubted: Arc<Mutex<HashSet<String>>>,
+}
+
+/// How log lines are printed (`--log-format`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// For people: prefix, severity, message; colour on a terminal.
+    #[default]
+    Text,
+    /// One Cloud Logging `LogEntry` JSON object per line, for this project and location.
+    Json(Resource),
 }
 
 impl LogPrinter {
     pub fn stdout() -> Self {
-        LogPrinter {
-            color: Self::stdout_is_colored(),
-            stderr: false,
-        }
+        LogPrinter::new(Self::stdout_is_colored(), false)
     }
 
     #[allow(clippy::disallowed_methods)] // The printer is the terminal's.
     pub fn stderr() -> Self {
+        let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        LogPrinter::new(color, true)
+    }
+
+    fn new(color: bool, stderr: bool) -> Self {
         LogPrinter {
-            color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-            stderr: true,
+            color,
+            stderr,
+            format: LogFormat::Text,
+            requests: true,
+            doubted: Arc::default(),
         }
+    }
+
+    /// Prints log lines in `format`.
+    pub fn with_format(mut self, format: LogFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Prints a line per request, or not.
+    pub fn with_request_log(mut self, on: bool) -> Self {
+        self.requests = on;
+        self
     }
 
     /// Colour only on a terminal, and never with NO_COLOR set.
@@ -82,7 +120,9 @@ impl LogPrinter {
                 revision,
                 instance,
                 line,
+                ..
             } => return (Stream::Log, self.container(revision, instance, line)),
+            Event::Request(request) => return (Stream::Log, self.request(request)),
             Event::CreatingRevision {
                 service,
                 revision,
@@ -125,17 +165,62 @@ impl LogPrinter {
         format!("{prefix} {} {message}", self.paint("36", "SYSTEM  "))
     }
 
+    /// A request, as Cloud Run's request log shows it: method, status, size, latency, user
+    /// agent, URL; severity by status. A request the front end answered itself (no instance
+    /// free, no such service...) says so.
+    fn request(&self, request: &RequestLog) -> String {
+        let prefix = match (&request.revision, &request.instance) {
+            (Some(revision), Some(instance)) => format!("{revision}/{instance}"),
+            _ => request
+                .service
+                .clone()
+                .unwrap_or_else(|| "emulate".to_string()),
+        };
+        let severity = entry::request_severity(request.status);
+        let code = severity_color(severity);
+        let mut line = format!(
+            "{} {} {} {} {} {} {} {}",
+            self.paint("2", &prefix),
+            self.paint(code, &format!("{severity:<8}")),
+            request.method,
+            self.paint(code, &request.status.to_string()),
+            human_size(request.response_size),
+            human_latency(request.latency),
+            request.user_agent.as_deref().unwrap_or("-"),
+            request.url,
+        );
+        if request.revision.is_none() {
+            line.push_str(" (answered by the front end; it never reached an instance)");
+        }
+        line
+    }
+
+    /// A warning, once per service, about a JSON line that Cloud Logging would not read as
+    /// its writer meant.
+    fn doubt(&self, event: &Event) -> Option<String> {
+        let Event::ContainerLog { service, line, .. } = event else {
+            return None;
+        };
+        let resource = match &self.format {
+            LogFormat::Json(resource) => resource.clone(),
+            LogFormat::Text => Resource::default(),
+        };
+        let doubt = entry::Structured::parse(line, &resource)?.doubt?;
+        let mut doubted = self.doubted.lock().unwrap_or_else(|e| e.into_inner());
+        if !doubted.insert(service.clone()) {
+            return None;
+        }
+        Some(format!(
+            "warning: service [{service}] writes JSON log lines Cloud Logging will not read as meant: {doubt}. Line: {line}\n         (once per service; the fields Cloud Logging reads: https://cloud.google.com/logging/docs/structured-logging)"
+        ))
+    }
+
     /// A line the container wrote.
     fn container(&self, revision: &str, instance: &str, line: &str) -> String {
         let entry = parse_line(line);
         let prefix = self.paint("2", &format!("{revision}/{instance}"));
         let severity = entry.severity.as_deref().unwrap_or("");
-        let code = match severity {
-            "EMERGENCY" | "ALERT" | "CRITICAL" | "ERROR" => "31",
-            "WARNING" => "33",
-            "NOTICE" | "INFO" => "32",
-            _ => "2",
-        };
+        let code = severity_color(severity);
         let severity = self.paint(code, &format!("{severity:<8}"));
         format!("{prefix} {severity} {}", entry.message)
     }
@@ -165,8 +250,53 @@ impl LogPrinter {
 
 impl Sink for LogPrinter {
     fn show(&self, event: &Event) {
-        let (stream, line) = self.render(event);
-        self.write(stream, &line);
+        if matches!(event, Event::Request(_)) && !self.requests {
+            return;
+        }
+        let json = match &self.format {
+            LogFormat::Json(resource) => entry::event_entry(event, SystemTime::now(), resource),
+            LogFormat::Text => None,
+        };
+        match json {
+            Some(entry) => self.write(Stream::Log, &entry.to_string()),
+            None => {
+                let (stream, line) = self.render(event);
+                self.write(stream, &line);
+            }
+        }
+        if let Some(warning) = self.doubt(event) {
+            self.write(Stream::Stderr, &warning);
+        }
+    }
+}
+
+/// The terminal colour of a severity: red for errors and worse, yellow for warnings, green
+/// for info and notice, dim for the rest.
+fn severity_color(severity: &str) -> &'static str {
+    match severity {
+        "EMERGENCY" | "ALERT" | "CRITICAL" | "ERROR" => "31",
+        "WARNING" => "33",
+        "NOTICE" | "INFO" => "32",
+        _ => "2",
+    }
+}
+
+/// A size as the request log shows it: `512 B`, `1.2 KiB`, `3.4 MiB`.
+fn human_size(bytes: u64) -> String {
+    match bytes {
+        0..=1023 => format!("{bytes} B"),
+        1024..=1_048_575 => format!("{:.1} KiB", bytes as f64 / 1024.0),
+        _ => format!("{:.1} MiB", bytes as f64 / 1_048_576.0),
+    }
+}
+
+/// A latency as the request log shows it: `850 µs`, `12 ms`, `1.25 s`.
+fn human_latency(latency: Duration) -> String {
+    let micros = latency.as_micros();
+    match micros {
+        0..=999 => format!("{micros} µs"),
+        1_000..=999_999 => format!("{} ms", micros / 1000),
+        _ => format!("{:.2} s", latency.as_secs_f64()),
     }
 }
 
@@ -229,10 +359,7 @@ mod tests {
     }
 
     fn plain(stderr: bool) -> LogPrinter {
-        LogPrinter {
-            color: false,
-            stderr,
-        }
+        LogPrinter::new(false, stderr)
     }
 
     #[test]
@@ -241,6 +368,7 @@ mod tests {
         let printer = plain(false);
         let system = Event::system(
             SystemKind::Exited,
+            "hello",
             "hello-00001-abc",
             None,
             "Container called exit(1).".into(),
@@ -253,8 +381,10 @@ mod tests {
             )
         );
         let log = Event::ContainerLog {
+            service: "s".into(),
             revision: "r".into(),
             instance: "0123abcd".into(),
+            stderr: false,
             line: r#"{"severity":"warning","message":"careful"}"#.into(),
         };
         assert_eq!(
@@ -277,10 +407,7 @@ mod tests {
 
     #[test]
     fn colours_only_when_asked() {
-        let printer = LogPrinter {
-            color: true,
-            stderr: false,
-        };
+        let printer = LogPrinter::new(true, false);
         assert_eq!(
             printer.system("r", "hi"),
             "\x1b[2mr\x1b[0m \x1b[36mSYSTEM  \x1b[0m hi"
@@ -296,5 +423,75 @@ mod tests {
         splitter.push(b"o\r\nthree", |l| lines.push(l.to_string()));
         splitter.finish(|l| lines.push(l.to_string()));
         assert_eq!(lines, ["one", "two", "three"]);
+    }
+
+    fn request_log(status: u16, answered: bool) -> Event {
+        Event::Request(Box::new(RequestLog {
+            received: SystemTime::UNIX_EPOCH,
+            method: "GET".into(),
+            url: "http://hello.localhost:8080/a?b=1".into(),
+            protocol: "HTTP/1.1".into(),
+            status,
+            request_size: 80,
+            response_size: 2048,
+            latency: Duration::from_micros(12_400),
+            user_agent: Some("curl/8.1".into()),
+            referer: None,
+            remote_ip: "127.0.0.1".into(),
+            service: Some("hello".into()),
+            revision: answered.then(|| "hello-00001-abc".into()),
+            instance: answered.then(|| "0123abcd".into()),
+            server_ip: None,
+            trace: None,
+        }))
+    }
+
+    #[test]
+    fn a_request_is_one_line_with_severity_by_status_and_front_end_answers_marked() {
+        let printer = plain(false);
+        assert_eq!(
+            printer.render(&request_log(200, true)),
+            (
+                Stream::Log,
+                "hello-00001-abc/0123abcd INFO     GET 200 2.0 KiB 12 ms curl/8.1 http://hello.localhost:8080/a?b=1".into()
+            )
+        );
+        let (_, refused) = printer.render(&request_log(429, false));
+        assert_eq!(
+            refused,
+            "hello WARNING  GET 429 2.0 KiB 12 ms curl/8.1 http://hello.localhost:8080/a?b=1 (answered by the front end; it never reached an instance)"
+        );
+        let (_, failed) = printer.render(&request_log(503, true));
+        assert!(failed.contains(" ERROR    GET 503 "), "{failed}");
+        assert_eq!(human_latency(Duration::from_micros(850)), "850 µs");
+        assert_eq!(human_latency(Duration::from_millis(1250)), "1.25 s");
+        assert_eq!(human_size(3 << 20), "3.0 MiB");
+    }
+
+    #[test]
+    fn a_doubtful_json_line_is_warned_about_once_per_service() {
+        let printer = plain(false);
+        let line = |service: &str| Event::ContainerLog {
+            service: service.into(),
+            revision: "r".into(),
+            instance: "i".into(),
+            stderr: false,
+            line: r#"{"level":"info","msg":"hi"}"#.into(),
+        };
+        let first = printer.doubt(&line("a")).expect("warned");
+        assert!(
+            first.contains("service [a]") && first.contains("\"level\""),
+            "{first}"
+        );
+        assert_eq!(printer.doubt(&line("a")), None, "once per service");
+        assert!(printer.doubt(&line("b")).is_some());
+        let fine = Event::ContainerLog {
+            service: "c".into(),
+            revision: "r".into(),
+            instance: "i".into(),
+            stderr: false,
+            line: r#"{"severity":"INFO","message":"ok"}"#.into(),
+        };
+        assert_eq!(printer.doubt(&fine), None);
     }
 }

@@ -412,6 +412,7 @@ pub async fn start(
     let (runtime, mode, events) = (&ctx.runtime, ctx.mode, &ctx.events);
     events.publish(Event::system(
         SystemKind::Starting,
+        &spec.service,
         &spec.revision,
         None,
         cloudrun::starting_new_instance(reason),
@@ -469,6 +470,7 @@ async fn start_created(
     let log_task = tasks.spawn(follow_logs(
         runtime.clone(),
         container_id.to_string(),
+        spec.service.clone(),
         spec.revision.clone(),
         id.clone(),
         events.clone(),
@@ -496,6 +498,7 @@ async fn start_created(
     };
     events.publish(Event::system(
         SystemKind::ProbePassed,
+        &spec.service,
         &spec.revision,
         Some(&id),
         line,
@@ -638,26 +641,32 @@ const STARTUP_RETRY: Duration = Duration::from_millis(100);
 async fn follow_logs(
     runtime: Runtime,
     container_id: String,
+    service: String,
     revision: String,
     instance: String,
     events: Events,
 ) {
     let mut stream = Box::pin(runtime.follow_logs(&container_id));
     let (mut out, mut err) = (LineSplitter::default(), LineSplitter::default());
-    let publish = |line: &str| {
-        events.publish(Event::ContainerLog {
-            revision: revision.clone(),
-            instance: instance.clone(),
-            line: line.to_string(),
-        })
+    let publish = |stderr: bool| {
+        let (service, revision, instance, events) = (&service, &revision, &instance, &events);
+        move |line: &str| {
+            events.publish(Event::ContainerLog {
+                service: service.clone(),
+                revision: revision.clone(),
+                instance: instance.clone(),
+                stderr,
+                line: line.to_string(),
+            })
+        }
     };
     while let Some(chunk) = stream.next().await {
         let Ok(chunk) = chunk else { break };
         let splitter = if chunk.stderr { &mut err } else { &mut out };
-        splitter.push(&chunk.bytes, publish);
+        splitter.push(&chunk.bytes, publish(chunk.stderr));
     }
-    out.finish(publish);
-    err.finish(publish);
+    out.finish(publish(false));
+    err.finish(publish(true));
 }
 
 /// How an instance ended.

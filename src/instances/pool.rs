@@ -98,6 +98,8 @@ struct Stats {
 struct Member {
     key: u64,
     instance: Instance,
+    /// The instance's short id, shared with its leases (for the request log).
+    id: Arc<str>,
     authority: Authority,
     in_flight: u32,
     draining: bool,
@@ -123,6 +125,8 @@ pub struct Lease {
     key: u64,
     /// Where to send the request: the instance's `IP:PORT`.
     pub authority: Authority,
+    /// The instance's short id.
+    instance: Arc<str>,
 }
 
 impl Drop for Lease {
@@ -146,6 +150,16 @@ impl Drop for Lease {
 }
 
 impl Lease {
+    /// The revision's spec (service and revision names).
+    pub fn spec(&self) -> &RevisionSpec {
+        &self.pool.spec
+    }
+
+    /// The short id of the instance holding the slot.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
     /// The request could not reach the instance (refused, reset, closed early). It gets no
     /// new requests until Docker confirms it still runs: if it died, its address is free and
     /// may soon belong to another container, which must never receive this revision's traffic.
@@ -385,6 +399,7 @@ impl Pool {
             pool: self.inner.clone(),
             key: member.key,
             authority: member.authority.clone(),
+            instance: member.id.clone(),
         };
         state.stats.requests += 1;
         Some(lease)
@@ -540,6 +555,7 @@ impl Pool {
                 state.members.push(Member {
                     key,
                     authority,
+                    id: Arc::from(started.id.as_str()),
                     instance: started,
                     in_flight: 0,
                     draining: false,
@@ -705,6 +721,7 @@ impl Pool {
         let events = &self.inner.ctx.events;
         events.publish(Event::system(
             SystemKind::LivenessFailed,
+            &spec.service,
             &spec.revision,
             Some(&member.instance.id),
             format!(
@@ -752,8 +769,9 @@ impl Pool {
     /// Cloud Run's lines for an instance that exited by itself: the memory limit when the
     /// engine OOM-killed it, then `Container called exit(N).`
     fn report_exit(&self, instance: &str, code: i64, oom_killed: bool) {
-        let (events, revision) = (&self.inner.ctx.events, &self.inner.spec.revision);
-        let line = |kind, text| Event::system(kind, revision, Some(instance), text);
+        let (events, spec) = (&self.inner.ctx.events, &self.inner.spec);
+        let line =
+            |kind, text| Event::system(kind, &spec.service, &spec.revision, Some(instance), text);
         if oom_killed {
             // The kernel kills when the cgroup's usage reaches the limit and nothing more can
             // be reclaimed, so the usage at the kill is the limit (the engine keeps no peak
@@ -957,7 +975,7 @@ impl Pool {
 
     async fn stop_members(&self, members: Vec<Member>, grace: Duration, reason: &str) {
         let ctx = &self.inner.ctx;
-        let revision = &self.inner.spec.revision;
+        let (service, revision) = (&self.inner.spec.service, &self.inner.spec.revision);
         let stops = members.into_iter().map(|member| async move {
             let id = member.instance.id.clone();
             let container_id = member.instance.container_id.clone();
@@ -990,12 +1008,14 @@ impl Pool {
                 }
                 Ok(report) if report.killed => ctx.events.publish(Event::system(
                     SystemKind::Stopped,
+                    service,
                     revision,
                     Some(&id),
                     format!("Instance {id} stopped ({reason}): it did not exit within {} s of SIGTERM and was sent SIGKILL.", grace.as_secs()),
                 )),
                 Ok(report) => ctx.events.publish(Event::system(
                     SystemKind::Stopped,
+                    service,
                     revision,
                     Some(&id),
                     format!(

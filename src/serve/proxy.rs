@@ -5,6 +5,7 @@
 pub mod body;
 pub mod connection;
 pub mod headers;
+pub mod request_log;
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -28,12 +29,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cloudrun;
+use crate::events::Events;
 use crate::instances::pool::AcquireError;
 use crate::serve::invoker::{self, Denied};
 use crate::serve::router::{Backend, RouteError, Slot};
 pub use body::ProxyBody;
 use body::{BodyTooLarge, CappedBody, ClientBodyError};
 use connection::{AcceptBackoff, Activity, LimitNotice, Tracked};
+use request_log::{Arrival, PendingLog, Seen};
 
 /// Settings of the front end itself (per-revision settings travel in each
 /// [`Route`](crate::serve::router::Route)).
@@ -51,6 +54,9 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     /// How long shutdown waits for in-flight requests and tunnels.
     pub drain_timeout: Duration,
+    /// Where each request's log line is published when its response ends (`None`: no
+    /// request log, and none of its cost).
+    pub request_log: Option<Events>,
 }
 
 impl Default for ProxyConfig {
@@ -61,6 +67,7 @@ impl Default for ProxyConfig {
             idle_timeout: Duration::from_secs(10),
             max_connections: connection::default_max_connections(),
             drain_timeout: Duration::from_secs(10),
+            request_log: None,
         }
     }
 }
@@ -193,8 +200,8 @@ impl<B: Backend> Proxy<B> {
                     let proxy = proxy.clone();
                     let busy = activity.begin();
                     async move {
-                        let response = proxy.handle(request, peer).await;
-                        Ok::<_, Infallible>(response.map(|inner| Tracked { inner, busy }))
+                        let (response, log) = proxy.handle_logged(request, peer).await;
+                        Ok::<_, Infallible>(response.map(|inner| Tracked { inner, busy, log }))
                     }
                 }
             });
@@ -228,10 +235,27 @@ impl<B: Backend> Proxy<B> {
         DrainReport { drained }
     }
 
+    /// Handles a request, noting what its log line needs when there is a request log.
+    async fn handle_logged(
+        &self,
+        request: Request<Incoming>,
+        client: SocketAddr,
+    ) -> (Response<ProxyBody>, Option<PendingLog>) {
+        let Some(events) = &self.config.request_log else {
+            return (self.handle(request, client, None).await, None);
+        };
+        let arrival = Arrival::of(&request, client);
+        let mut seen = Seen::default();
+        let response = self.handle(request, client, Some(&mut seen)).await;
+        let log = arrival.answered(seen, &response, events.clone());
+        (response, Some(log))
+    }
+
     async fn handle(
         &self,
         mut request: Request<Incoming>,
         client: SocketAddr,
+        mut seen: Option<&mut Seen>,
     ) -> Response<ProxyBody> {
         let client_http1 = request.version() < Version::HTTP_2;
         if client_http1
@@ -294,7 +318,10 @@ impl<B: Backend> Proxy<B> {
             }
         }
         headers::set_forwarding(&mut parts.headers, client.ip(), "http");
-        headers::set_trace(&mut parts.headers, &mut rand::rng());
+        let trace = headers::set_trace(&mut parts.headers, &mut rand::rng());
+        if let Some(seen) = seen.as_deref_mut() {
+            seen.trace = Some(trace);
+        }
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(Scheme::HTTP);
         uri.authority = Some(route.authority.clone());
@@ -365,6 +392,10 @@ impl<B: Backend> Proxy<B> {
                 );
             }
         };
+        if let Some(seen) = seen {
+            seen.served_by = route.slot.served_by();
+            seen.server = Some(route.authority.to_string());
+        }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
                 return refusal(

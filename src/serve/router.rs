@@ -49,12 +49,40 @@ pub struct Route {
 pub trait Slot: Send + Sync + 'static {
     /// The request could not reach the instance (refused, reset, closed early).
     fn unreachable(&self);
+
+    /// Which service, revision and instance the slot is on, for the request log.
+    fn served_by(&self) -> Option<ServedBy> {
+        None
+    }
+}
+
+/// Where a request was served, as the request log names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServedBy {
+    pub service: String,
+    pub revision: String,
+    pub instance: String,
 }
 
 impl Slot for Lease {
     fn unreachable(&self) {
         Lease::unreachable(self);
     }
+
+    fn served_by(&self) -> Option<ServedBy> {
+        let spec = self.spec();
+        Some(ServedBy {
+            service: spec.service.clone(),
+            revision: spec.revision.clone(),
+            instance: self.instance().to_string(),
+        })
+    }
+}
+
+/// The service a request's host names (`SERVICE.localhost`, `TAG---SERVICE.localhost`), if
+/// any: for the request log of a request no instance answered.
+pub fn service_of_host(host: &str) -> Option<&str> {
+    parse_host(host).0
 }
 
 /// Why a request could not be routed to an instance.

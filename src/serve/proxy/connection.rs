@@ -3,6 +3,7 @@
 //! between requests: the keep-alive idle timeout, HTTP/1 and HTTP/2 alike), the number of
 //! open connections is capped, and accept errors (out of file descriptors) back off.
 
+use crate::serve::proxy::request_log::PendingLog;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -81,13 +82,18 @@ impl Activity {
     }
 }
 
-/// A response body that keeps its request counted in progress until it has been sent.
+/// A response body that keeps its request counted in progress until it has been sent, and
+/// its request log line pending until then.
 pub struct Tracked<B> {
     pub inner: B,
     pub busy: Busy,
+    pub log: Option<PendingLog>,
 }
 
-impl<B: Body + Unpin> Body for Tracked<B> {
+impl<B: Body + Unpin> Body for Tracked<B>
+where
+    B::Data: bytes::Buf,
+{
     type Data = B::Data;
     type Error = B::Error;
 
@@ -95,7 +101,14 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Some(log), Poll::Ready(Some(Ok(frame)))) = (&mut this.log, &polled) {
+            if let Some(data) = frame.data_ref() {
+                log.sent(bytes::Buf::remaining(data));
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -286,23 +286,16 @@ impl Trace {
 /// Sets `traceparent` and `X-Cloud-Trace-Context` so both carry the same trace: an incoming
 /// `traceparent` is kept (and wins), else an incoming `X-Cloud-Trace-Context` is continued,
 /// else a new trace starts.
-pub fn set_trace(headers: &mut HeaderMap, rng: &mut impl Rng) {
-    let from_traceparent = headers
-        .get(&TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(Trace::from_traceparent);
-    if let Some(trace) = from_traceparent {
+pub fn set_trace(headers: &mut HeaderMap, rng: &mut impl Rng) -> Trace {
+    if let Some(trace) = client_trace_parent(headers) {
         insert(
             headers,
             &X_CLOUD_TRACE_CONTEXT,
             &trace.cloud_trace_context(),
         );
-        return;
+        return trace;
     }
-    let from_cloud = headers
-        .get(&X_CLOUD_TRACE_CONTEXT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(Trace::from_cloud_trace_context);
+    let from_cloud = client_cloud_trace(headers);
     let trace = from_cloud.unwrap_or_else(|| Trace::random(rng));
     insert(headers, &TRACEPARENT, &trace.traceparent());
     if from_cloud.is_none() {
@@ -312,6 +305,26 @@ pub fn set_trace(headers: &mut HeaderMap, rng: &mut impl Rng) {
             &trace.cloud_trace_context(),
         );
     }
+    trace
+}
+
+/// The trace a client sent (`traceparent` first, as [`set_trace`] reads them), if any.
+pub fn client_trace(headers: &HeaderMap) -> Option<Trace> {
+    client_trace_parent(headers).or_else(|| client_cloud_trace(headers))
+}
+
+fn client_trace_parent(headers: &HeaderMap) -> Option<Trace> {
+    headers
+        .get(&TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Trace::from_traceparent)
+}
+
+fn client_cloud_trace(headers: &HeaderMap) -> Option<Trace> {
+    headers
+        .get(&X_CLOUD_TRACE_CONTEXT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Trace::from_cloud_trace_context)
 }
 
 fn insert(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
