@@ -71,6 +71,7 @@ impl Default for EmulatorConfig {
                 project_id: metadata::LOCAL_PROJECT.to_string(),
                 region: metadata::DEFAULT_REGION.to_string(),
                 service_account: None,
+                credentials: metadata::Credentials::Offline,
             }),
         }
     }
@@ -412,9 +413,16 @@ async fn start_metadata(
         Ok(Err(e)) => return unavailable(format!("its signing key: {e}")),
         Err(e) => return unavailable(format!("its signing key: {e}")),
     };
-    match metadata::Servers::start(ip, host, settings.clone(), key, tasks.clone(), stop.clone())
-        .await
-    {
+    let servers = metadata::Servers::start(
+        ip,
+        host,
+        settings.clone(),
+        key,
+        events.clone(),
+        tasks.clone(),
+        stop.clone(),
+    );
+    match servers.await {
         Ok(servers) => Some(servers),
         Err(e) => unavailable(format!("cannot listen on {ip}: {e}")),
     }
