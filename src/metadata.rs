@@ -231,7 +231,9 @@ impl MetadataConfig {
 /// The project of gcloud's active configuration: `$CLOUDSDK_CONFIG` (else `~/.config/gcloud`)
 /// `/configurations/config_NAME`, where NAME is `$CLOUDSDK_ACTIVE_CONFIG_NAME`, else the
 /// `active_config` file's text, else `default`; the file is INI, the project `[core]`'s
-/// `project`. A file that is not INI is ignored (and said at debug level).
+/// `project` (https://cloud.google.com/sdk/docs/configurations; google-auth reads
+/// `configurations/config_default`'s `[core] project` the same way). A file that is not INI is
+/// ignored (and said at debug level).
 fn gcloud_project(
     env: &impl Fn(&str) -> Option<String>,
     read: &impl Fn(&Path) -> Option<String>,
@@ -501,16 +503,20 @@ impl Metadata {
         headers: &HeaderMap,
     ) -> Answer {
         if headers.contains_key("x-forwarded-for") {
-            // The real server refuses any request that went through a proxy.
+            // "Any requests that contain the header X-Forwarded-For are automatically rejected
+            // by the metadata server" (https://cloud.google.com/compute/docs/metadata/querying-metadata);
+            // the status and the second sentence are ours (the real answer is not documented).
             return google_error(
                 StatusCode::FORBIDDEN,
-                &format!("Your client does not have permission to get URL <code>{path}</code> from this server. Requests with an X-Forwarded-For header are refused."),
+                &format!("Your client does not have permission to get URL <code>{path}</code> from this server."),
+                Some("Requests with an X-Forwarded-For header are refused."),
             );
         }
         if method != Method::GET && method != Method::HEAD {
             return google_error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &format!("The request method <code>{method}</code> is inappropriate for the URL <code>{path}</code>."),
+                None,
             );
         }
         // The two directories above v1 list without the header, as on the real server; the
@@ -534,7 +540,8 @@ impl Metadata {
         if !flavored {
             return google_error(
                 StatusCode::FORBIDDEN,
-                &format!("Your client does not have permission to get URL <code>{path}</code> from this server. Missing Metadata-Flavor:Google header."),
+                &format!("Your client does not have permission to get URL <code>{path}</code> from this server."),
+                Some("Missing Metadata-Flavor:Google header."),
             );
         }
         let params = parse_query(query);
@@ -547,6 +554,7 @@ impl Metadata {
                     "Invalid alt value <code>{}</code>: json or text.",
                     alt.unwrap_or("")
                 ),
+                None,
             );
         }
         let trailing = rest.ends_with('/');
@@ -780,18 +788,32 @@ fn not_found(path: &str) -> Answer {
     google_error(
         StatusCode::NOT_FOUND,
         &format!("The requested URL <code>{path}</code> was not found on this server."),
+        None,
     )
 }
 
-/// Google's front end error page, as the real server sends it.
-fn google_error(status: StatusCode, message: &str) -> Answer {
+/// The style of Google's error pages, as served.
+const GOOGLE_ERROR_STYLE: &str = "*{margin:0;padding:0}html,code{font:15px/22px arial,sans-serif}html{background:#fff;color:#222;padding:15px}body{margin:7% auto 0;max-width:390px;min-height:180px;padding:30px 0 15px}* > body{background:url(//www.google.com/images/errors/robot.png) 100% 5px no-repeat;padding-right:205px}p{margin:11px 0 22px;overflow:hidden}ins{color:#777;text-decoration:none}a img{border:0}@media screen and (max-width:772px){body{background:none;margin-top:0;max-width:none;padding-right:0}}#logo{background:url(//www.google.com/images/branding/googlelogo/1x/googlelogo_color_150x54dp.png) no-repeat;margin-left:-5px}@media only screen and (min-resolution:192dpi){#logo{background:url(//www.google.com/images/branding/googlelogo/2x/googlelogo_color_150x54dp.png) no-repeat 0% 0%/100% 100%;-moz-border-image:url(//www.google.com/images/branding/googlelogo/2x/googlelogo_color_150x54dp.png) 0}}@media only screen and (-webkit-min-device-pixel-ratio:2){#logo{background:url(//www.google.com/images/branding/googlelogo/2x/googlelogo_color_150x54dp.png) no-repeat;-webkit-background-size:100% 100%}}#logo{display:inline-block;height:54px;width:150px}";
+
+/// Google's error page, byte for byte as Compute Engine's metadata server sends it: `message`,
+/// then `detail` after one space, then "That’s all we know." (two spaces after a message
+/// alone). Checked against real answers' Content-Length: the 404 for
+/// `/computeMetadata/v1/universe/universe_domain` is 1604 bytes
+/// (https://github.com/googleapis/gcp-metadata/issues/657) and the 403 without the flavor
+/// header for `/computeMetadata/v1/instance/name` 1649
+/// (https://github.com/salrashid123/gce_metadata_server/pull/11); both pages come out so here.
+fn google_error(status: StatusCode, message: &str, detail: Option<&str>) -> Answer {
     let code = status.as_u16();
     let reason = status.canonical_reason().unwrap_or("Error");
+    let text = match detail {
+        Some(detail) => format!("{message} {detail} "),
+        None => format!("{message}  "),
+    };
     Answer {
         status,
         content_type: "text/html; charset=UTF-8",
         body: format!(
-            "<!DOCTYPE html>\n<html lang=en>\n  <meta charset=utf-8>\n  <title>Error {code} ({reason})!!1</title>\n  <p><b>{code}.</b> <ins>That’s an error.</ins>\n  <p>{message} <ins>That’s all we know.</ins>\n"
+            "<!DOCTYPE html>\n<html lang=en>\n  <meta charset=utf-8>\n  <meta name=viewport content=\"initial-scale=1, minimum-scale=1, width=device-width\">\n  <title>Error {code} ({reason})!!1</title>\n  <style>\n    {GOOGLE_ERROR_STYLE}\n  </style>\n  <a href=//www.google.com/><span id=logo aria-label=Google></span></a>\n  <p><b>{code}.</b> <ins>That’s an error.</ins>\n  <p>{text}<ins>That’s all we know.</ins>\n"
         ),
     }
 }
@@ -971,6 +993,7 @@ pub async fn serve(listener: TcpListener, metadata: Arc<Metadata>, shutdown: Can
 }
 
 fn response(answer: Answer) -> Response<Full<Bytes>> {
+    let html = answer.content_type.starts_with("text/html");
     let mut response = Response::new(Full::new(Bytes::from(answer.body)));
     *response.status_mut() = answer.status;
     let headers = response.headers_mut();
@@ -979,10 +1002,21 @@ fn response(answer: Answer) -> Response<Full<Bytes>> {
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static(answer.content_type),
     );
+    // Cloud Run's server names itself so (Compute Engine's "Metadata Server for VM", GKE's
+    // "GKE Metadata Server"); agents such as Datadog's serverless one tell Cloud Run and
+    // Cloud Functions apart from Compute Engine by this value.
     headers.insert(
         "server",
         http::HeaderValue::from_static("Metadata Server for Serverless"),
     );
+    if html {
+        // Compute Engine's error pages carry these (https://github.com/googleapis/gcp-metadata/issues/657).
+        headers.insert("x-xss-protection", http::HeaderValue::from_static("0"));
+        headers.insert(
+            "x-frame-options",
+            http::HeaderValue::from_static("SAMEORIGIN"),
+        );
+    }
     response
 }
 

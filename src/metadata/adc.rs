@@ -25,7 +25,9 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// What to do when no credential is found or it is unusable.
 pub const FIX: &str = "Run `gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a service account key file";
 
-/// gcloud's configuration directory: `$CLOUDSDK_CONFIG`, else `~/.config/gcloud`.
+/// gcloud's configuration directory: `$CLOUDSDK_CONFIG`, else `~/.config/gcloud`, as
+/// google-auth finds it (`get_config_path` in
+/// https://github.com/googleapis/google-auth-library-python/blob/main/google/auth/_cloud_sdk.py).
 pub fn gcloud_config_dir(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
     let set = |name: &str| env(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     set("CLOUDSDK_CONFIG").or_else(|| set("HOME").map(|home| home.join(".config/gcloud")))

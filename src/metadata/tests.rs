@@ -585,3 +585,39 @@ fn the_certs_are_served_without_the_flavor_header() {
     let pem: Value = serde_json::from_str(&pem.body).unwrap();
     assert!(pem[identity::test_key().kid()].is_string());
 }
+
+/// Real answers' sizes (Content-Length seen on Compute Engine): the pages are byte for byte
+/// Google's.
+#[test]
+fn error_pages_are_google_s_to_the_byte() {
+    let server = server();
+    let missing = get(&server, "/computeMetadata/v1/universe/universe_domain");
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.body.len(), 1604, "{}", missing.body);
+    assert!(missing.body.ends_with("<p>The requested URL <code>/computeMetadata/v1/universe/universe_domain</code> was not found on this server.  <ins>That’s all we know.</ins>\n"));
+    let unflavored = server
+        .answer(
+            &Method::GET,
+            "/computeMetadata/v1/instance/name",
+            "",
+            &HeaderMap::new(),
+        )
+        .now();
+    assert_eq!(unflavored.status, StatusCode::FORBIDDEN);
+    assert_eq!(unflavored.body.len(), 1649, "{}", unflavored.body);
+    assert!(unflavored
+        .body
+        .starts_with("<!DOCTYPE html>\n<html lang=en>\n"));
+    assert!(unflavored
+        .body
+        .contains("<title>Error 403 (Forbidden)!!1</title>"));
+    let page = response(unflavored);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=UTF-8");
+    assert_eq!(page.headers()["x-frame-options"], "SAMEORIGIN");
+    assert_eq!(page.headers()["x-xss-protection"], "0");
+    // Answers that are not error pages do not carry the page headers.
+    let ok = response(get(&server, "/computeMetadata/v1/project/project-id"));
+    assert_eq!(ok.headers()["content-type"], "application/text");
+    assert_eq!(ok.headers()["server"], "Metadata Server for Serverless");
+    assert!(ok.headers().get("x-frame-options").is_none());
+}
