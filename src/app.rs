@@ -72,6 +72,7 @@ impl Default for EmulatorConfig {
                 project_id: metadata::LOCAL_PROJECT.to_string(),
                 region: metadata::DEFAULT_REGION.to_string(),
                 service_account: None,
+                credentials: metadata::Credentials::Offline,
             }),
         }
     }
@@ -452,16 +453,16 @@ async fn start_metadata(
         Err(e) => return unavailable(format!("its signing key: {e}")),
     };
     let ip = host_side.ip;
-    match metadata::Servers::start(
+    let servers = metadata::Servers::start(
         ip,
         host_side.name.clone(),
         settings.clone(),
         key,
+        events.clone(),
         tasks.clone(),
         stop.clone(),
-    )
-    .await
-    {
+    );
+    match servers.await {
         Ok(servers) => Some(servers),
         Err(e) => unavailable(format!("cannot listen on {ip}: {e}")),
     }

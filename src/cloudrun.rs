@@ -91,7 +91,9 @@ pub fn validate_access_annotations(
     Ok(())
 }
 
-/// A private service's answer to a request without an ID token (403).
+/// A private service's answer to a request without an ID token (403): "Error: Forbidden", "Your
+/// client does not have permission to get URL / from this server."
+/// (https://github.com/googlecodelabs/feedback/issues/1587), in the same page as the 401.
 pub fn forbidden_page(path: &str) -> String {
     google_page(
         "403 Forbidden",
@@ -102,7 +104,8 @@ pub fn forbidden_page(path: &str) -> String {
     )
 }
 
-/// A private service's answer to a request whose token is not valid for it (401).
+/// A private service's answer to a request whose token is not valid for it (401), as quoted
+/// whole in https://github.com/google/adk-python/issues/3814.
 pub fn unauthorized_page(path: &str) -> String {
     google_page(
         "401 Unauthorized",

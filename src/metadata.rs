@@ -13,10 +13,15 @@
 //! `identity?audience=AUD` answers an ID token signed with the emulator's key
 //! (`identity.rs`); that key's certs are served at `/oauth2/v3/certs` (JWKS) and
 //! `/oauth2/v1/certs` (PEM), so apps that verify tokens can be pointed there.
+//!
+//! Access tokens are opaque (offline, the default) or, with `--credentials adc`, real ones
+//! from the host's Application Default Credentials (`adc.rs`); both are cached the same way.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,8 +34,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::FieldError;
+use crate::events::{Event, Events};
 
+pub mod adc;
 pub mod identity;
+pub use adc::{AdcFile, AdcTokens};
 pub use identity::IdentityKey;
 
 /// The project id used when neither `--project` nor the environment names one.
@@ -54,20 +62,57 @@ const SCOPES: &[&str] = &["https://www.googleapis.com/auth/cloud-platform"];
 pub struct MetadataConfig {
     pub project_id: String,
     pub region: String,
-    /// The service account's email; `None` means the project's default compute account.
+    /// The service account's email; `None` means the credential's own (a service account
+    /// key's, with `--credentials adc`), else the project's default compute account.
     pub service_account: Option<String>,
+    /// Where access tokens come from.
+    pub credentials: Credentials,
+}
+
+/// Where the access tokens come from (`--credentials`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Credentials {
+    /// Opaque tokens made here, which Google's local emulators accept.
+    #[default]
+    Offline,
+    /// Real tokens from the host's Application Default Credentials, in this file.
+    Adc(AdcFile),
+}
+
+/// Where the project id came from, for messages about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProjectSource {
+    Flag,
+    Env(&'static str),
+    /// gcloud's active configuration, in this file.
+    Gcloud(PathBuf),
+    Local,
+}
+
+impl std::fmt::Display for ProjectSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProjectSource::Flag => f.write_str("--project"),
+            ProjectSource::Env(name) => write!(f, "{name}"),
+            ProjectSource::Gcloud(path) => write!(f, "gcloud's configuration {}", path.display()),
+            ProjectSource::Local => f.write_str("the local default"),
+        }
+    }
 }
 
 impl MetadataConfig {
-    /// The settings from `--project`, `--region` and `--service-account`, checked; `env`
-    /// gives the project's defaults.
+    /// The settings from `--project`, `--region`, `--service-account` and the credentials,
+    /// checked; `env` and `read` (a file's text, `None` when it cannot be read) give the
+    /// project's defaults.
     pub fn from_flags(
         project: Option<String>,
         region: String,
         service_account: Option<String>,
+        credentials: Credentials,
         env: impl Fn(&str) -> Option<String>,
+        read: impl Fn(&Path) -> Option<String>,
     ) -> Result<Self, FieldError> {
-        let project_id = Self::project_from(project, env);
+        let (project_id, source) = Self::project_from(project, env, read);
         // Google's project id rules: 6 to 30 lowercase letters, digits and hyphens, starting
         // with a letter and not ending with a hyphen.
         let project_ok = (6..=30).contains(&project_id.len())
@@ -77,9 +122,13 @@ impl MetadataConfig {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if !project_ok {
+            let from = match source {
+                ProjectSource::Flag => String::new(),
+                other => format!(" (from {other}; pass --project to choose another)"),
+            };
             return Err(FieldError::new(
                 "--project",
-                format!("'{project_id}' is not a project id: 6 to 30 lowercase letters, digits and hyphens, starting with a letter and not ending with a hyphen"),
+                format!("'{project_id}'{from} is not a project id: 6 to 30 lowercase letters, digits and hyphens, starting with a letter and not ending with a hyphen"),
             ));
         }
         let region_ok = !region.is_empty()
@@ -106,21 +155,45 @@ impl MetadataConfig {
                     format!("'{email}' is not a service account email (e.g. NAME@PROJECT.iam.gserviceaccount.com)"),
                 ));
             }
+            // The tokens are the credential's: a server must not name another identity.
+            if let Credentials::Adc(file) = &credentials {
+                if let Some(own) = file.email().filter(|own| own != email) {
+                    return Err(FieldError::new(
+                        "--service-account",
+                        format!("'{email}' is not the identity of --credentials adc: its tokens are {own}'s ({}). Leave --service-account out, or give {own}", file.path.display()),
+                    ));
+                }
+            }
         }
         Ok(MetadataConfig {
             project_id,
             region,
             service_account,
+            credentials,
         })
     }
 
-    /// The project id from `--project`, else `GOOGLE_CLOUD_PROJECT`, else
-    /// `CLOUDSDK_CORE_PROJECT`, else [`LOCAL_PROJECT`].
-    pub fn project_from(flag: Option<String>, env: impl Fn(&str) -> Option<String>) -> String {
-        flag.or_else(|| env("GOOGLE_CLOUD_PROJECT"))
-            .or_else(|| env("CLOUDSDK_CORE_PROJECT"))
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| LOCAL_PROJECT.to_string())
+    /// The project id and where it came from: `--project`, else `GOOGLE_CLOUD_PROJECT`, else
+    /// `CLOUDSDK_CORE_PROJECT`, else gcloud's active configuration (`gcloud config set
+    /// project`), else [`LOCAL_PROJECT`]. Empty values are skipped.
+    pub fn project_from(
+        flag: Option<String>,
+        env: impl Fn(&str) -> Option<String>,
+        read: impl Fn(&Path) -> Option<String>,
+    ) -> (String, ProjectSource) {
+        let set = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
+        if let Some(project) = set(flag) {
+            return (project, ProjectSource::Flag);
+        }
+        for name in ["GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT"] {
+            if let Some(project) = set(env(name)) {
+                return (project, ProjectSource::Env(name));
+            }
+        }
+        if let Some((project, path)) = gcloud_project(&env, &read) {
+            return (project, ProjectSource::Gcloud(path));
+        }
+        (LOCAL_PROJECT.to_string(), ProjectSource::Local)
     }
 
     /// A stable 12-digit project number derived from the id (the real one is assigned by
@@ -136,17 +209,91 @@ impl MetadataConfig {
         100_000_000_000 + hash % 900_000_000_000
     }
 
-    /// The service account's email: the configured one, else Cloud Run's default, the
-    /// project's Compute Engine default service account.
+    /// The service account's email: the configured one, else the credential's own (with
+    /// `--credentials adc` and a service account), else Cloud Run's default, the project's
+    /// Compute Engine default service account.
     pub fn email(&self) -> String {
-        match &self.service_account {
-            Some(email) => email.clone(),
-            None => format!(
+        let own = match &self.credentials {
+            Credentials::Adc(file) => file.email(),
+            Credentials::Offline => None,
+        };
+        match (&self.service_account, own) {
+            (Some(email), _) => email.clone(),
+            (None, Some(email)) => email.to_string(),
+            (None, None) => format!(
                 "{}-compute@developer.gserviceaccount.com",
                 self.project_number()
             ),
         }
     }
+}
+
+/// The project of gcloud's active configuration: `$CLOUDSDK_CONFIG` (else `~/.config/gcloud`)
+/// `/configurations/config_NAME`, where NAME is `$CLOUDSDK_ACTIVE_CONFIG_NAME`, else the
+/// `active_config` file's text, else `default`; the file is INI, the project `[core]`'s
+/// `project` (https://cloud.google.com/sdk/docs/configurations; google-auth reads
+/// `configurations/config_default`'s `[core] project` the same way). A file that is not INI is
+/// ignored (and said at debug level).
+fn gcloud_project(
+    env: &impl Fn(&str) -> Option<String>,
+    read: &impl Fn(&Path) -> Option<String>,
+) -> Option<(String, PathBuf)> {
+    let dir = adc::gcloud_config_dir(env)?;
+    let set = |value: Option<String>| {
+        value
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let name = set(env("CLOUDSDK_ACTIVE_CONFIG_NAME"))
+        .or_else(|| set(read(&dir.join("active_config"))))
+        .unwrap_or_else(|| "default".to_string());
+    // gcloud's configuration names: lowercase letters, digits and hyphens.
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        tracing::debug!("gcloud's active configuration name '{name}' is not one; ignored");
+        return None;
+    }
+    let path = dir.join("configurations").join(format!("config_{name}"));
+    let text = read(&path)?;
+    match ini_value(&text, "core", "project") {
+        Ok(project) => project.map(|p| (p, path)),
+        Err(line) => {
+            tracing::debug!(
+                "{}: line {line} is not INI; the file is ignored",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+/// `key`'s value in `[section]` of an INI text as Python's configparser (gcloud's) reads it:
+/// `key = value` or `key: value`, keys without regard to case, `#` and `;` comment lines.
+/// `Err(line number)` for a line that is none of these.
+fn ini_value(text: &str, section: &str, key: &str) -> Result<Option<String>, usize> {
+    let mut current: Option<&str> = None;
+    let mut found = None;
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = Some(name.trim());
+            continue;
+        }
+        let split = line.find(['=', ':']).ok_or(number + 1)?;
+        if current.is_none() {
+            return Err(number + 1);
+        }
+        let (name, value) = (line[..split].trim(), line[split + 1..].trim());
+        if current == Some(section) && name.eq_ignore_ascii_case(key) {
+            found = Some(value.to_string()).filter(|v| !v.is_empty());
+        }
+    }
+    Ok(found)
 }
 
 /// One node of the metadata tree.
@@ -164,19 +311,61 @@ enum Node {
     Identity,
 }
 
-/// The metadata server's state: its settings, the instance id and the token cache.
+/// The metadata server's state: its settings, the instance id and its access tokens.
 #[derive(Debug)]
 pub struct Metadata {
     config: MetadataConfig,
     instance_id: String,
-    token: Mutex<Option<CachedToken>>,
+    tokens: Tokens,
     key: Arc<IdentityKey>,
+    events: Events,
+}
+
+/// Where a server's access tokens come from.
+#[derive(Debug)]
+enum Tokens {
+    /// Opaque tokens, each server its own.
+    Offline(TokenCache),
+    /// The host's credentials, shared by every server of the emulator.
+    Adc(Arc<AdcTokens>),
+}
+
+/// One access token at a time, as the real server keeps it: the same token while it has more
+/// than the refresh margin left, then a new one; its remaining lifetime counts down.
+#[derive(Debug, Default)]
+pub(crate) struct TokenCache {
+    /// Held across a fetch, so that requests arriving meanwhile wait for its token.
+    cached: tokio::sync::Mutex<Option<CachedToken>>,
 }
 
 #[derive(Clone, Debug)]
 struct CachedToken {
     value: String,
     expires: Instant,
+}
+
+impl TokenCache {
+    /// The cached token and its remaining lifetime, or `fetch`'s (a token and its lifetime),
+    /// which is kept.
+    pub(crate) async fn get<F, E>(&self, fetch: impl FnOnce() -> F) -> Result<(String, Duration), E>
+    where
+        F: Future<Output = Result<(String, Duration), E>>,
+    {
+        let mut cached = self.cached.lock().await;
+        let now = Instant::now();
+        if let Some(token) = cached.as_ref() {
+            let left = token.expires.saturating_duration_since(now);
+            if left > TOKEN_REFRESH_MARGIN {
+                return Ok((token.value.clone(), left));
+            }
+        }
+        let (value, lifetime) = fetch().await?;
+        *cached = Some(CachedToken {
+            value: value.clone(),
+            expires: Instant::now() + lifetime,
+        });
+        Ok((value, lifetime))
+    }
 }
 
 /// One answer of the server, before it becomes an HTTP response.
@@ -188,12 +377,32 @@ pub struct Answer {
 }
 
 impl Metadata {
+    /// A server whose access tokens come from `config.credentials` (its own, unshared).
     pub fn new(config: MetadataConfig, key: Arc<IdentityKey>) -> Self {
+        let tokens = match &config.credentials {
+            Credentials::Offline => None,
+            Credentials::Adc(file) => Some(AdcTokens::new(file.clone())),
+        };
+        Self::with_tokens(config, key, tokens, Events::new())
+    }
+
+    /// A server handing out `adc`'s tokens when given (else opaque ones of its own); it says
+    /// on `events` when it cannot get one.
+    fn with_tokens(
+        config: MetadataConfig,
+        key: Arc<IdentityKey>,
+        adc: Option<Arc<AdcTokens>>,
+        events: Events,
+    ) -> Self {
         Metadata {
             config,
             instance_id: hex(&rand::random::<[u8; 32]>()),
-            token: Mutex::new(None),
+            tokens: match adc {
+                Some(adc) => Tokens::Adc(adc),
+                None => Tokens::Offline(TokenCache::default()),
+            },
             key,
+            events,
         }
     }
 
@@ -201,27 +410,36 @@ impl Metadata {
         &self.config
     }
 
-    /// The access token: the cached one while it has more than the refresh margin left, else
-    /// a new one. Returns the token and its remaining lifetime.
-    fn access_token(&self) -> (String, Duration) {
-        let now = Instant::now();
-        let mut cached = self.token.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh = cached
-            .as_ref()
-            .filter(|t| t.expires.saturating_duration_since(now) > TOKEN_REFRESH_MARGIN)
-            .cloned();
-        let token = fresh.unwrap_or_else(|| {
-            let token = CachedToken {
-                // Opaque, in the shape of Google's access tokens: Google's local emulators
-                // (Pub/Sub, Firestore, Datastore, Spanner) accept any bearer token.
-                value: format!("ya29.emulate.{}", hex(&rand::random::<[u8; 24]>())),
-                expires: now + TOKEN_LIFETIME,
-            };
-            *cached = Some(token.clone());
-            token
-        });
-        let left = token.expires.saturating_duration_since(now);
-        (token.value, left)
+    /// The access token and its remaining lifetime (see [`TokenCache`]), or the answer that
+    /// says why there is none.
+    async fn access_token(&self) -> Result<(String, Duration), Answer> {
+        match &self.tokens {
+            Tokens::Offline(cache) => {
+                cache
+                    .get(|| async {
+                        // Opaque, in the shape of Google's access tokens: Google's local
+                        // emulators (Pub/Sub, Firestore, Datastore, Spanner) accept any
+                        // bearer token.
+                        let token = format!("ya29.emulate.{}", hex(&rand::random::<[u8; 24]>()));
+                        Ok::<_, Infallible>((token, TOKEN_LIFETIME))
+                    })
+                    .await
+                    .map_err(|never| match never {})
+            }
+            Tokens::Adc(adc) => adc.token().await.map_err(|why| {
+                let message = format!(
+                    "--credentials adc: no access token from {}: {why}. {}.",
+                    adc.file().path.display(),
+                    adc::FIX
+                );
+                self.events.publish(Event::warning(message.clone()));
+                Answer {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    content_type: "text/plain; charset=utf-8",
+                    body: format!("{message}\n"),
+                }
+            }),
+        }
     }
 
     fn account(&self) -> Node {
@@ -277,18 +495,28 @@ impl Metadata {
     }
 
     /// Answers one request from its method, path, query and headers.
-    pub fn answer(&self, method: &Method, path: &str, query: &str, headers: &HeaderMap) -> Answer {
+    pub async fn answer(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &str,
+        headers: &HeaderMap,
+    ) -> Answer {
         if headers.contains_key("x-forwarded-for") {
-            // The real server refuses any request that went through a proxy.
+            // "Any requests that contain the header X-Forwarded-For are automatically rejected
+            // by the metadata server" (https://cloud.google.com/compute/docs/metadata/querying-metadata);
+            // the status and the second sentence are ours (the real answer is not documented).
             return google_error(
                 StatusCode::FORBIDDEN,
-                &format!("Your client does not have permission to get URL <code>{path}</code> from this server. Requests with an X-Forwarded-For header are refused."),
+                &format!("Your client does not have permission to get URL <code>{path}</code> from this server."),
+                Some("Requests with an X-Forwarded-For header are refused."),
             );
         }
         if method != Method::GET && method != Method::HEAD {
             return google_error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &format!("The request method <code>{method}</code> is inappropriate for the URL <code>{path}</code>."),
+                None,
             );
         }
         // The two directories above v1 list without the header, as on the real server; the
@@ -312,7 +540,8 @@ impl Metadata {
         if !flavored {
             return google_error(
                 StatusCode::FORBIDDEN,
-                &format!("Your client does not have permission to get URL <code>{path}</code> from this server. Missing Metadata-Flavor:Google header."),
+                &format!("Your client does not have permission to get URL <code>{path}</code> from this server."),
+                Some("Missing Metadata-Flavor:Google header."),
             );
         }
         let params = parse_query(query);
@@ -325,6 +554,7 @@ impl Metadata {
                     "Invalid alt value <code>{}</code>: json or text.",
                     alt.unwrap_or("")
                 ),
+                None,
             );
         }
         let trailing = rest.ends_with('/');
@@ -353,14 +583,14 @@ impl Metadata {
                 }
             }
             _ if trailing => not_found(path),
-            Node::Token => {
-                let (token, left) = self.access_token();
-                json_answer(&json!({
+            Node::Token => match self.access_token().await {
+                Ok((token, left)) => json_answer(&json!({
                     "access_token": token,
                     "expires_in": left.as_secs(),
                     "token_type": "Bearer",
-                }))
-            }
+                })),
+                Err(answer) => answer,
+            },
             Node::Identity => self.identity(&params),
             leaf => match alt {
                 Some("json") => json_answer(&to_json(&leaf)),
@@ -558,18 +788,32 @@ fn not_found(path: &str) -> Answer {
     google_error(
         StatusCode::NOT_FOUND,
         &format!("The requested URL <code>{path}</code> was not found on this server."),
+        None,
     )
 }
 
-/// Google's front end error page, as the real server sends it.
-fn google_error(status: StatusCode, message: &str) -> Answer {
+/// The style of Google's error pages, as served.
+const GOOGLE_ERROR_STYLE: &str = "*{margin:0;padding:0}html,code{font:15px/22px arial,sans-serif}html{background:#fff;color:#222;padding:15px}body{margin:7% auto 0;max-width:390px;min-height:180px;padding:30px 0 15px}* > body{background:url(//www.google.com/images/errors/robot.png) 100% 5px no-repeat;padding-right:205px}p{margin:11px 0 22px;overflow:hidden}ins{color:#777;text-decoration:none}a img{border:0}@media screen and (max-width:772px){body{background:none;margin-top:0;max-width:none;padding-right:0}}#logo{background:url(//www.google.com/images/branding/googlelogo/1x/googlelogo_color_150x54dp.png) no-repeat;margin-left:-5px}@media only screen and (min-resolution:192dpi){#logo{background:url(//www.google.com/images/branding/googlelogo/2x/googlelogo_color_150x54dp.png) no-repeat 0% 0%/100% 100%;-moz-border-image:url(//www.google.com/images/branding/googlelogo/2x/googlelogo_color_150x54dp.png) 0}}@media only screen and (-webkit-min-device-pixel-ratio:2){#logo{background:url(//www.google.com/images/branding/googlelogo/2x/googlelogo_color_150x54dp.png) no-repeat;-webkit-background-size:100% 100%}}#logo{display:inline-block;height:54px;width:150px}";
+
+/// Google's error page, byte for byte as Compute Engine's metadata server sends it: `message`,
+/// then `detail` after one space, then "That’s all we know." (two spaces after a message
+/// alone). Checked against real answers' Content-Length: the 404 for
+/// `/computeMetadata/v1/universe/universe_domain` is 1604 bytes
+/// (https://github.com/googleapis/gcp-metadata/issues/657) and the 403 without the flavor
+/// header for `/computeMetadata/v1/instance/name` 1649
+/// (https://github.com/salrashid123/gce_metadata_server/pull/11); both pages come out so here.
+fn google_error(status: StatusCode, message: &str, detail: Option<&str>) -> Answer {
     let code = status.as_u16();
     let reason = status.canonical_reason().unwrap_or("Error");
+    let text = match detail {
+        Some(detail) => format!("{message} {detail} "),
+        None => format!("{message}  "),
+    };
     Answer {
         status,
         content_type: "text/html; charset=UTF-8",
         body: format!(
-            "<!DOCTYPE html>\n<html lang=en>\n  <meta charset=utf-8>\n  <title>Error {code} ({reason})!!1</title>\n  <p><b>{code}.</b> <ins>That’s an error.</ins>\n  <p>{message} <ins>That’s all we know.</ins>\n"
+            "<!DOCTYPE html>\n<html lang=en>\n  <meta charset=utf-8>\n  <meta name=viewport content=\"initial-scale=1, minimum-scale=1, width=device-width\">\n  <title>Error {code} ({reason})!!1</title>\n  <style>\n    {GOOGLE_ERROR_STYLE}\n  </style>\n  <a href=//www.google.com/><span id=logo aria-label=Google></span></a>\n  <p><b>{code}.</b> <ins>That’s an error.</ins>\n  <p>{text}<ins>That’s all we know.</ins>\n"
         ),
     }
 }
@@ -594,6 +838,9 @@ struct ServersInner {
     host: String,
     settings: MetadataConfig,
     key: Arc<IdentityKey>,
+    /// With `--credentials adc`, the host's tokens, which every server hands out.
+    adc: Option<Arc<AdcTokens>>,
+    events: Events,
     tasks: tokio_util::task::TaskTracker,
     stop: CancellationToken,
     /// `host:port` by service account email.
@@ -601,21 +848,29 @@ struct ServersInner {
 }
 
 impl Servers {
-    /// Starts the default account's server, so a bad address fails at start.
+    /// Starts the default account's server, so a bad address fails at start. The servers say
+    /// on `events` when they cannot get an access token.
     pub async fn start(
         ip: std::net::IpAddr,
         host: String,
         settings: MetadataConfig,
         key: Arc<IdentityKey>,
+        events: Events,
         tasks: tokio_util::task::TaskTracker,
         stop: CancellationToken,
     ) -> std::io::Result<Servers> {
+        let adc = match &settings.credentials {
+            Credentials::Adc(file) => Some(AdcTokens::new(file.clone())),
+            Credentials::Offline => None,
+        };
         let servers = Servers {
             inner: Arc::new(ServersInner {
                 ip,
                 host,
                 settings,
                 key,
+                adc,
+                events,
                 tasks,
                 stop,
                 endpoints: tokio::sync::Mutex::new(HashMap::new()),
@@ -653,12 +908,24 @@ impl Servers {
         }
         let listener = TcpListener::bind(std::net::SocketAddr::new(self.inner.ip, 0)).await?;
         let port = listener.local_addr()?.port();
-        let server = Metadata::new(
+        if let Some(adc) = &self.inner.adc {
+            let own = adc.file().email().map(str::to_string);
+            if own.as_ref().is_none_or(|own| *own != email) {
+                let whose = own.unwrap_or_else(|| "the signed-in user".to_string());
+                self.inner.events.publish(Event::warning(format!(
+                    "service account {email}: with --credentials adc its containers get the access tokens of {whose} ({}), not {email}'s",
+                    adc.file().path.display()
+                )));
+            }
+        }
+        let server = Metadata::with_tokens(
             MetadataConfig {
                 service_account: Some(email.clone()),
                 ..settings.clone()
             },
             self.inner.key.clone(),
+            self.inner.adc.clone(),
+            self.inner.events.clone(),
         );
         self.inner
             .tasks
@@ -699,13 +966,18 @@ pub async fn serve(listener: TcpListener, metadata: Arc<Metadata>, shutdown: Can
         };
         let metadata = metadata.clone();
         let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-            let answer = metadata.answer(
-                request.method(),
-                request.uri().path(),
-                request.uri().query().unwrap_or(""),
-                request.headers(),
-            );
-            async move { Ok::<_, Infallible>(response(answer)) }
+            let metadata = metadata.clone();
+            async move {
+                let answer = metadata
+                    .answer(
+                        request.method(),
+                        request.uri().path(),
+                        request.uri().query().unwrap_or(""),
+                        request.headers(),
+                    )
+                    .await;
+                Ok::<_, Infallible>(response(answer))
+            }
         });
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let shutdown = shutdown.clone();
@@ -721,6 +993,7 @@ pub async fn serve(listener: TcpListener, metadata: Arc<Metadata>, shutdown: Can
 }
 
 fn response(answer: Answer) -> Response<Full<Bytes>> {
+    let html = answer.content_type.starts_with("text/html");
     let mut response = Response::new(Full::new(Bytes::from(answer.body)));
     *response.status_mut() = answer.status;
     let headers = response.headers_mut();
@@ -729,10 +1002,21 @@ fn response(answer: Answer) -> Response<Full<Bytes>> {
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static(answer.content_type),
     );
+    // Cloud Run's server names itself so (Compute Engine's "Metadata Server for VM", GKE's
+    // "GKE Metadata Server"); agents such as Datadog's serverless one tell Cloud Run and
+    // Cloud Functions apart from Compute Engine by this value.
     headers.insert(
         "server",
         http::HeaderValue::from_static("Metadata Server for Serverless"),
     );
+    if html {
+        // Compute Engine's error pages carry these (https://github.com/googleapis/gcp-metadata/issues/657).
+        headers.insert("x-xss-protection", http::HeaderValue::from_static("0"));
+        headers.insert(
+            "x-frame-options",
+            http::HeaderValue::from_static("SAMEORIGIN"),
+        );
+    }
     response
 }
 

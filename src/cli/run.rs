@@ -22,7 +22,7 @@ use crate::control::platform::ApplyError;
 use crate::events::Events;
 use crate::instances::instance::UpstreamMode;
 use crate::logs::LogPrinter;
-use crate::metadata::MetadataConfig;
+use crate::metadata::{adc, AdcFile, Credentials, MetadataConfig};
 use crate::runtime::Runtime;
 use crate::sample;
 use crate::shutdown::Signals;
@@ -95,7 +95,8 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct GoogleArgs {
     /// The project the metadata server names (default: GOOGLE_CLOUD_PROJECT, else
-    /// CLOUDSDK_CORE_PROJECT, else emulate-local).
+    /// CLOUDSDK_CORE_PROJECT, else the project of gcloud's active configuration, else
+    /// emulate-local).
     #[arg(long, value_name = "PROJECT_ID")]
     pub project: Option<String>,
     /// The region the metadata server names.
@@ -103,17 +104,45 @@ pub struct GoogleArgs {
     pub region: String,
     /// The service account the metadata server hands tokens for (default: the project's
     /// Compute Engine default service account, PROJECT_NUMBER-compute@developer.gserviceaccount.com,
-    /// as on Cloud Run).
+    /// as on Cloud Run; with --credentials adc and a service account key, the key's).
     #[arg(long, value_name = "EMAIL")]
     pub service_account: Option<String>,
+    /// Where the metadata server's access tokens come from: `offline` (opaque tokens, which
+    /// Google's local emulators accept) or `adc` (real tokens from this machine's Application
+    /// Default Credentials: the GOOGLE_APPLICATION_CREDENTIALS file, else gcloud's
+    /// application_default_credentials.json). ID tokens are signed by emulate either way.
+    #[arg(long, value_enum, default_value_t = CredentialsChoice::Offline, value_name = "SOURCE")]
+    pub credentials: CredentialsChoice,
+}
+
+/// `--credentials`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CredentialsChoice {
+    Offline,
+    Adc,
 }
 
 impl GoogleArgs {
-    /// The metadata server's settings, checked; the project's defaults come from the env.
+    /// The metadata server's settings, checked; the project's defaults come from the env and
+    /// gcloud's files, and `--credentials adc` must find a usable credential.
     pub fn check(self) -> Result<MetadataConfig, FieldError> {
-        MetadataConfig::from_flags(self.project, self.region, self.service_account, |name| {
-            std::env::var(name).ok()
-        })
+        let env = |name: &str| std::env::var(name).ok();
+        let credentials = match self.credentials {
+            CredentialsChoice::Offline => Credentials::Offline,
+            CredentialsChoice::Adc => {
+                let file = AdcFile::find(env, |path| std::fs::read_to_string(path))
+                    .map_err(|e| invalid("--credentials", format!("adc: {e}. {}.", adc::FIX)))?;
+                Credentials::Adc(file)
+            }
+        };
+        MetadataConfig::from_flags(
+            self.project,
+            self.region,
+            self.service_account,
+            credentials,
+            env,
+            |path| std::fs::read_to_string(path).ok(),
+        )
     }
 }
 

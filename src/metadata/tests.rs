@@ -1,11 +1,26 @@
 use super::*;
 
+use futures_util::FutureExt;
+
+/// Offline answers never wait: polled once, they are ready.
+trait Now {
+    fn now(self) -> Answer;
+}
+
+impl<F: Future<Output = Answer>> Now for F {
+    fn now(self) -> Answer {
+        self.now_or_never()
+            .expect("an offline answer is ready at once")
+    }
+}
+
 fn server() -> Metadata {
     Metadata::new(
         MetadataConfig {
             project_id: "my-project".into(),
             region: "europe-west1".into(),
             service_account: None,
+            credentials: Credentials::Offline,
         },
         crate::metadata::identity::test_key(),
     )
@@ -21,7 +36,7 @@ fn get(server: &Metadata, path_and_query: &str) -> Answer {
     let (path, query) = path_and_query
         .split_once('?')
         .unwrap_or((path_and_query, ""));
-    server.answer(&Method::GET, path, query, &flavored())
+    server.answer(&Method::GET, path, query, &flavored()).now()
 }
 
 #[test]
@@ -89,6 +104,7 @@ fn a_configured_service_account_replaces_the_default_one() {
             project_id: "p".into(),
             region: "us-central1".into(),
             service_account: Some("api@p.iam.gserviceaccount.com".into()),
+            credentials: Credentials::Offline,
         },
         crate::metadata::identity::test_key(),
     );
@@ -106,35 +122,186 @@ fn a_configured_service_account_replaces_the_default_one() {
     );
 }
 
+/// An environment of `vars`.
+fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let vars: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |name| vars.get(name).cloned()
+}
+
+/// A file system of `files` (path → text).
+fn files(files: &[(&str, &str)]) -> impl Fn(&Path) -> Option<String> {
+    let files: HashMap<PathBuf, String> = files
+        .iter()
+        .map(|(k, v)| (PathBuf::from(k), v.to_string()))
+        .collect();
+    move |path| files.get(path).cloned()
+}
+
 #[test]
-fn the_project_comes_from_the_flag_then_the_environment_then_a_local_id() {
-    let env = |vars: &'static [(&'static str, &'static str)]| {
-        move |name: &str| {
-            vars.iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        }
-    };
-    let both = env(&[
+fn the_project_comes_from_the_flag_then_the_environment_then_gcloud_then_a_local_id() {
+    let gcloud = files(&[(
+        "/home/u/.config/gcloud/configurations/config_default",
+        "[core]\naccount = u@example.com\nproject = from-gcloud\n",
+    )]);
+    let home = [("HOME", "/home/u")];
+    let all = env(&[
+        ("HOME", "/home/u"),
         ("GOOGLE_CLOUD_PROJECT", "a"),
         ("CLOUDSDK_CORE_PROJECT", "b"),
     ]);
-    assert_eq!(MetadataConfig::project_from(Some("f".into()), both), "f");
-    assert_eq!(MetadataConfig::project_from(None, both), "a");
-    let sdk = env(&[("CLOUDSDK_CORE_PROJECT", "b")]);
-    assert_eq!(MetadataConfig::project_from(None, sdk), "b");
-    assert_eq!(MetadataConfig::project_from(None, env(&[])), LOCAL_PROJECT);
+    let project = |flag: Option<&str>, env: &dyn Fn(&str) -> Option<String>| {
+        MetadataConfig::project_from(flag.map(String::from), env, &gcloud)
+    };
+    assert_eq!(project(Some("f"), &all), ("f".into(), ProjectSource::Flag));
+    assert_eq!(
+        project(None, &all),
+        ("a".into(), ProjectSource::Env("GOOGLE_CLOUD_PROJECT"))
+    );
+    let sdk = env(&[("HOME", "/home/u"), ("CLOUDSDK_CORE_PROJECT", "b")]);
+    assert_eq!(
+        project(None, &sdk),
+        ("b".into(), ProjectSource::Env("CLOUDSDK_CORE_PROJECT"))
+    );
+    // Empty values are skipped.
+    let empty = env(&[("HOME", "/home/u"), ("GOOGLE_CLOUD_PROJECT", "")]);
+    assert_eq!(project(Some(""), &empty).0, "from-gcloud");
+    assert_eq!(
+        project(None, &env(&home)),
+        (
+            "from-gcloud".into(),
+            ProjectSource::Gcloud("/home/u/.config/gcloud/configurations/config_default".into())
+        )
+    );
+    assert_eq!(
+        project(None, &env(&[("HOME", "/elsewhere")])),
+        (LOCAL_PROJECT.into(), ProjectSource::Local)
+    );
+    assert_eq!(project(None, &env(&[])).0, LOCAL_PROJECT);
+}
+
+#[test]
+fn gcloud_s_active_configuration_is_cloudsdk_config_s_and_can_be_chosen() {
+    let fs = files(&[
+        ("/cfg/active_config", "work\n"),
+        ("/cfg/configurations/config_default", "[core]\nproject = default-one\n"),
+        (
+            "/cfg/configurations/config_work",
+            "# gcloud writes comments too\n[compute]\nproject = not-this\n\n[core]\nPROJECT: work-one\n",
+        ),
+        ("/cfg/configurations/config_ci", "[core]\nproject = ci-one\n"),
+        ("/home/u/.config/gcloud/configurations/config_default", "[core]\nproject = home-one\n"),
+    ]);
+    let project = |vars: &[(&str, &str)]| MetadataConfig::project_from(None, env(vars), &fs).0;
+    // CLOUDSDK_CONFIG wins over ~/.config/gcloud; active_config names the configuration.
+    assert_eq!(
+        project(&[("HOME", "/home/u"), ("CLOUDSDK_CONFIG", "/cfg")]),
+        "work-one"
+    );
+    // CLOUDSDK_ACTIVE_CONFIG_NAME overrides active_config.
+    assert_eq!(
+        project(&[
+            ("CLOUDSDK_CONFIG", "/cfg"),
+            ("CLOUDSDK_ACTIVE_CONFIG_NAME", "ci")
+        ]),
+        "ci-one"
+    );
+    // No active_config: "default".
+    assert_eq!(project(&[("HOME", "/home/u")]), "home-one");
+    // A configuration that does not exist, or a name that is not one: no project from gcloud.
+    for name in ["nope", "../../etc", "Work"] {
+        assert_eq!(
+            project(&[
+                ("CLOUDSDK_CONFIG", "/cfg"),
+                ("CLOUDSDK_ACTIVE_CONFIG_NAME", name)
+            ]),
+            LOCAL_PROJECT,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_malformed_gcloud_configuration_is_ignored() {
+    for text in [
+        "project = before-any-section\n",
+        "[core]\nthis line is not ini\nproject = p-one\n",
+        "\u{0}\u{1}binary",
+    ] {
+        let fs = files(&[("/cfg/configurations/config_default", text)]);
+        assert_eq!(
+            MetadataConfig::project_from(None, env(&[("CLOUDSDK_CONFIG", "/cfg")]), fs).0,
+            LOCAL_PROJECT,
+            "{text:?}"
+        );
+    }
+    // No project in [core], or an empty one: none.
+    for text in ["[core]\naccount = a@b.c\n", "[core]\nproject =\n", ""] {
+        assert_eq!(ini_value(text, "core", "project"), Ok(None), "{text:?}");
+    }
+}
+
+#[test]
+fn the_gcloud_configuration_is_read_from_disk() {
+    let dir = std::env::temp_dir().join(format!(
+        "emulate-gcloud-{}",
+        hex(&rand::random::<[u8; 6]>())
+    ));
+    std::fs::create_dir_all(dir.join("configurations")).unwrap();
+    std::fs::write(dir.join("active_config"), "dev").unwrap();
+    std::fs::write(
+        dir.join("configurations/config_dev"),
+        "[core]\nproject = disk-project\n",
+    )
+    .unwrap();
+    let config = MetadataConfig::from_flags(
+        None,
+        "us-east1".into(),
+        None,
+        Credentials::Offline,
+        env(&[("CLOUDSDK_CONFIG", dir.to_str().unwrap())]),
+        |path| std::fs::read_to_string(path).ok(),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(config.project_id, "disk-project");
+}
+
+#[test]
+fn a_bad_project_from_elsewhere_says_where_it_came_from() {
+    let error = MetadataConfig::from_flags(
+        None,
+        "us-east1".into(),
+        None,
+        Credentials::Offline,
+        env(&[("CLOUDSDK_CONFIG", "/cfg")]),
+        files(&[(
+            "/cfg/configurations/config_default",
+            "[core]\nproject = example.com:legacy\n",
+        )]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("--project"), "{error}");
+    assert!(
+        error.contains("from gcloud's configuration /cfg/configurations/config_default"),
+        "{error}"
+    );
 }
 
 #[test]
 fn without_the_flavor_header_v1_is_forbidden_with_the_real_text() {
     let server = server();
-    let answer = server.answer(
-        &Method::GET,
-        "/computeMetadata/v1/project/project-id",
-        "",
-        &HeaderMap::new(),
-    );
+    let answer = server
+        .answer(
+            &Method::GET,
+            "/computeMetadata/v1/project/project-id",
+            "",
+            &HeaderMap::new(),
+        )
+        .now();
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
     assert!(
         answer
@@ -145,10 +312,14 @@ fn without_the_flavor_header_v1_is_forbidden_with_the_real_text() {
     );
     let mut wrong = HeaderMap::new();
     wrong.insert("metadata-flavor", "google".parse().unwrap());
-    let answer = server.answer(&Method::GET, "/computeMetadata/v1/", "", &wrong);
+    let answer = server
+        .answer(&Method::GET, "/computeMetadata/v1/", "", &wrong)
+        .now();
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
     // The root listings do not need it (google-auth's ping sends it anyway).
-    let root = server.answer(&Method::GET, "/", "", &HeaderMap::new());
+    let root = server
+        .answer(&Method::GET, "/", "", &HeaderMap::new())
+        .now();
     assert_eq!(
         (root.status, root.body.as_str()),
         (StatusCode::OK, "computeMetadata/\n")
@@ -156,6 +327,7 @@ fn without_the_flavor_header_v1_is_forbidden_with_the_real_text() {
     assert_eq!(
         server
             .answer(&Method::GET, "/computeMetadata/", "", &HeaderMap::new())
+            .now()
             .body,
         "v1/\n"
     );
@@ -166,12 +338,14 @@ fn a_request_through_a_proxy_is_refused() {
     let server = server();
     let mut headers = flavored();
     headers.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
-    let answer = server.answer(
-        &Method::GET,
-        "/computeMetadata/v1/project/project-id",
-        "",
-        &headers,
-    );
+    let answer = server
+        .answer(
+            &Method::GET,
+            "/computeMetadata/v1/project/project-id",
+            "",
+            &headers,
+        )
+        .now();
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
     assert!(!answer.body.contains("my-project"));
 }
@@ -291,18 +465,22 @@ async fn the_token_is_cached_until_close_to_expiry_and_counts_down() {
 #[test]
 fn only_reads_are_served() {
     let server = server();
-    let answer = server.answer(
-        &Method::POST,
-        "/computeMetadata/v1/project/project-id",
-        "",
-        &flavored(),
-    );
+    let answer = server
+        .answer(
+            &Method::POST,
+            "/computeMetadata/v1/project/project-id",
+            "",
+            &flavored(),
+        )
+        .now();
     assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
 }
 
 #[test]
 fn every_answer_carries_the_flavor_header() {
-    let answer = server().answer(&Method::GET, "/nope", "", &HeaderMap::new());
+    let answer = server()
+        .answer(&Method::GET, "/nope", "", &HeaderMap::new())
+        .now();
     let response = response(answer);
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     assert_eq!(response.headers()["metadata-flavor"], "Google");
@@ -311,14 +489,24 @@ fn every_answer_carries_the_flavor_header() {
 #[test]
 fn bad_settings_name_their_flag() {
     let none = |_: &str| None;
-    let ok = MetadataConfig::from_flags(Some("my-project".into()), "us-east1".into(), None, none);
+    let no_file = |_: &Path| None;
+    let ok = MetadataConfig::from_flags(
+        Some("my-project".into()),
+        "us-east1".into(),
+        None,
+        Credentials::Offline,
+        none,
+        no_file,
+    );
     assert_eq!(ok.unwrap().project_id, "my-project");
     let error = |project: &str, region: &str, account: Option<&str>| {
         MetadataConfig::from_flags(
             Some(project.into()),
             region.into(),
             account.map(String::from),
+            Credentials::Offline,
             none,
+            no_file,
         )
         .unwrap_err()
         .to_string()
@@ -385,11 +573,51 @@ fn identity_without_an_audience_is_400() {
 #[test]
 fn the_certs_are_served_without_the_flavor_header() {
     let server = server();
-    let jwks = server.answer(&Method::GET, "/oauth2/v3/certs", "", &HeaderMap::new());
+    let jwks = server
+        .answer(&Method::GET, "/oauth2/v3/certs", "", &HeaderMap::new())
+        .now();
     assert_eq!(jwks.status, StatusCode::OK);
     let jwks: Value = serde_json::from_str(&jwks.body).unwrap();
     assert_eq!(jwks["keys"][0]["kid"], identity::test_key().kid());
-    let pem = server.answer(&Method::GET, "/oauth2/v1/certs", "", &HeaderMap::new());
+    let pem = server
+        .answer(&Method::GET, "/oauth2/v1/certs", "", &HeaderMap::new())
+        .now();
     let pem: Value = serde_json::from_str(&pem.body).unwrap();
     assert!(pem[identity::test_key().kid()].is_string());
+}
+
+/// Real answers' sizes (Content-Length seen on Compute Engine): the pages are byte for byte
+/// Google's.
+#[test]
+fn error_pages_are_google_s_to_the_byte() {
+    let server = server();
+    let missing = get(&server, "/computeMetadata/v1/universe/universe_domain");
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.body.len(), 1604, "{}", missing.body);
+    assert!(missing.body.ends_with("<p>The requested URL <code>/computeMetadata/v1/universe/universe_domain</code> was not found on this server.  <ins>That’s all we know.</ins>\n"));
+    let unflavored = server
+        .answer(
+            &Method::GET,
+            "/computeMetadata/v1/instance/name",
+            "",
+            &HeaderMap::new(),
+        )
+        .now();
+    assert_eq!(unflavored.status, StatusCode::FORBIDDEN);
+    assert_eq!(unflavored.body.len(), 1649, "{}", unflavored.body);
+    assert!(unflavored
+        .body
+        .starts_with("<!DOCTYPE html>\n<html lang=en>\n"));
+    assert!(unflavored
+        .body
+        .contains("<title>Error 403 (Forbidden)!!1</title>"));
+    let page = response(unflavored);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=UTF-8");
+    assert_eq!(page.headers()["x-frame-options"], "SAMEORIGIN");
+    assert_eq!(page.headers()["x-xss-protection"], "0");
+    // Answers that are not error pages do not carry the page headers.
+    let ok = response(get(&server, "/computeMetadata/v1/project/project-id"));
+    assert_eq!(ok.headers()["content-type"], "application/text");
+    assert_eq!(ok.headers()["server"], "Metadata Server for Serverless");
+    assert!(ok.headers().get("x-frame-options").is_none());
 }

@@ -4,8 +4,12 @@
 //!
 //! The token is read from `X-Serverless-Authorization` when the request has one (then
 //! `Authorization` is the app's own and left alone), else from `Authorization`; both as
-//! `Bearer TOKEN`. The checked header reaches the container with the token's signature removed,
-//! as Cloud Run forwards it. A public service has no `Invoker`: no work per request.
+//! `Bearer TOKEN` ("If both headers are provided, only the X-Serverless-Authorization header is
+//! checked": https://cloud.google.com/run/docs/authenticating/service-to-service). The checked
+//! header reaches the container with the token's signature replaced by
+//! `SIGNATURE_REMOVED_BY_GOOGLE`, as Cloud Run forwards it
+//! (https://cloud.google.com/run/docs/troubleshooting#signature-removed). A public service has
+//! no `Invoker`: no work per request.
 
 use std::sync::Arc;
 
@@ -85,15 +89,18 @@ fn bearer(value: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// `Bearer HEADER.PAYLOAD.SIGNATURE` → `Bearer HEADER.PAYLOAD.`: what the container gets.
+/// What Cloud Run puts where a forwarded token's signature was.
+pub const SIGNATURE_REMOVED: &str = "SIGNATURE_REMOVED_BY_GOOGLE";
+
+/// `Bearer HEADER.PAYLOAD.SIGNATURE` → `Bearer HEADER.PAYLOAD.SIGNATURE_REMOVED_BY_GOOGLE`:
+/// what the container gets.
 pub fn without_signature(value: &HeaderValue) -> HeaderValue {
     let Ok(text) = value.to_str() else {
         return value.clone();
     };
     match text.rsplit_once('.') {
-        Some((signed, _)) => {
-            HeaderValue::from_str(&format!("{signed}.")).unwrap_or_else(|_| value.clone())
-        }
+        Some((signed, _)) => HeaderValue::from_str(&format!("{signed}.{SIGNATURE_REMOVED}"))
+            .unwrap_or_else(|_| value.clone()),
         None => value.clone(),
     }
 }
@@ -191,6 +198,9 @@ mod tests {
     #[test]
     fn the_signature_is_stripped_for_the_container() {
         let value = HeaderValue::from_static("Bearer aaa.bbb.ccc");
-        assert_eq!(without_signature(&value), "Bearer aaa.bbb.");
+        assert_eq!(
+            without_signature(&value),
+            "Bearer aaa.bbb.SIGNATURE_REMOVED_BY_GOOGLE"
+        );
     }
 }

@@ -16,7 +16,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The `emulate` binary at `binary` as a command, with no `EMULATE_*` variable of the outer
-/// environment (an admin address, a secret, a log level) reaching it unless the caller sets it.
+/// environment (an admin address, a secret, a log level) nor Google credentials or gcloud
+/// settings reaching it unless the caller sets them.
 pub fn emulate_command(binary: impl AsRef<OsStr>) -> Command {
     let mut command = Command::new(binary);
     for (name, _) in std::env::vars_os() {
@@ -28,6 +29,21 @@ pub fn emulate_command(binary: impl AsRef<OsStr>) -> Command {
     command.env(
         "EMULATE_STATE_DIR",
         std::env::temp_dir().join("emulate-test-state"),
+    );
+    // Nor the machine's Google credentials and gcloud settings (a project, a key file): a test
+    // that wants them sets them. CLOUDSDK_CONFIG names a directory that does not exist, so
+    // gcloud's files under ~/.config/gcloud are not read either.
+    for name in [
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "GOOGLE_CLOUD_PROJECT",
+        "CLOUDSDK_CORE_PROJECT",
+        "CLOUDSDK_ACTIVE_CONFIG_NAME",
+    ] {
+        command.env_remove(name);
+    }
+    command.env(
+        "CLOUDSDK_CONFIG",
+        std::env::temp_dir().join("emulate-test-no-gcloud-config"),
     );
     command
 }

@@ -306,3 +306,196 @@ async fn each_service_gets_its_own_service_account() {
     assert_ne!(access(&format!("x\r\n\r\n{token_a}")), access(&token_b));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A token endpoint served by the test on loopback (the emulator fetches tokens on the host
+/// side): every request is answered with `body` and its form body kept.
+async fn fake_token_endpoint(
+    body: serde_json::Value,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = log.clone();
+            let body = body.to_string();
+            let service =
+                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let log = log.clone();
+                    let body = body.clone();
+                    async move {
+                        let sent = request.into_body().collect().await?.to_bytes();
+                        log.lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&sent).into_owned());
+                        let mut response = http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from(body),
+                        ));
+                        response.headers_mut().insert(
+                            "content-type",
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        Ok::<_, hyper::Error>(response)
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, seen)
+}
+
+/// A service account key file (a fresh RSA key) in `dir`, its `token_uri` at `token_uri`.
+fn write_service_account_key(dir: &std::path::Path, token_uri: &str) -> std::path::PathBuf {
+    use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+    let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+    let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+    let json = serde_json::json!({
+        "type": "service_account",
+        "project_id": "adc-project",
+        "private_key_id": "0123456789abcdef",
+        "private_key": pem.as_str(),
+        "client_email": "runner@adc-project.iam.gserviceaccount.com",
+        "client_id": "112233445566778899",
+        "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+        "token_uri": token_uri,
+    });
+    let path = dir.join("key.json");
+    std::fs::write(&path, json.to_string()).unwrap();
+    path
+}
+
+/// `--credentials adc`: the token an instance gets is the one the key's `token_uri` handed
+/// out for a JWT-bearer grant, fetched once and then served from the cache.
+#[tokio::test]
+async fn with_adc_an_instance_gets_the_credential_s_real_token() {
+    let service = service_name("md-adc");
+    let (addr, seen) = fake_token_endpoint(serde_json::json!({
+        "access_token": "ya29.a0-from-the-fake-endpoint",
+        "expires_in": 3599,
+        "token_type": "Bearer",
+    }))
+    .await;
+    let dir = std::env::temp_dir().join(format!("{service}-adc"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = write_service_account_key(&dir, &format!("http://{addr}/token"));
+    let emulator = Emulator::start_with_env(
+        &service,
+        &[
+            testapp_image(),
+            "--credentials",
+            "adc",
+            "--project",
+            "adc-project",
+        ],
+        &[
+            ("GOOGLE_APPLICATION_CREDENTIALS", key.to_str().unwrap()),
+            ("HOME", dir.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let token_path = "/computeMetadata/v1/instance/service-accounts/default/token";
+    let (status, head, first) = ask(&emulator, token_path, true).await;
+    assert_eq!(status, 200, "{first}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(first["access_token"], "ya29.a0-from-the-fake-endpoint");
+    assert_eq!(first["token_type"], "Bearer");
+    let expires = first["expires_in"].as_u64().unwrap();
+    assert!((3500..=3599).contains(&expires), "{first}");
+    let (_, _, second) = ask(&emulator, token_path, true).await;
+    let second: serde_json::Value = serde_json::from_str(&second).unwrap();
+    assert_eq!(second["access_token"], first["access_token"]);
+    assert!(
+        second["expires_in"].as_u64().unwrap() <= expires,
+        "{second}"
+    );
+    // The email is the key's account.
+    let (_, _, email) = ask(
+        &emulator,
+        "/computeMetadata/v1/instance/service-accounts/default/email",
+        true,
+    )
+    .await;
+    assert_eq!(email, "runner@adc-project.iam.gserviceaccount.com");
+    let grants = seen.lock().unwrap().clone();
+    assert_eq!(
+        grants.len(),
+        1,
+        "the second token came from the cache: {grants:?}"
+    );
+    assert!(
+        grants[0].contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer"),
+        "{}",
+        grants[0]
+    );
+    assert!(grants[0].contains("&assertion=ey"), "{}", grants[0]);
+    drop(emulator);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `--credentials adc` without credentials: refused before anything starts, saying how to
+/// get some.
+#[tokio::test]
+async fn adc_without_credentials_is_refused_before_anything_starts() {
+    let service = service_name("md-noadc");
+    let home = std::env::temp_dir().join(format!("{service}-home"));
+    std::fs::create_dir_all(&home).unwrap();
+    let finished = Emulator::run_to_exit(
+        &service,
+        &[testapp_image(), "--credentials", "adc"],
+        &[("HOME", home.to_str().unwrap())],
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(finished.status.code(), Some(2), "{}", finished.stderr);
+    assert!(
+        finished
+            .stderr
+            .contains("error: --credentials: adc: no Application Default Credentials"),
+        "{}",
+        finished.stderr
+    );
+    assert!(
+        finished
+            .stderr
+            .contains("gcloud auth application-default login")
+            && finished.stderr.contains("GOOGLE_APPLICATION_CREDENTIALS"),
+        "{}",
+        finished.stderr
+    );
+    assert!(
+        !finished.stderr.contains("Deploying"),
+        "{}",
+        finished.stderr
+    );
+    assert!(containers_of(&service).is_empty());
+    // An invalid file named by GOOGLE_APPLICATION_CREDENTIALS: the same, naming the file.
+    let bad = home.join("bad.json");
+    std::fs::write(&bad, "{\"type\": \"service_account\"}").unwrap();
+    let finished = Emulator::run_to_exit(
+        &service,
+        &[testapp_image(), "--credentials", "adc"],
+        &[("GOOGLE_APPLICATION_CREDENTIALS", bad.to_str().unwrap())],
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(finished.status.code(), Some(2), "{}", finished.stderr);
+    assert!(
+        finished.stderr.contains(&format!(
+            "{} is not a usable credential file",
+            bad.display()
+        )),
+        "{}",
+        finished.stderr
+    );
+    assert!(containers_of(&service).is_empty());
+    std::fs::remove_dir_all(home).unwrap();
+}
