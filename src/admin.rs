@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod gate;
+pub mod logs;
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -39,6 +41,21 @@ pub struct AdminConfig {
     pub header_read_timeout: Duration,
 }
 
+/// An admin response's body: whole (documents, errors) or streamed (`logs --follow`).
+pub type AdminBody = BoxBody<Bytes, Infallible>;
+
+/// A whole body.
+pub fn full(bytes: impl Into<Bytes>) -> AdminBody {
+    Full::new(bytes.into()).boxed()
+}
+
+/// What the admin API serves besides the control plane: the emulator's observers.
+#[derive(Clone)]
+pub struct Observers {
+    /// The recent log entries (`emulate logs`), and the live stream after them.
+    pub logs: crate::logs::buffer::LogBuffer,
+}
+
 /// How long the accept loop waits after a failed accept (out of file descriptors...).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -46,6 +63,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub async fn serve(
     listener: TcpListener,
     platform: Platform,
+    observers: Observers,
     config: AdminConfig,
     shutdown: CancellationToken,
 ) {
@@ -82,15 +100,17 @@ pub async fn serve(
             _ = shutdown.cancelled() => return,
         };
         let platform = platform.clone();
+        let observers = observers.clone();
         let gate = gate.clone();
         let service = hyper::service::service_fn(move |request| {
             let platform = platform.clone();
+            let observers = observers.clone();
             let gate = gate.clone();
             async move {
                 // Nothing is dispatched before the gate lets the request through.
                 let response = match gate.admit(&request) {
-                    Ok(()) => handle(&platform, request).await,
-                    Err(refusal) => refusal.into_response(),
+                    Ok(()) => dispatch(&platform, &observers, request).await,
+                    Err(refusal) => refusal.into_response().map(BodyExt::boxed),
                 };
                 Ok::<_, Infallible>(response)
             }
@@ -101,6 +121,18 @@ pub async fn serve(
                 tracing::debug!("admin API connection ended: {e}");
             }
         });
+    }
+}
+
+/// The observers' paths, else the control plane's API.
+async fn dispatch(
+    platform: &Platform,
+    observers: &Observers,
+    request: Request<Incoming>,
+) -> Response<AdminBody> {
+    match request.uri().path() {
+        logs::PATH => logs::handle(&observers.logs, request).await,
+        _ => handle(platform, request).await.map(BodyExt::boxed),
     }
 }
 
@@ -290,7 +322,7 @@ fn apply_error(error: ApplyError) -> Response<Full<Bytes>> {
 }
 
 /// A Kubernetes `Status` object, the API's error (and delete) response.
-fn status(code: StatusCode, reason: &str, message: String) -> Response<Full<Bytes>> {
+pub(crate) fn status(code: StatusCode, reason: &str, message: String) -> Response<Full<Bytes>> {
     let body = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Status",

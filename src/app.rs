@@ -20,7 +20,8 @@ use crate::dns;
 use crate::events::{Event, Events};
 use crate::instances::instance::{self, UpstreamMode};
 use crate::instances::pool::InstanceContext;
-use crate::logs::LogPrinter;
+use crate::logs::buffer::LogBuffer;
+use crate::logs::{LogPrinter, Resource};
 use crate::metadata::{self, MetadataConfig};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::serve::proxy::{DrainReport, Proxy, ProxyConfig};
@@ -172,6 +173,19 @@ impl Emulator {
         };
         // The metadata server answers from now on: instances ask it while they start.
         let metadata_stop = CancellationToken::new();
+        // The recent log (`emulate logs`) keeps what the emulator says from now on.
+        let resource = match &config.metadata {
+            Some(settings) => Resource {
+                project_id: settings.project_id.clone(),
+                location: settings.region.clone(),
+            },
+            None => Resource::default(),
+        };
+        let logs = LogBuffer::new(resource);
+        tasks.spawn(
+            logs.clone()
+                .follow(config.events.clone(), metadata_stop.clone()),
+        );
         let metadata = match (&config.metadata, &host_side) {
             (Some(settings), Some(host_side)) => {
                 start_metadata(host_side, settings, &config.events, &tasks, &metadata_stop).await
@@ -228,6 +242,7 @@ impl Emulator {
             drain: None,
             metadata_host,
             metadata_stop,
+            logs,
         })
     }
 }
@@ -258,6 +273,8 @@ pub struct Running {
     metadata_host: Option<String>,
     /// Stops the metadata and name servers, once the instances are gone.
     metadata_stop: CancellationToken,
+    /// The recent log, for the admin API.
+    logs: LogBuffer,
 }
 
 impl Running {
@@ -317,6 +334,9 @@ impl Running {
             self.admin_task = Some(self.tasks.spawn(admin::serve(
                 listener,
                 self.platform.clone(),
+                admin::Observers {
+                    logs: self.logs.clone(),
+                },
                 AdminConfig {
                     gate,
                     header_read_timeout: self.config.header_read_timeout,

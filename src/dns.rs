@@ -191,13 +191,21 @@ impl Dns {
         tasks: &TaskTracker,
         stop: CancellationToken,
     ) -> std::io::Result<Dns> {
-        let udp = UdpSocket::from_std(shared_socket(addr, socket2::Type::DGRAM)?.into())?;
-        // Port 0 (tests): TCP takes the port UDP got.
-        let addr = udp.local_addr()?;
-        let tcp = {
-            let socket = shared_socket(addr, socket2::Type::STREAM)?;
-            socket.listen(64)?;
-            TcpListener::from_std(socket.into())?
+        // Port 0 (tests): TCP takes the port UDP got, which may be taken for TCP; then
+        // another pair is tried.
+        let mut attempts = 0;
+        let (udp, tcp, addr) = loop {
+            let udp = UdpSocket::from_std(shared_socket(addr, socket2::Type::DGRAM)?.into())?;
+            let bound = udp.local_addr()?;
+            let tcp = shared_socket(bound, socket2::Type::STREAM).and_then(|socket| {
+                socket.listen(64)?;
+                TcpListener::from_std(socket.into())
+            });
+            match tcp {
+                Ok(tcp) => break (udp, tcp, bound),
+                Err(_) if addr.port() == 0 && attempts < 10 => attempts += 1,
+                Err(e) => return Err(e),
+            }
         };
         let config = Arc::new(config);
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));

@@ -37,7 +37,7 @@ pub enum Event {
     },
     /// A request the front end answered (by an instance, or itself: a 429, 503, 404...),
     /// once its response ended: Cloud Run's request log.
-    Request(Box<RequestLog>),
+    Request(Arc<RequestLog>),
     /// A deploy creates a revision (its first instance starts next).
     CreatingRevision {
         service: String,

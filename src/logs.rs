@@ -4,6 +4,7 @@
 //! structured (JSON) lines shown as severity and message, and Cloud Run's own system lines,
 //! coloured on a terminal and plain when piped; deploy progress and warnings on stderr.
 
+pub mod buffer;
 pub mod entry;
 
 use std::collections::HashSet;
@@ -426,7 +427,7 @@ mod tests {
     }
 
     fn request_log(status: u16, answered: bool) -> Event {
-        Event::Request(Box::new(RequestLog {
+        Event::Request(Arc::new(RequestLog {
             received: SystemTime::UNIX_EPOCH,
             method: "GET".into(),
             url: "http://hello.localhost:8080/a?b=1".into(),

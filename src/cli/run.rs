@@ -495,9 +495,9 @@ pub(crate) fn service_from_flags(config: &RunConfig, image: &str) -> knative::Se
 
 /// `512Mi`-style when whole mebibytes, else bytes.
 pub fn format_memory(bytes: u64) -> String {
-    if bytes % (1 << 30) == 0 {
+    if bytes.is_multiple_of(1 << 30) {
         format!("{}Gi", bytes >> 30)
-    } else if bytes % (1 << 20) == 0 {
+    } else if bytes.is_multiple_of(1 << 20) {
         format!("{}Mi", bytes >> 20)
     } else {
         bytes.to_string()

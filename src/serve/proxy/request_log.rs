@@ -172,7 +172,8 @@ impl Drop for PendingLog {
         if let Some(mut record) = self.record.take() {
             record.latency = self.started.elapsed();
             record.response_size = self.head + self.body;
-            self.events.publish(Event::Request(Box::new(record)));
+            self.events
+                .publish(Event::Request(std::sync::Arc::new(record)));
         }
     }
 }
