@@ -32,6 +32,7 @@ pub mod auth;
 pub mod control;
 pub mod deploy;
 pub mod documents;
+pub mod logs;
 pub mod revision_flags;
 pub mod revisions;
 pub mod run;
@@ -70,6 +71,9 @@ pub enum Command {
     /// Identity tokens for calling private services, as `gcloud auth`.
     #[command(subcommand)]
     Auth(auth::AuthCommand),
+    /// Read the running emulator's log (requests, containers' output, system lines), as
+    /// `gcloud beta run services logs read`; --follow as `... logs tail`.
+    Logs(logs::LogsArgs),
 }
 
 /// Exit codes, the same for every command.
@@ -128,6 +132,7 @@ pub fn main() -> ExitCode {
             Command::Revisions(command) => revisions::run(command).await,
             Command::Smoke(args) => smoke::run(args).await,
             Command::Auth(command) => auth::run(command).await,
+            Command::Logs(args) => logs::run(args).await,
         }
     });
     // Tasks still running (log followers of removed containers) must not hold the exit.

@@ -153,12 +153,12 @@ impl AdminClient {
         matches!(request.await, Ok(Ok(_)))
     }
 
-    async fn send<T: DeserializeOwned>(
+    fn request(
         &self,
         method: Method,
-        path: String,
+        path: &str,
         body: Option<Vec<u8>>,
-    ) -> Result<Answer<T>, ClientError> {
+    ) -> http::Request<Full<Bytes>> {
         let mut request = http::Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.addr));
@@ -171,13 +171,39 @@ impl AdminClient {
                 format!("{TOKEN_SCHEME} {token}"),
             );
         }
-        let request = request
+        request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .expect("a valid request");
-        let unreachable = |cause: String| ClientError::Unreachable {
+            .expect("a valid request")
+    }
+
+    fn unreachable(&self, cause: String) -> ClientError {
+        ClientError::Unreachable {
             addr: self.addr,
             cause,
-        };
+        }
+    }
+
+    /// An error answer's `Status` document as a [`ClientError::Api`].
+    fn api_error(code: StatusCode, bytes: &[u8]) -> ClientError {
+        let value: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+        ClientError::Api {
+            code,
+            reason: value["reason"].as_str().unwrap_or("").to_string(),
+            message: value["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| String::from_utf8_lossy(bytes).into_owned()),
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<Vec<u8>>,
+    ) -> Result<Answer<T>, ClientError> {
+        let request = self.request(method, &path, body);
+        let unreachable = |cause: String| self.unreachable(cause);
         let response = self
             .http
             .request(request)
@@ -197,15 +223,7 @@ impl AdminClient {
             .map_err(|e| unreachable(e.to_string()))?
             .to_bytes();
         if !code.is_success() {
-            let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            return Err(ClientError::Api {
-                code,
-                reason: value["reason"].as_str().unwrap_or("").to_string(),
-                message: value["message"]
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
-            });
+            return Err(Self::api_error(code, &bytes));
         }
         let value = serde_json::from_slice(&bytes)
             .map_err(|e| unreachable(format!("unexpected answer: {e}")))?;
@@ -279,6 +297,38 @@ impl AdminClient {
             .send(Method::GET, Self::path("revisions", Some(name)), None)
             .await?
             .value)
+    }
+
+    /// Reads the recent log (`query` as `/emulate/v1/logs` takes it), calling `each` with
+    /// every line (a Cloud Logging entry as JSON) as it arrives; with `follow=true` until the
+    /// emulator stops.
+    pub async fn logs(&self, query: &str, mut each: impl FnMut(&str)) -> Result<(), ClientError> {
+        let path = format!("{}?{query}", super::logs::PATH);
+        let request = self.request(Method::GET, &path, None);
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|e| self.unreachable(format!("{e}")))?;
+        let code = response.status();
+        let mut body = response.into_body();
+        if !code.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| self.unreachable(e.to_string()))?
+                .to_bytes();
+            return Err(Self::api_error(code, &bytes));
+        }
+        let mut lines = crate::logs::LineSplitter::default();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.unreachable(e.to_string()))?;
+            if let Some(data) = frame.data_ref() {
+                lines.push(data, &mut each);
+            }
+        }
+        lines.finish(&mut each);
+        Ok(())
     }
 
     pub async fn delete_revision(&self, name: &str) -> Result<(), ClientError> {

@@ -21,7 +21,7 @@ use crate::control::knative;
 use crate::control::platform::ApplyError;
 use crate::events::Events;
 use crate::instances::instance::UpstreamMode;
-use crate::logs::LogPrinter;
+use crate::logs::{LogFormat, LogPrinter, Resource};
 use crate::metadata::{adc, AdcFile, Credentials, MetadataConfig};
 use crate::runtime::Runtime;
 use crate::sample;
@@ -89,6 +89,26 @@ pub struct RunArgs {
     pub max_connections: Option<u64>,
     #[command(flatten)]
     pub google: GoogleArgs,
+    /// How log lines are printed: `text` for people, `json` for one Cloud Logging LogEntry
+    /// per line (requests, containers' output, system lines).
+    #[arg(long, value_enum, default_value_t = LogFormatChoice::Text)]
+    pub log_format: LogFormatChoice,
+    /// One line per request on the terminal; `off` silences them (`emulate logs` still has
+    /// them).
+    #[arg(long, value_enum, default_value_t = Toggle::On, value_name = "on|off")]
+    pub request_log: Toggle,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatChoice {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Toggle {
+    On,
+    Off,
 }
 
 /// What the metadata server tells the containers about where they run.
@@ -178,6 +198,8 @@ pub struct RunConfig {
     pub secrets_dir: Option<PathBuf>,
     pub default_service: Option<String>,
     pub upstream: UpstreamChoice,
+    pub log_format: LogFormatChoice,
+    pub request_log: bool,
     pub header_read_timeout: Duration,
     pub max_connections: Option<usize>,
     pub metadata: MetadataConfig,
@@ -231,6 +253,8 @@ impl RunConfig {
             )?,
             max_connections: args.max_connections.map(|n| n as usize),
             metadata: args.google.check()?,
+            log_format: args.log_format,
+            request_log: args.request_log == Toggle::On,
         })
     }
 
@@ -252,7 +276,17 @@ impl RunConfig {
             default_service: self.default_service.clone(),
             header_read_timeout: self.header_read_timeout,
             max_connections: self.max_connections.unwrap_or(defaults.max_connections),
-            events: Events::with_sink(printer),
+            events: Events::with_sink(
+                printer
+                    .with_format(match self.log_format {
+                        LogFormatChoice::Text => LogFormat::Text,
+                        LogFormatChoice::Json => LogFormat::Json(Resource {
+                            project_id: self.metadata.project_id.clone(),
+                            location: self.metadata.region.clone(),
+                        }),
+                    })
+                    .with_request_log(self.request_log),
+            ),
             signals: signals.clone(),
             metadata: Some(self.metadata.clone()),
         }

@@ -19,6 +19,7 @@ mod failures;
 mod faults;
 mod identity;
 mod lifecycle;
+mod logging;
 mod metadata;
 mod promises;
 mod proxying;
