@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use rand::Rng;
 
+pub mod resources;
+
 /// The container port when none is given (`containerPort` default).
 pub const DEFAULT_PORT: u16 = 8080;
 /// Default memory limit: 512Mi.

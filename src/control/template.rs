@@ -5,11 +5,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cloudrun;
+use crate::cloudrun::{self, resources};
 use crate::config::{self, FieldError};
 use crate::control::knative::{self, RevisionTemplate};
 use crate::instances::probe::{HealthCheck, HealthProbe};
 use crate::instances::revision::{ContainerConfig, RevisionConfig, ScalingConfig};
+
+/// Instance-based billing when "false": CPU always allocated (Cloud Run's default is "true").
+const CPU_THROTTLING_ANNOTATION: &str = "run.googleapis.com/cpu-throttling";
 
 /// Cloud Run's default maximum number of instances.
 pub const DEFAULT_MAX_INSTANCES: u32 = 100;
@@ -174,6 +177,46 @@ pub fn resolve(
         }
         Some(n) => n,
     };
+    let annotations = &template.metadata.annotations;
+    let environment = match annotations.get(resources::EXECUTION_ENVIRONMENT_ANNOTATION) {
+        None => resources::ExecutionEnvironment::Default,
+        Some(value) => resources::ExecutionEnvironment::parse(value).ok_or_else(|| {
+            FieldError::new(
+                format!(
+                    "spec.template.metadata.annotations[{}]",
+                    resources::EXECUTION_ENVIRONMENT_ANNOTATION
+                ),
+                format!("'{value}' is not an execution environment; use gen1 or gen2"),
+            )
+        })?,
+    };
+    let cpu_always_allocated = annotations
+        .get(CPU_THROTTLING_ANNOTATION)
+        .is_some_and(|v| v.trim() == "false");
+    let explicit_concurrency = spec.container_concurrency.filter(|n| *n != 0);
+    resources::check(
+        cpu_millis,
+        memory_bytes,
+        explicit_concurrency,
+        environment,
+        cpu_always_allocated,
+    )
+    .map_err(|refusal| {
+        FieldError::new(
+            format!("{at}.resources.limits.{}", refusal.field),
+            refusal.message,
+        )
+    })?;
+    if container.env.len() > resources::MAX_ENV_VARS {
+        return Err(FieldError::new(
+            format!("{at}.env"),
+            format!(
+                "{} environment variables are set; Cloud Run allows at most {}",
+                container.env.len(),
+                resources::MAX_ENV_VARS
+            ),
+        ));
+    }
     let timeout = match spec.timeout_seconds {
         None => cloudrun::DEFAULT_REQUEST_TIMEOUT,
         Some(s) if (1..=3600).contains(&s) => Duration::from_secs(s),
@@ -184,7 +227,6 @@ pub fn resolve(
             ))
         }
     };
-    let annotations = &template.metadata.annotations;
     let scale = |key: &str, default: u32| -> Result<u32, FieldError> {
         match annotations.get(key) {
             None => Ok(default),
@@ -238,7 +280,9 @@ pub fn resolve(
         Some(probe) => health_probe(probe, port, &format!("{at}.livenessProbe"), false)?,
     };
     for key in annotations.keys() {
-        if key.starts_with("run.googleapis.com/") {
+        if key.starts_with("run.googleapis.com/")
+            && key != resources::EXECUTION_ENVIRONMENT_ANNOTATION
+        {
             notes.push(format!(
                 "spec.template.metadata.annotations[{key}]: accepted; it has no local effect"
             ));

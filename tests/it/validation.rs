@@ -344,3 +344,47 @@ async fn deep_documents_in_files_are_refused_quickly_naming_the_file() {
     std::fs::remove_file(file).unwrap();
     std::fs::remove_file(env_file).unwrap();
 }
+
+/// Cloud Run's resource rules refuse a combination at deploy, in its words and naming the
+/// field, with nothing started: memory for the CPU, offered CPU values, fractional CPU with
+/// concurrency, the second generation's minimum memory.
+#[tokio::test]
+async fn cloud_runs_resource_rules_refuse_combinations_with_its_texts() {
+    let service = service_name("resources");
+    let gen2 = std::env::temp_dir().join(format!("{service}-gen2.yaml"));
+    std::fs::write(
+        &gen2,
+        format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {{name: {service}}}\nspec:\n  template:\n    metadata:\n      annotations: {{run.googleapis.com/execution-environment: gen2}}\n    spec:\n      containers:\n      - image: {}\n        resources: {{limits: {{memory: 256Mi}}}}\n",
+            testapp_image()
+        ),
+    )
+    .unwrap();
+    let cases: [(Vec<&str>, &str); 4] = [
+        (
+            vec![testapp_image(), "--memory", "8Gi"],
+            "spec.template.spec.containers[0].resources.limits.memory: Invalid value specified for memory. For 1.0 CPU, memory must be between 128Mi and 4Gi inclusive.",
+        ),
+        (
+            vec![testapp_image(), "--cpu", "0.5", "--concurrency", "10"],
+            "spec.template.spec.containers[0].resources.limits.cpu: Invalid value specified for cpu. Total cpu < 1 is not supported with concurrency > 1.",
+        ),
+        (
+            vec![testapp_image(), "--cpu", "3", "--memory", "2Gi"],
+            "spec.template.spec.containers[0].resources.limits.cpu: Invalid value specified for cpu. 3.0 is not offered",
+        ),
+        (
+            vec!["-f", gen2.to_str().unwrap()],
+            "Invalid value specified for memory with gen2 execution environment. For 1.0 CPU, memory must be between 512Mi and 4Gi inclusive.",
+        ),
+    ];
+    for (args, words) in cases {
+        let done = Emulator::run_to_exit(&service, &args, &[], Duration::from_secs(30)).await;
+        assert_refused(&done, &[words], &format!("{args:?}"));
+        assert!(
+            containers_of(&service).is_empty(),
+            "{args:?} started a container"
+        );
+    }
+    std::fs::remove_file(gen2).unwrap();
+}
