@@ -185,6 +185,13 @@ pub fn user_startup_probe_failed(
     format!("STARTUP {kind} probe failed {failures} {noun} consecutively for container \"{container}\" {target}. The instance was not started.")
 }
 
+/// The finding, at start, that a revision's PID 1 will ignore SIGTERM, with the fixes.
+pub fn ignores_sigterm(revision: &str) -> String {
+    format!(
+        "revision {revision}: the container's main process (PID 1) does not handle SIGTERM (read from /proc/PID/status when it became ready). A container's init ignores signals it has no handler for, so Cloud Run will SIGKILL it 10 seconds after asking it to stop (scale-in, a new revision, a shutdown), cutting in-flight work and cleanup short. Handle SIGTERM in the app, `exec` the server in an entrypoint script (a shell as PID 1 does not pass it on), or run it under an init such as tini. (`emulate` kills such instances at once when it stops.)"
+    )
+}
+
 pub fn memory_limit_exceeded(limit_mib: u64, used_mib: u64) -> String {
     format!("Memory limit of {limit_mib} MiB exceeded with {used_mib} MiB used.")
 }

@@ -443,12 +443,18 @@ impl Smoke {
         if self.report.failure_text.is_some() {
             return;
         }
-        let (crashes, ooms, killed) = pools
-            .iter()
-            .map(|p| p.status())
-            .fold((0, 0, 0), |(c, o, k), s| {
-                (c + s.crashes, o + s.oom_kills, k + s.killed_after_grace)
-            });
+        let (crashes, ooms, killed, deaf) =
+            pools
+                .iter()
+                .map(|p| p.status())
+                .fold((0, 0, 0, 0), |(c, o, k, d), s| {
+                    (
+                        c + s.crashes,
+                        o + s.oom_kills,
+                        k + s.killed_after_grace,
+                        d + s.ignores_sigterm,
+                    )
+                });
         if crashes == 0 {
             self.pass(PREFLIGHT, "no crash or OOM kill", Duration::ZERO);
         } else {
@@ -472,7 +478,17 @@ impl Smoke {
                 Vec::new(),
             );
         }
-        if killed == 0 {
+        if deaf > 0 {
+            // Found at start: the shutdown killed them at once instead of waiting 10 s.
+            self.record(
+                PREFLIGHT,
+                "shuts down within 10 s of SIGTERM",
+                began.elapsed(),
+                Outcome::Warning {
+                    message: format!("{deaf} instance(s): the container's PID 1 does not handle SIGTERM (found at start), so Cloud Run would SIGKILL it 10 s after SIGTERM; handle SIGTERM, `exec` the server in an entrypoint script, or run it under an init such as tini"),
+                },
+            );
+        } else if killed == 0 {
             self.pass(
                 PREFLIGHT,
                 "shuts down within 10 s of SIGTERM",

@@ -168,6 +168,8 @@ pub struct Instance {
     pub addr: SocketAddr,
     /// How long from container start until the probe succeeded.
     pub startup: Duration,
+    /// Its PID 1 as seen from the host (None on engines whose processes are elsewhere).
+    pub pid: Option<u32>,
     log_task: JoinHandle<()>,
 }
 
@@ -479,7 +481,7 @@ async fn start_created(
         Ok(ready) => still_running(runtime, container_id).await.map(|()| ready),
         Err(e) => Err(e),
     };
-    let (addr, attempts) = match result {
+    let (addr, attempts, pid) = match result {
         Ok(ready) => ready,
         Err(e) => {
             log_task.abort();
@@ -509,6 +511,7 @@ async fn start_created(
         revision: spec.revision.clone(),
         addr,
         startup: started_at.elapsed(),
+        pid,
         log_task,
     })
 }
@@ -529,7 +532,7 @@ async fn probe_until_ready(
     events: &Events,
     container_id: &str,
     cancel: &CancellationToken,
-) -> Result<(SocketAddr, u32), StartError> {
+) -> Result<(SocketAddr, u32, Option<u32>), StartError> {
     let container = &spec.config.container;
     let info = runtime.inspect(container_id).await?;
     let exit = runtime.wait_exit(container_id);
@@ -555,7 +558,7 @@ async fn probe_until_ready(
         if let Some(addr) = addr {
             if probe::tcp_connects(addr, mode == UpstreamMode::PublishedPort).await {
                 let Some(startup) = &container.startup_probe else {
-                    return Ok((addr, 1));
+                    return Ok((addr, 1, info.pid));
                 };
                 if Instant::now() >= next_attempt {
                     // Only the serving port is published; elsewhere the probe's own port.
@@ -564,7 +567,7 @@ async fn probe_until_ready(
                         UpstreamMode::PublishedPort => addr,
                     };
                     match startup.check(target).await {
-                        Ok(()) => return Ok((addr, startup.attempt_at(began.elapsed()))),
+                        Ok(()) => return Ok((addr, startup.attempt_at(began.elapsed()), info.pid)),
                         Err(why) => probe_failure = Some(why),
                     }
                     next_attempt = Instant::now() + STARTUP_RETRY;
@@ -683,6 +686,11 @@ pub struct StopReport {
 }
 
 impl Instance {
+    /// What its PID 1 does with SIGTERM now, when that can be read.
+    pub fn sigterm(&self) -> Option<probe::Sigterm> {
+        self.pid.and_then(probe::read_sigterm)
+    }
+
     /// SIGTERM, up to `grace`, SIGKILL; then the container is removed.
     pub async fn stop(
         self,

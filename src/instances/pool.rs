@@ -22,7 +22,7 @@ use crate::events::{Event, SystemKind};
 use crate::instances::autoscaler::{self, Autoscaler};
 pub use crate::instances::instance::InstanceContext;
 use crate::instances::instance::{self, Instance, RevisionSpec, StartError, StartFailure, Tasks};
-use crate::instances::probe::HealthProbe;
+use crate::instances::probe::{self, HealthProbe};
 use crate::instances::revision::ScalingConfig;
 
 /// How long a request waits for a free slot when no instance is starting for it.
@@ -77,6 +77,8 @@ struct State {
     creating_spare: bool,
     autoscaler: Autoscaler,
     stats: Stats,
+    /// The SIGTERM warning was given for this revision.
+    warned_sigterm: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -93,6 +95,8 @@ struct Stats {
     oom_kills: u64,
     /// Instances that ignored SIGTERM for the whole grace period and were SIGKILLed.
     killed_after_grace: u64,
+    /// Instances whose PID 1 was found at start to ignore SIGTERM.
+    ignores_sigterm: u64,
 }
 
 struct Member {
@@ -100,6 +104,8 @@ struct Member {
     instance: Instance,
     /// The instance's short id, shared with its leases (for the request log).
     id: Arc<str>,
+    /// Its PID 1 was found to ignore SIGTERM (and counted).
+    ignores_sigterm: bool,
     authority: Authority,
     in_flight: u32,
     draining: bool,
@@ -221,6 +227,8 @@ pub struct PoolStatus {
     pub crashes: u64,
     pub oom_kills: u64,
     pub killed_after_grace: u64,
+    /// Instances whose PID 1 was found at start to ignore SIGTERM (no handler).
+    pub ignores_sigterm: u64,
 }
 
 impl PoolInner {
@@ -284,6 +292,7 @@ impl Pool {
                     creating_spare: false,
                     autoscaler,
                     stats: Stats::default(),
+                    warned_sigterm: false,
                 }),
                 changed: Notify::new(),
                 tasks: Tasks {
@@ -556,6 +565,7 @@ impl Pool {
                     key,
                     authority,
                     id: Arc::from(started.id.as_str()),
+                    ignores_sigterm: false,
                     instance: started,
                     in_flight: 0,
                     draining: false,
@@ -565,6 +575,7 @@ impl Pool {
                     _watchers: watchers.clone().drop_guard(),
                 });
                 self.spawn(self.clone().watch_exit(key, container_id, watchers.clone()));
+                self.spawn(self.clone().check_sigterm(key));
                 if let Some(liveness) = &inner.spec.config.container.liveness {
                     // The probe port is the serving port unless the probe names another.
                     let target = match liveness.port == inner.spec.config.container.port {
@@ -592,6 +603,46 @@ impl Pool {
         drop(state);
         inner.changed.notify_waiters();
         outcome
+    }
+
+    /// Says, once per revision, that an instance's PID 1 will ignore SIGTERM: read when it is
+    /// ready and again a second later (some apps install their handler just after they
+    /// listen).
+    async fn check_sigterm(self, key: u64) {
+        for wait in [Duration::ZERO, Duration::from_secs(1)] {
+            tokio::time::sleep(wait).await;
+            let pid = {
+                let state = self.inner.lock();
+                match state.members.iter().find(|m| m.key == key) {
+                    Some(member) => member.instance.pid,
+                    None => return,
+                }
+            };
+            match pid.and_then(probe::read_sigterm) {
+                Some(sigterm) if sigterm.certainly_ignored() => {}
+                _ => return,
+            }
+        }
+        let mut state = self.inner.lock();
+        if let Some(member) = state.members.iter_mut().find(|m| m.key == key) {
+            member.ignores_sigterm = true;
+            self.found_ignoring_sigterm(state);
+        }
+    }
+
+    /// Counts an instance found to ignore SIGTERM, and says so once per revision.
+    fn found_ignoring_sigterm(&self, mut state: MutexGuard<'_, State>) {
+        state.stats.ignores_sigterm += 1;
+        let first = !std::mem::replace(&mut state.warned_sigterm, true);
+        drop(state);
+        if first {
+            self.inner
+                .ctx
+                .events
+                .publish(Event::warning(cloudrun::ignores_sigterm(
+                    &self.inner.spec.revision,
+                )));
+        }
     }
 
     /// Creates the next instance's container ahead of time, so a cold start skips the create.
@@ -953,8 +1004,23 @@ impl Pool {
     /// returns once every task of the pool has ended.
     pub async fn stop_all(&self, grace: Duration, reason: &str) {
         self.stop_starting().await;
-        let members = self.take_members();
-        self.stop_members(members, grace, reason).await;
+        // One whose PID 1 ignores SIGTERM (read now) would only wait out the grace period:
+        // it is killed at once. One that handles SIGTERM gets the grace, as on Cloud Run.
+        let (deaf, members): (Vec<Member>, Vec<Member>) =
+            self.take_members().into_iter().partition(|m| {
+                m.instance
+                    .sigterm()
+                    .is_some_and(probe::Sigterm::certainly_ignored)
+            });
+        // Those stopped before the second look at start are found now.
+        for _ in deaf.iter().filter(|m| !m.ignores_sigterm) {
+            self.found_ignoring_sigterm(self.inner.lock());
+        }
+        let deaf_reason = format!("{reason}; its PID 1 ignores SIGTERM, so it is killed at once");
+        tokio::join!(
+            self.stop_members(deaf, Duration::ZERO, &deaf_reason),
+            self.stop_members(members, grace, reason)
+        );
         self.remove_spare().await;
         self.close().await;
     }
@@ -997,7 +1063,7 @@ impl Pool {
             };
             if let Ok(report) = &stopped {
                 let mut state = self.inner.lock();
-                state.stats.killed_after_grace += u64::from(report.killed);
+                state.stats.killed_after_grace += u64::from(report.killed && !grace.is_zero());
                 // It died before the stop; the exit watcher had not caught up yet.
                 state.stats.crashes += u64::from(report.already_exited);
                 state.stats.oom_kills += u64::from(report.already_exited && report.oom_killed);
@@ -1083,6 +1149,7 @@ impl Pool {
             crashes: stats.crashes,
             oom_kills: stats.oom_kills,
             killed_after_grace: stats.killed_after_grace,
+            ignores_sigterm: stats.ignores_sigterm,
         }
     }
 }

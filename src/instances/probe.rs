@@ -246,6 +246,52 @@ pub fn listening_sockets(pid: u32) -> Option<Vec<SocketAddr>> {
     Some(sockets)
 }
 
+/// What a container's PID 1 does with SIGTERM, read from `/proc/<pid>/status` at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sigterm {
+    /// It has a handler: it may shut down (or not; only the stop tells).
+    Handled,
+    /// It ignores SIGTERM explicitly (`SigIgn`).
+    Ignored,
+    /// No handler: the kernel does not deliver a default-action signal to a namespace's init,
+    /// so SIGTERM does nothing and Cloud Run SIGKILLs it after 10 s.
+    Unhandled,
+}
+
+impl Sigterm {
+    /// Whether SIGTERM will certainly do nothing.
+    pub fn certainly_ignored(self) -> bool {
+        matches!(self, Sigterm::Ignored | Sigterm::Unhandled)
+    }
+}
+
+/// Reads `SigCgt` and `SigIgn` of a `/proc/<pid>/status` text.
+pub fn sigterm_disposition(status: &str) -> Option<Sigterm> {
+    let mask = |key: &str| {
+        status.lines().find_map(|line| {
+            let hex = line.strip_prefix(key)?.trim();
+            u64::from_str_radix(hex, 16).ok()
+        })
+    };
+    // SIGTERM is 15: bit 14 of the masks.
+    let bit = 1u64 << 14;
+    let (caught, ignored) = (mask("SigCgt:")?, mask("SigIgn:")?);
+    Some(if caught & bit != 0 {
+        Sigterm::Handled
+    } else if ignored & bit != 0 {
+        Sigterm::Ignored
+    } else {
+        Sigterm::Unhandled
+    })
+}
+
+/// What process `pid` (a container's PID 1, as seen from the host) does with SIGTERM; None
+/// when it cannot be read (not Linux, or the process is not on this host, as with Docker
+/// Desktop).
+pub fn read_sigterm(pid: u32) -> Option<Sigterm> {
+    sigterm_disposition(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
 /// Parses the kernel's `/proc/net/tcp` or `tcp6` table, keeping sockets in state LISTEN (0A).
 /// Addresses are printed as host-order 32-bit words (little-endian on x86).
 pub fn parse_proc_net_tcp(table: &str) -> Vec<SocketAddr> {
@@ -371,5 +417,29 @@ mod tests {
         assert_eq!(at(15_000), 3);
         assert_eq!(at(40_000), 3, "never past the failure threshold");
         assert_eq!(probe.target(), "on port 8080 path /ready");
+    }
+
+    #[test]
+    fn sigterm_is_read_from_the_signal_masks() {
+        let status = |caught: &str, ignored: &str| {
+            format!("Name:\ttestapp\nSigBlk:\t0000000000000000\nSigIgn:\t{ignored}\nSigCgt:\t{caught}\n")
+        };
+        // A tokio app with SIGTERM and SIGINT handlers: bits 14 and 1.
+        assert_eq!(
+            sigterm_disposition(&status("0000000000004002", "0000000000000000")),
+            Some(Sigterm::Handled)
+        );
+        assert_eq!(
+            sigterm_disposition(&status("0000000000000002", "0000000000004000")),
+            Some(Sigterm::Ignored)
+        );
+        // A shell as PID 1 without a trap: SIGINT and others caught, SIGTERM not.
+        assert_eq!(
+            sigterm_disposition(&status("0000000000010002", "0000000000000004")),
+            Some(Sigterm::Unhandled)
+        );
+        assert!(Sigterm::Unhandled.certainly_ignored() && !Sigterm::Handled.certainly_ignored());
+        assert_eq!(sigterm_disposition("Name: x\n"), None);
+        assert!(read_sigterm(std::process::id()).is_some());
     }
 }

@@ -233,3 +233,51 @@ fn received(
 ) -> Vec<emulate::events::Event> {
     std::iter::from_fn(|| events.try_recv().ok()).collect()
 }
+
+/// An app whose PID 1 has no SIGTERM handler is found out when it becomes ready (once per
+/// revision), and a Ctrl-C kills it at once instead of waiting Cloud Run's 10 s; one that
+/// handles SIGTERM gets no such warning.
+#[tokio::test]
+async fn a_pid_1_without_a_sigterm_handler_is_found_at_start_and_killed_at_once_on_ctrl_c() {
+    let service = service_name("deaf");
+    let mut emulator = Emulator::start(
+        &service,
+        &[testapp_image(), "--set-env-vars", "NO_SIGNAL_HANDLERS=1"],
+    )
+    .await;
+    emulator
+        .wait_for_output("does not handle SIGTERM", Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        emulator.stderr().matches("does not handle SIGTERM").count(),
+        1,
+        "{}",
+        emulator.stderr()
+    );
+    emulator.signal("INT");
+    let started = Instant::now();
+    let done = emulator.wait(Duration::from_secs(30)).await;
+    let took = started.elapsed();
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(
+        took < Duration::from_secs(8),
+        "the stop waited for the grace period: {took:?}"
+    );
+    assert!(
+        done.stdout
+            .contains("its PID 1 ignores SIGTERM, so it is killed at once"),
+        "{}",
+        done.stdout
+    );
+
+    let handled = service_name("hears");
+    let emulator = Emulator::start(&handled, &[testapp_image()]).await;
+    assert_eq!(get(&emulator.url("/echo")).await.status, 200);
+    // The second look comes a second after ready.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !emulator.stderr().contains("does not handle SIGTERM"),
+        "{}",
+        emulator.stderr()
+    );
+}

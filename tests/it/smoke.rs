@@ -269,6 +269,37 @@ async fn ignoring_sigterm_is_a_warning_not_a_failure() {
     nothing_left(&service);
 }
 
+/// A PID 1 without a SIGTERM handler is found at start: the finding is a warning, and the
+/// smoke does not wait out the 10 s grace to learn it (`IGNORE_SIGTERM`, a handler that does
+/// nothing, still takes the 10 s: that cannot be known in advance).
+#[tokio::test]
+async fn a_pid_1_without_a_sigterm_handler_is_reported_without_waiting_10_s() {
+    let service = service_name("smokedeaf");
+    let started = std::time::Instant::now();
+    let done = smoke(
+        &[
+            testapp_image(),
+            "--service",
+            &service,
+            "--set-env-vars",
+            "NO_SIGNAL_HANDLERS=1",
+        ],
+        &[],
+    )
+    .await;
+    let took = started.elapsed();
+    assert_exit(&done, 0, "");
+    assert_line(&done, "WARN shuts down within 10 s of SIGTERM");
+    assert!(
+        done.stdout
+            .contains("does not handle SIGTERM (found at start)"),
+        "{}",
+        done.stdout
+    );
+    assert!(took < Duration::from_secs(8), "the smoke took {took:?}");
+    nothing_left(&service);
+}
+
 /// The named check of a JSON report.
 fn check_of<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     report["checks"]

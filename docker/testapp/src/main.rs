@@ -52,7 +52,17 @@ fn env_flag(name: &str) -> bool {
 }
 
 async fn run() {
-    let stop = lifecycle::install(env_flag("IGNORE_SIGTERM"));
+    // NO_SIGNAL_HANDLERS: no handler at all, as many apps and shell entrypoints are; as PID 1
+    // the process then ignores SIGTERM (the kernel protects a namespace's init).
+    let stop = match env_flag("NO_SIGNAL_HANDLERS") {
+        true => {
+            // Kept forever: a dropped sender would read as "stop".
+            let (never, stop) = tokio::sync::watch::channel(false);
+            std::mem::forget(never);
+            stop
+        }
+        false => lifecycle::install(env_flag("IGNORE_SIGTERM")),
+    };
     // Health checks (HTTP /healthz and gRPC) fail from the start: a startup probe never passes.
     if env_flag("START_SICK") {
         routes::SICK.store(true, std::sync::atomic::Ordering::SeqCst);
