@@ -23,7 +23,6 @@ pub struct Run {
     pub completed: u64,
     pub errors: u64,
     pub non_200: u64,
-    pub window: Duration,
     /// Per-request latency in microseconds, sorted.
     pub latencies: Vec<u32>,
     /// Responses per revision, by the test app's `x-k-revision` header (absent on `/`).
@@ -31,10 +30,6 @@ pub struct Run {
 }
 
 impl Run {
-    pub fn throughput(&self) -> f64 {
-        self.completed as f64 / self.window.as_secs_f64()
-    }
-
     /// Nearest-rank percentile, in microseconds.
     pub fn percentile(&self, p: f64) -> u32 {
         if self.latencies.is_empty() {
@@ -44,11 +39,8 @@ impl Run {
         self.latencies[rank.clamp(1, self.latencies.len()) - 1]
     }
 
-    fn merge(workers: Vec<Run>, window: Duration) -> Run {
-        let mut run = Run {
-            window,
-            ..Run::default()
-        };
+    fn merge(workers: Vec<Run>) -> Run {
+        let mut run = Run::default();
         for worker in workers {
             run.completed += worker.completed;
             run.errors += worker.errors;
@@ -63,21 +55,14 @@ impl Run {
     }
 }
 
-/// When a worker sends its requests.
+/// When a worker sends its requests: at `offset + k * interval` from the start of the
+/// window. (Saturating runs use wrk: this client did not saturate a 2-core machine.)
 #[derive(Clone, Copy)]
 enum Pace {
-    /// Back to back until the window ends.
-    Saturate,
-    /// At `offset + k * interval` from the start of the window.
     Fixed {
         offset: Duration,
         interval: Duration,
     },
-}
-
-/// `connections` workers sending requests back to back for `duration`.
-pub async fn saturate(addr: SocketAddr, connections: usize, duration: Duration) -> Run {
-    load(addr, "/", connections, duration, |_| Pace::Saturate).await
 }
 
 /// `rate` requests a second for `duration`, spread evenly over `connections` workers so that
@@ -120,7 +105,7 @@ async fn load(
     for worker in workers {
         runs.push(worker.await.expect("a load worker panicked"));
     }
-    Run::merge(runs, duration)
+    Run::merge(runs)
 }
 
 /// One keep-alive connection sending `GET path` per `pace` between `start` and `end`. A
@@ -135,10 +120,8 @@ async fn worker(
     let host = host(addr);
     let mut run = Run::default();
     let mut sender = None;
-    let mut next = match pace {
-        Pace::Saturate => start,
-        Pace::Fixed { offset, .. } => start + offset,
-    };
+    let Pace::Fixed { offset, interval } = pace;
+    let mut next = start + offset;
     while next < end {
         if sender.is_none() {
             match connect(addr).await {
@@ -167,10 +150,7 @@ async fn worker(
                 let micros = done.duration_since(sent).as_micros();
                 run.latencies
                     .push(u32::try_from(micros).unwrap_or(u32::MAX));
-                next = match pace {
-                    Pace::Saturate => done,
-                    Pace::Fixed { interval, .. } => next + interval,
-                };
+                next += interval;
             }
             Err(_) => {
                 run.errors += 1;

@@ -40,9 +40,12 @@ mod cold;
 mod harness;
 mod herd;
 mod load;
+mod nginx;
+mod procstat;
 mod proxy;
 mod smoke;
 mod switch;
+mod wrk;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};

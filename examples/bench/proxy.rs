@@ -11,89 +11,154 @@ use anyhow::{anyhow, bail};
 use crate::harness::{
     container_ip, docker, docker_run, spawn_emulator, Cleanup, Emulator, APP_PORT,
 };
-use crate::load::{paced, saturate, wait_until_serving, Run};
+use crate::load::{paced, wait_until_serving, Run};
+use crate::nginx::{self, Nginx};
+use crate::procstat;
+use crate::wrk::{self, WrkRun};
 use crate::{median, verdict, Options};
 
 /// The service name the emulator runs the test app as; its container carries it as a label.
 const SERVICE: &str = "bench";
 
-/// The `proxy` measurement: `GET /` direct, through emulate and through a published port;
-/// its report, and false when any request failed.
+/// The `proxy` measurement: `GET /` direct, through emulate, through a published port and
+/// through nginx; its report, and false when any request failed.
 pub async fn proxy(
     options: &Options,
     emulate: &Path,
     image: &str,
     cleanup: &mut Cleanup,
 ) -> anyhow::Result<(String, bool)> {
+    wrk::require()?;
     eprintln!("Starting emulate run {image}...");
     let (emulator, container) = start_emulator(emulate, image, cleanup).await?;
     let emulator_direct = SocketAddr::new(container_ip(&container).await?, APP_PORT);
+    let rss_idle = procstat::rss(emulator.pid);
 
     eprintln!("Starting a second container with a published port...");
     let published_container = docker_run(image, &["-p", "127.0.0.1::8080"], cleanup).await?;
-    let published_direct = SocketAddr::new(container_ip(&published_container).await?, APP_PORT);
     let published = published_port(&published_container).await?;
-    wait_until_serving(published_direct).await?;
     wait_until_serving(published).await?;
     let published_by = if docker_proxy_serves(published.port()) {
         "docker-proxy, userland"
     } else {
         "no docker-proxy process found: iptables NAT?"
     };
+    let mut nginx = match nginx::available() {
+        true => {
+            eprintln!("Starting nginx in front of emulate's container...");
+            let mut nginx = Nginx::start(emulator_direct)?;
+            wait_until_serving(nginx.addr).await?;
+            nginx.check_running()?;
+            Some(nginx)
+        }
+        false => {
+            eprintln!(
+                "nginx is not installed: the yardstick rows are skipped (apt-get install nginx)"
+            );
+            None
+        }
+    };
 
-    let targets = [
+    let mut targets = vec![
         Target {
-            name: "direct (emulate's container)",
+            name: "direct (container IP)",
             addr: emulator_direct,
         },
         Target {
-            name: "emulate proxy",
+            name: "emulate",
             addr: emulator.addr,
-        },
-        Target {
-            name: "direct (published container)",
-            addr: published_direct,
         },
         Target {
             name: "published port",
             addr: published,
         },
     ];
+    if let Some(nginx) = &nginx {
+        targets.push(Target {
+            name: "nginx (1 worker, keepalive 64)",
+            addr: nginx.addr,
+        });
+    }
+    const DIRECT: usize = 0;
+    const EMULATE: usize = 1;
+    const NGINX: usize = 3;
     let duration = options.duration();
 
-    // A short unrecorded run per target fills the proxy's upstream pool and the caches.
+    // A short unrecorded run per target fills the proxies' upstream pools and the caches.
     eprintln!("Warming up...");
     for target in &targets {
-        saturate(target.addr, options.connections, Duration::from_secs(1)).await;
+        wrk::run(target.addr, 1, 8, Duration::from_secs(1)).await?;
     }
 
-    let mut saturation: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
+    // Saturation: wrk with two threads, rounds interleaved; emulate's RSS sampled meanwhile.
+    let mut saturation: Vec<Vec<WrkRun>> = vec![Vec::new(); targets.len()];
+    let mut rss_loaded = 0u64;
     for round in 0..options.rounds {
         // Rotating the order spreads any drift (thermal, background work) over all targets.
         for i in 0..targets.len() {
             let index = (i + round) % targets.len();
             let target = &targets[index];
             eprintln!(
-                "round {}/{}: {} at saturation ({} connections, {:.1} s)",
+                "round {}/{}: {} at saturation (wrk -t2 -c{}, {:.1} s)",
                 round + 1,
                 options.rounds,
                 target.name,
                 options.connections,
                 options.duration
             );
-            saturation[index].push(saturate(target.addr, options.connections, duration).await);
+            let sampling = (index == EMULATE).then(|| sample_rss(emulator.pid));
+            saturation[index].push(wrk::run(target.addr, 2, options.connections, duration).await?);
+            if let Some(sampling) = sampling {
+                rss_loaded = rss_loaded.max(sampling.stop().await);
+            }
         }
     }
     // The autoscaler may add instances under load; then emulate's numbers are not comparable
-    // with one container's, and the table must say so.
+    // with one container's, and the report must say so.
     let instances = emulator.instances().await?.len();
 
-    let paced_targets = [&targets[0], &targets[1]];
+    // CPU per request: the proxy process's user + system time over a run at moderate load
+    // (wrk -t1 -c8), divided by the requests it carried.
+    let mut cpu: Vec<(usize, Vec<f64>)> = vec![(EMULATE, Vec::new())];
+    if nginx.is_some() {
+        cpu.push((NGINX, Vec::new()));
+    }
+    for round in 0..options.rounds {
+        for i in 0..cpu.len() {
+            let slot = (i + round) % cpu.len();
+            let index = cpu[slot].0;
+            let pids = match index {
+                EMULATE => vec![emulator.pid],
+                _ => nginx.as_ref().map(Nginx::pids).unwrap_or_default(),
+            };
+            eprintln!(
+                "round {}/{}: CPU per request of {} (wrk -t1 -c8, {:.1} s)",
+                round + 1,
+                options.rounds,
+                targets[index].name,
+                options.duration
+            );
+            let before = procstat::cpu_time_of(&pids);
+            let run = wrk::run(targets[index].addr, 1, 8, duration).await?;
+            let after = procstat::cpu_time_of(&pids);
+            if let (Some(before), Some(after)) = (before, after) {
+                let micros = (after - before).as_secs_f64() * 1e6 / run.requests.max(1) as f64;
+                cpu[slot].1.push(micros);
+            }
+        }
+    }
+
+    // Added latency at a fixed moderate rate, with the benchmark's own paced client (µs
+    // resolution; wrk cannot pace).
+    let mut paced_targets = vec![DIRECT, EMULATE];
+    if nginx.is_some() {
+        paced_targets.push(NGINX);
+    }
     let mut fixed: Vec<Vec<Run>> = vec![Vec::new(); paced_targets.len()];
     for round in 0..options.rounds {
         for i in 0..paced_targets.len() {
-            let index = (i + round) % paced_targets.len();
-            let target = paced_targets[index];
+            let slot = (i + round) % paced_targets.len();
+            let target = &targets[paced_targets[slot]];
             eprintln!(
                 "round {}/{}: {} at {} req/s ({} connections, {:.1} s)",
                 round + 1,
@@ -103,7 +168,7 @@ pub async fn proxy(
                 options.rate_connections,
                 options.duration
             );
-            fixed[index].push(
+            fixed[slot].push(
                 paced(
                     target.addr,
                     options.rate_connections,
@@ -114,11 +179,14 @@ pub async fn proxy(
             );
         }
     }
+    if let Some(nginx) = &mut nginx {
+        nginx.check_running()?;
+    }
 
     let mut out = String::new();
     line!(
         out,
-        "proxy: GET / on {image} (both containers 512Mi, 1 CPU), {} CPUs on the host, {} round(s) of {:.1} s",
+        "proxy: GET / on {image} (containers 512Mi, 1 CPU), {} CPUs on the host, {} round(s) of {:.1} s; emulate with --request-log off, nginx with access_log off",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         options.rounds,
         options.duration
@@ -131,11 +199,38 @@ pub async fn proxy(
     line!(out);
     line!(
         out,
-        "Saturation, {} keep-alive connections (medians across rounds):",
+        "Saturation, wrk -t2 -c{} (medians across rounds):",
         options.connections
     );
-    let summaries: Vec<Summary> = saturation.iter().map(|runs| Summary::of(runs)).collect();
-    print_table(&mut out, &targets, &summaries, true);
+    let summaries: Vec<Saturation> = saturation.iter().map(|runs| Saturation::of(runs)).collect();
+    let direct = summaries[DIRECT].throughput;
+    line!(
+        out,
+        "  {:<32} {:>8} {:>8}  {:<24} {:>7} {:>7} {:>7} {:>7}",
+        "path",
+        "req/s",
+        "×direct",
+        "rounds",
+        "p50 µs",
+        "p90 µs",
+        "p99 µs",
+        "errors"
+    );
+    for (target, s) in targets.iter().zip(&summaries) {
+        let rounds: Vec<String> = s.throughputs.iter().map(|t| format!("{t:.0}")).collect();
+        line!(
+            out,
+            "  {:<32} {:>8.0} {:>8.2}  {:<24} {:>7.0} {:>7.0} {:>7.0} {:>7}",
+            target.name,
+            s.throughput,
+            s.throughput / direct,
+            rounds.join(" "),
+            s.p50,
+            s.p90,
+            s.p99,
+            s.errors
+        );
+    }
     line!(out);
     line!(
         out,
@@ -144,37 +239,140 @@ pub async fn proxy(
         options.rate_connections
     );
     let fixed_summaries: Vec<Summary> = fixed.iter().map(|runs| Summary::of(runs)).collect();
-    print_table(&mut out, &targets[..2], &fixed_summaries, false);
+    let paced_rows: Vec<&Target> = paced_targets.iter().map(|i| &targets[*i]).collect();
+    print_table(&mut out, &paced_rows, &fixed_summaries);
 
-    let emulate_ratio = summaries[1].throughput / summaries[0].throughput;
-    let published_ratio = summaries[3].throughput / summaries[2].throughput;
-    let added_p50 = fixed_summaries[1].p50 as i64 - fixed_summaries[0].p50 as i64;
+    let emulate_ratio = summaries[EMULATE].throughput / direct;
+    let added = |slot: usize| fixed_summaries[slot].p50 as i64 - fixed_summaries[0].p50 as i64;
+    let cpu_of = |slot: usize| median(cpu[slot].1.iter().copied());
     line!(out);
     line!(
         out,
-        "emulate/direct throughput = {emulate_ratio:.2}×  (target ≥ 0.45×) {}",
-        verdict(emulate_ratio >= 0.45)
+        "CPU per request (wrk -t1 -c8, user+system time of the proxy process / requests, medians):"
     );
-    line!(out, "published/direct throughput = {published_ratio:.2}×");
+    for (slot, (index, runs)) in cpu.iter().enumerate() {
+        let rounds: Vec<String> = runs.iter().map(|c| format!("{c:.1}")).collect();
+        line!(
+            out,
+            "  {:<32} {:>6.1} µs  (rounds: {})",
+            targets[*index].name,
+            cpu_of(slot),
+            rounds.join(" ")
+        );
+    }
+    line!(out);
+    line!(
+        out,
+        "emulate RSS: {} idle, {} under the saturating load (targets ≤ 15 MB, ≤ 50 MB) {}",
+        mb(rss_idle.unwrap_or(0)),
+        mb(rss_loaded),
+        verdict(rss_idle.unwrap_or(u64::MAX) <= 15 << 20 && rss_loaded <= 50 << 20)
+    );
+    line!(out, "emulate/direct throughput = {emulate_ratio:.2}×");
+    line!(
+        out,
+        "published/direct throughput = {:.2}×",
+        summaries[2].throughput / direct
+    );
+    line!(
+        out,
+        "added p50 at {} req/s: emulate {} µs",
+        options.rate,
+        added(1)
+    );
+    if nginx.is_some() {
+        let nginx_ratio = summaries[NGINX].throughput / direct;
+        line!(
+            out,
+            "nginx/direct throughput = {nginx_ratio:.2}×; emulate/nginx = {:.2}×  (target ≥ 1.00×, stretch 1.15×) {}",
+            emulate_ratio / nginx_ratio,
+            verdict(emulate_ratio >= nginx_ratio)
+        );
+        line!(
+            out,
+            "CPU per request emulate/nginx = {:.2}×  (target ≤ 1.00×, stretch 0.80×) {}",
+            cpu_of(0) / cpu_of(1),
+            verdict(cpu_of(0) <= cpu_of(1))
+        );
+        line!(
+            out,
+            "added p50 at {} req/s: emulate {} µs, nginx {} µs  (target: emulate ≤ nginx) {}",
+            options.rate,
+            added(1),
+            added(2),
+            verdict(added(1) <= added(2))
+        );
+    }
     if instances > 1 {
         line!(out, "note: emulate ran {instances} instances after the saturation runs, so its load was spread over more than the one container the direct runs measure");
     }
-    line!(
-        out,
-        "added p50 at {} req/s = {added_p50} µs  (target ≤ 100 µs) {}",
-        options.rate,
-        verdict(added_p50 <= 100)
-    );
 
-    let clean = summaries
-        .iter()
-        .chain(&fixed_summaries)
-        .all(|s| s.errors == 0 && s.non_200 == 0);
+    let clean = summaries.iter().all(|s| s.errors == 0)
+        && fixed_summaries
+            .iter()
+            .all(|s| s.errors == 0 && s.non_200 == 0);
+    drop(nginx);
     tokio::task::block_in_place(|| {
         cleanup.stop_emulator(emulator.pid);
         cleanup.remove_container(&published_container);
     });
     Ok((out, clean))
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// Samples a process's RSS every 50 ms until stopped; the largest seen.
+struct RssSampling {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+fn sample_rss(pid: u32) -> RssSampling {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut peak = 0;
+        loop {
+            peak = peak.max(procstat::rss(pid).unwrap_or(0));
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = &mut stopped => return peak,
+            }
+        }
+    });
+    RssSampling { stop, task }
+}
+
+impl RssSampling {
+    async fn stop(self) -> u64 {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or(0)
+    }
+}
+
+/// One target's saturation runs across rounds.
+struct Saturation {
+    throughput: f64,
+    throughputs: Vec<f64>,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    errors: u64,
+}
+
+impl Saturation {
+    fn of(runs: &[WrkRun]) -> Saturation {
+        let throughputs: Vec<f64> = runs.iter().map(|r| r.throughput).collect();
+        Saturation {
+            throughput: median(throughputs.iter().copied()),
+            throughputs,
+            p50: median(runs.iter().map(|r| r.p50)),
+            p90: median(runs.iter().map(|r| r.p90)),
+            p99: median(runs.iter().map(|r| r.p99)),
+            errors: runs.iter().map(|r| r.errors + r.non_2xx).sum(),
+        }
+    }
 }
 
 /// Starts `emulate run` for the `proxy` measurement and waits until it serves through exactly
@@ -184,7 +382,8 @@ async fn start_emulator(
     image: &str,
     cleanup: &mut Cleanup,
 ) -> anyhow::Result<(Emulator, String)> {
-    let emulator = spawn_emulator(binary, image, SERVICE, &[], cleanup).await?;
+    let emulator =
+        spawn_emulator(binary, image, SERVICE, &["--request-log", "off"], cleanup).await?;
     // A request through the proxy makes sure an instance runs even if the service scaled to
     // zero (or never started one) before the first request.
     wait_until_serving(emulator.addr).await?;
@@ -235,10 +434,8 @@ struct Target {
     addr: SocketAddr,
 }
 
-/// One target's results across rounds.
+/// One target's fixed-rate results across rounds.
 struct Summary {
-    throughput: f64,
-    throughputs: Vec<f64>,
     p50: u32,
     p90: u32,
     p99: u32,
@@ -249,11 +446,8 @@ struct Summary {
 
 impl Summary {
     fn of(runs: &[Run]) -> Summary {
-        let throughputs: Vec<f64> = runs.iter().map(Run::throughput).collect();
         let percentile = |p: f64| median(runs.iter().map(|r| f64::from(r.percentile(p))));
         Summary {
-            throughput: median(throughputs.iter().copied()),
-            throughputs,
             p50: percentile(50.0) as u32,
             p90: percentile(90.0) as u32,
             p99: percentile(99.0) as u32,
@@ -264,62 +458,29 @@ impl Summary {
     }
 }
 
-fn print_table(out: &mut String, targets: &[Target], summaries: &[Summary], with_throughput: bool) {
-    if with_throughput {
-        line!(
-            out,
-            "  {:<30} {:>8}  {:<22} {:>7} {:>7} {:>7} {:>9} {:>6} {:>7}",
-            "path",
-            "req/s",
-            "rounds",
-            "p50 µs",
-            "p90 µs",
-            "p99 µs",
-            "requests",
-            "errors",
-            "non-200"
-        );
-    } else {
-        line!(
-            out,
-            "  {:<30} {:>7} {:>7} {:>7} {:>9} {:>6} {:>7}",
-            "path",
-            "p50 µs",
-            "p90 µs",
-            "p99 µs",
-            "requests",
-            "errors",
-            "non-200"
-        );
-    }
+fn print_table(out: &mut String, targets: &[&Target], summaries: &[Summary]) {
+    line!(
+        out,
+        "  {:<32} {:>7} {:>7} {:>7} {:>9} {:>6} {:>7}",
+        "path",
+        "p50 µs",
+        "p90 µs",
+        "p99 µs",
+        "requests",
+        "errors",
+        "non-200"
+    );
     for (target, s) in targets.iter().zip(summaries) {
-        if with_throughput {
-            let rounds: Vec<String> = s.throughputs.iter().map(|t| format!("{t:.0}")).collect();
-            line!(
-                out,
-                "  {:<30} {:>8.0}  {:<22} {:>7} {:>7} {:>7} {:>9} {:>6} {:>7}",
-                target.name,
-                s.throughput,
-                rounds.join(" "),
-                s.p50,
-                s.p90,
-                s.p99,
-                s.requests,
-                s.errors,
-                s.non_200
-            );
-        } else {
-            line!(
-                out,
-                "  {:<30} {:>7} {:>7} {:>7} {:>9} {:>6} {:>7}",
-                target.name,
-                s.p50,
-                s.p90,
-                s.p99,
-                s.requests,
-                s.errors,
-                s.non_200
-            );
-        }
+        line!(
+            out,
+            "  {:<32} {:>7} {:>7} {:>7} {:>9} {:>6} {:>7}",
+            target.name,
+            s.p50,
+            s.p90,
+            s.p99,
+            s.requests,
+            s.errors,
+            s.non_200
+        );
     }
 }
