@@ -25,4 +25,5 @@ mod revisions;
 mod running;
 mod scaling;
 mod smoke;
+mod source;
 mod validation;
