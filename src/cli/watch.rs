@@ -118,5 +118,5 @@ fn percent_of(service: &crate::control::knative::Service, revision: &str) -> Opt
 }
 
 fn seconds(duration: Duration) -> String {
-    format!("{:.1} s", duration.as_secs_f64())
+    format!("{:.2} s", duration.as_secs_f64())
 }

@@ -19,7 +19,7 @@ use super::rules::Rules;
 use super::{current_rules, SourceConfig, SourceError};
 
 /// How long the directory must be quiet before a burst of changes counts as done.
-pub const SETTLE: Duration = Duration::from_millis(300);
+pub const SETTLE: Duration = Duration::from_millis(75);
 /// How many more settle periods a burst may extend the wait.
 const MORE_SETTLES: usize = 10;
 

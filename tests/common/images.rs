@@ -67,7 +67,8 @@ fn content_hash(parts: &[&[u8]]) -> u64 {
 }
 
 /// The test app's static binary (built with its image), for build contexts of tests that
-/// build images from source.
+/// build images from source (the serial tests build none).
+#[allow(dead_code)]
 pub fn testapp_binary() -> PathBuf {
     testapp_image();
     Path::new(ROOT)

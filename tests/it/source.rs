@@ -28,7 +28,7 @@ impl Source {
             .join(service);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let binary = testapp_binary();
+        let binary = crate::images::testapp_binary();
         if std::fs::hard_link(&binary, dir.join("testapp")).is_err() {
             std::fs::copy(&binary, dir.join("testapp")).unwrap();
         }

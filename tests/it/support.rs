@@ -13,7 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::emulator::{owned_by, owner_listing, run_command, Announcement, NotServing, Process};
-pub use crate::images::{context, require_docker, run_checked, testapp_binary, testapp_image};
+pub use crate::images::{context, require_docker, run_checked, testapp_image};
 
 /// An amd64-labelled image whose binary is arm64: an ELF header with e_machine = 183
 /// (AArch64) is enough, since the kernel refuses it before reading further.
