@@ -344,6 +344,45 @@ mod tests {
     }
 
     #[test]
+    fn builds_show_steps_and_output_plainly_when_piped() {
+        let printer = plain(false);
+        let step = Event::BuildStep {
+            service: "s".into(),
+            step: "Step 2/4 : COPY . /".into(),
+        };
+        assert_eq!(
+            printer.render(&step),
+            (Stream::Stderr, "  Step 2/4 : COPY . /".into())
+        );
+        let output = Event::BuildOutput {
+            service: "s".into(),
+            line: "compiling".into(),
+        };
+        assert_eq!(
+            printer.render(&output),
+            (Stream::Stderr, "    | compiling".into())
+        );
+        // On a terminal the output is one line rewritten in place.
+        let terminal = LogPrinter {
+            color: true,
+            stderr: false,
+            progress: Default::default(),
+        };
+        assert_eq!(terminal.render(&output).0, Stream::Progress);
+        let started = Event::BuildStarted {
+            service: "s".into(),
+            image: "emulate-source/s:ab".into(),
+            files: 3,
+            bytes: 3 << 20,
+            rules: ".gcloudignore".into(),
+        };
+        assert_eq!(
+            printer.render(&started).1,
+            "Building image [emulate-source/s:ab] for service [s]: 3 file(s), 3.0 MiB sent (.gcloudignore)..."
+        );
+    }
+
+    #[test]
     fn colours_only_when_asked() {
         let printer = LogPrinter {
             color: true,

@@ -465,3 +465,57 @@ async fn a_directory_without_a_dockerfile_says_what_gcloud_would_do() {
     );
     assert!(done.stderr.contains("install pack"), "{}", done.stderr);
 }
+
+#[tokio::test]
+async fn a_service_yaml_runs_with_the_image_built_from_source() {
+    let service = service_name("src-yaml");
+    let source = Source::new(
+        &service,
+        &[("Dockerfile", DOCKERFILE), ("content.txt", "v1")],
+    );
+    let yaml = source.dir.join("service.yaml");
+    std::fs::write(
+        &yaml,
+        format!("apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {{name: {service}}}\nspec:\n  template:\n    spec:\n      containers:\n      - image: replaced-by-the-build\n        env:\n        - {{name: FROM_YAML, value: kept}}\n"),
+    )
+    .unwrap();
+    let yaml = yaml.to_str().unwrap();
+    let emulator = Emulator::start(&service, &["-f", yaml, "--source", source.path()]).await;
+    assert_eq!(file(&emulator, "/content.txt").await.body, "v1");
+    let described = emulator.describe_service().await;
+    let container = &described["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        container["image"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("emulate-source/{service}:")),
+        "{container}"
+    );
+    assert_eq!(container["env"][0]["value"], "kept");
+    drop(emulator);
+
+    // Two services and one source: which one would the image be for?
+    let other = service_yaml(&service_name("src-yaml-other"), "");
+    let done = Emulator::run_to_exit(
+        &service,
+        &[
+            "-f",
+            yaml,
+            "-f",
+            other.to_str().unwrap(),
+            "--source",
+            source.path(),
+        ],
+        &[],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(done.status.code(), Some(2), "{}", done.stderr);
+    assert!(
+        done.stderr.contains(
+            "error: --source: builds the image of one service, but the -f files describe 2"
+        ),
+        "{}",
+        done.stderr
+    );
+}
