@@ -38,7 +38,9 @@ pub mod revisions;
 pub mod run;
 pub mod services;
 pub mod smoke;
+pub mod source_flags;
 pub mod terminal;
+pub mod watch;
 
 use std::process::ExitCode;
 

@@ -1,5 +1,5 @@
 //! What the emulator says, as events: instances starting and stopping, probe results, exits
-//! and OOM kills, deploy progress, warnings, orphans reaped, and the containers' own log
+//! and OOM kills, deploy and build progress, warnings, orphans reaped, and the containers' own log
 //! lines. Deep modules publish [`Event`]s on an [`Events`] handle and never write to the
 //! terminal themselves; the terminal printer (`logs::LogPrinter`) is the handle's sink, and
 //! later observers (a dashboard, request logs, `--format json`) subscribe to its broadcast.
@@ -48,6 +48,29 @@ pub enum Event {
     PullingImage { image: String, platform: String },
     /// What the engine reports while pulling (each line once).
     PullProgress { image: String, line: String },
+    /// A build from source starts: its context (what the ignore files leave of the
+    /// directory) is sent to the engine.
+    BuildStarted {
+        service: String,
+        image: String,
+        files: usize,
+        bytes: u64,
+        /// Where the upload rules came from (`.gcloudignore`, gcloud's default for Git...).
+        rules: String,
+    },
+    /// A build step begins (`Step 2/4 : COPY . /`).
+    BuildStep { service: String, step: String },
+    /// A line a build step printed.
+    BuildOutput { service: String, line: String },
+    /// A build ended: built, or failed (the caller says why).
+    BuildFinished {
+        service: String,
+        image: String,
+        took: Duration,
+        ok: bool,
+    },
+    /// The build context has not changed since its image was built: the image is reused.
+    BuildReused { service: String, image: String },
     /// A start in the background (for a request, or the autoscaler) failed: Cloud Run's text,
     /// the container's last lines and the local diagnosis.
     StartFailed { revision: String, report: String },

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["cloudrun", "config", "shutdown"],
     &["events", "logs", "runtime"],
-    &["instances", "sample"],
+    &["instances", "sample", "source"],
     &["serve", "metadata", "dns"],
     &["control"],
     &["admin"],

@@ -21,6 +21,7 @@ pub mod sample;
 pub mod serve;
 pub mod shutdown;
 pub mod smoke;
+pub mod source;
 
 #[cfg(test)]
 mod fuzz_tests;

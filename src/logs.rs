@@ -55,6 +55,9 @@ pub struct LogPrinter {
     color: bool,
     /// Logs go to stderr when stdout carries a result (`emulate smoke`).
     stderr: bool,
+    /// On a terminal, a build step's output is one line rewritten in place under the step;
+    /// true while that line is on screen (unfinished), so the next write clears it first.
+    progress: std::sync::Arc<std::sync::atomic::AtomicBool>,
     format: LogFormat,
     /// One line per request (`--request-log on`, the default).
     requests: bool,
@@ -90,6 +93,7 @@ impl LogPrinter {
             format: LogFormat::Text,
             requests: true,
             doubted: Arc::default(),
+            progress: Default::default(),
         }
     }
 
@@ -135,6 +139,33 @@ impl LogPrinter {
                 format!("Image '{image}' is not present locally; pulling it for {platform}...")
             }
             Event::PullProgress { line, .. } => format!("  {line}"),
+            Event::BuildStarted {
+                service,
+                image,
+                files,
+                bytes,
+                rules,
+            } => format!(
+                "Building image [{image}] for service [{service}]: {files} file(s), {} sent ({rules})...",
+                human_bytes(*bytes)
+            ),
+            Event::BuildStep { step, .. } => format!("  {step}"),
+            Event::BuildOutput { line, .. } if self.color => {
+                // One screen line, or rewriting it in place would scroll.
+                let width = terminal_width().saturating_sub(5).max(20);
+                let line: String = line.chars().take(width).collect();
+                return (Stream::Progress, format!("    {}", self.paint("2", &line)));
+            }
+            Event::BuildOutput { line, .. } => format!("    | {line}"),
+            Event::BuildFinished {
+                image, took, ok, ..
+            } => match ok {
+                true => format!("Built image [{image}] in {:.1} s.", took.as_secs_f64()),
+                false => format!("The build of [{image}] failed after {:.1} s.", took.as_secs_f64()),
+            },
+            Event::BuildReused { image, .. } => format!(
+                "The build context has not changed since image [{image}] was built: reusing it."
+            ),
             Event::StartFailed { report, .. } => format!("ERROR: {report}"),
             Event::WillNotBecomeReady {
                 revision,
@@ -238,6 +269,22 @@ impl LogPrinter {
     /// that removes the containers).
     #[allow(clippy::disallowed_methods)] // The printer is the terminal's.
     fn write(&self, stream: Stream, line: &str) {
+        use std::sync::atomic::Ordering;
+        // A progress line is rewritten in place; whatever comes next replaces it for good.
+        let open = self
+            .progress
+            .swap(stream == Stream::Progress, Ordering::SeqCst);
+        if stream == Stream::Progress {
+            let mut out = std::io::stderr().lock();
+            let _ = write!(out, "\r\x1b[K{line}");
+            let _ = out.flush();
+            return;
+        }
+        if open {
+            let mut out = std::io::stderr().lock();
+            let _ = write!(out, "\r\x1b[K");
+            let _ = out.flush();
+        }
         if stream == Stream::Stderr || self.stderr {
             let mut out = std::io::stderr().lock();
             let _ = writeln!(out, "{line}");
@@ -307,6 +354,25 @@ enum Stream {
     /// The printer's own stream: stdout, or stderr when stdout carries a result.
     Log,
     Stderr,
+    /// A line on stderr rewritten in place (a terminal's build output).
+    Progress,
+}
+
+/// The terminal's width, from `COLUMNS`, else 80.
+fn terminal_width() -> usize {
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(80)
+}
+
+/// `1.2 MiB`-style sizes.
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
 }
 
 /// Splits a stream of output chunks into lines, keeping a partial last line until its end
@@ -403,6 +469,41 @@ mod tests {
                 })
                 .1,
             "Removed 2 container(s) left behind by an emulator that was killed: a, b"
+        );
+    }
+
+    #[test]
+    fn builds_show_steps_and_output_plainly_when_piped() {
+        let printer = plain(false);
+        let step = Event::BuildStep {
+            service: "s".into(),
+            step: "Step 2/4 : COPY . /".into(),
+        };
+        assert_eq!(
+            printer.render(&step),
+            (Stream::Stderr, "  Step 2/4 : COPY . /".into())
+        );
+        let output = Event::BuildOutput {
+            service: "s".into(),
+            line: "compiling".into(),
+        };
+        assert_eq!(
+            printer.render(&output),
+            (Stream::Stderr, "    | compiling".into())
+        );
+        // On a terminal the output is one line rewritten in place.
+        let terminal = LogPrinter::new(true, false);
+        assert_eq!(terminal.render(&output).0, Stream::Progress);
+        let started = Event::BuildStarted {
+            service: "s".into(),
+            image: "emulate-source/s:ab".into(),
+            files: 3,
+            bytes: 3 << 20,
+            rules: ".gcloudignore".into(),
+        };
+        assert_eq!(
+            printer.render(&started).1,
+            "Building image [emulate-source/s:ab] for service [s]: 3 file(s), 3.0 MiB sent (.gcloudignore)..."
         );
     }
 

@@ -108,6 +108,18 @@ impl ImageInfo {
     }
 }
 
+/// An image build from a context (`build_from_context`).
+#[derive(Clone, Debug)]
+pub struct BuildRequest {
+    /// The tag to give the image.
+    pub tag: String,
+    /// The Dockerfile's path in the context.
+    pub dockerfile: String,
+    pub build_args: Vec<(String, String)>,
+    /// The stage to build (`--target`), if not the last.
+    pub target: Option<String>,
+}
+
 /// What to create: one instance of a revision.
 #[derive(Clone, Debug)]
 pub struct ContainerSpec {
@@ -305,6 +317,69 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+
+    /// Builds an image for linux/amd64 from a tar build context, handing what the engine
+    /// prints (step headers, the steps' output, in chunks that may hold several lines or part
+    /// of one) to `output` as it arrives. A failing step is `RuntimeError::Failed` with the
+    /// engine's message. The intermediate containers are removed, on failure too; dropping
+    /// the future closes the connection, which cancels the build, and the engine then kills
+    /// and removes the step's container.
+    pub async fn build_from_context(
+        &self,
+        request: &BuildRequest,
+        context: Vec<u8>,
+        mut output: impl FnMut(&str),
+    ) -> Result<(), RuntimeError> {
+        let options = BuildImageOptions {
+            dockerfile: request.dockerfile.clone(),
+            t: Some(request.tag.clone()),
+            rm: true,
+            forcerm: true,
+            platform: PLATFORM.to_string(),
+            target: request.target.clone().unwrap_or_default(),
+            buildargs: (!request.build_args.is_empty())
+                .then(|| request.build_args.iter().cloned().collect()),
+            ..Default::default()
+        };
+        let operation = || format!("build '{}'", request.tag);
+        let body = http_body_util::Either::Left(http_body_util::Full::new(Bytes::from(context)));
+        let mut stream = self.docker.build_image(options, None, Some(body));
+        while let Some(item) = stream.next().await {
+            let info = match item {
+                Ok(info) => info,
+                // A failing step: bollard hands the engine's error detail over as an error.
+                Err(DockerError::DockerStreamError { error }) => {
+                    return Err(RuntimeError::Failed {
+                        operation: operation(),
+                        message: error,
+                    })
+                }
+                Err(e) => return Err(RuntimeError::operation(operation(), e)),
+            };
+            if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+                return Err(RuntimeError::Failed {
+                    operation: operation(),
+                    message: detail,
+                });
+            }
+            if let Some(text) = info.stream {
+                output(&text);
+            } else if let Some(status) = info.status {
+                output(&format!("{status}\n"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The engine's CPU architecture as Docker names it (`x86_64`, `aarch64`).
+    pub async fn engine_architecture(&self) -> Result<String, RuntimeError> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| RuntimeError::operation("read the engine's info", e))?;
+        Ok(info.architecture.unwrap_or_default())
     }
 
     /// Creates (but does not start) a container for linux/amd64. Nothing is published on

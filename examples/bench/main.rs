@@ -1,8 +1,9 @@
 //! Benchmark of the emulator: throughput and latency of `GET /` on the test app straight to
 //! the container, through `emulate run` and through Docker's published port (`proxy`); a cold
 //! start against a bare `docker run` (`cold`); a thundering herd at zero instances (`herd`); a
-//! revision switch under load (`switch`); and `emulate smoke` against doing it by hand
-//! (`smoke`).
+//! revision switch under load (`switch`); `emulate smoke` against doing it by hand
+//! (`smoke`); and the inner loop of `emulate run --source DIR --watch` against `docker build`
+//! by hand, under load (`loop`).
 //!
 //! Run it with `cargo run --release --example bench` (flags after `--`, e.g.
 //! `-- --duration 5 --connections 32 --rounds 3 --only cold,herd`). It needs a running Docker
@@ -39,6 +40,7 @@ macro_rules! line {
 mod cold;
 mod harness;
 mod herd;
+mod inner_loop;
 mod load;
 mod nginx;
 mod procstat;
@@ -83,6 +85,9 @@ struct Options {
     /// Runs per side in the `smoke` measurement; medians are reported.
     #[arg(long, default_value_t = 3)]
     smoke_rounds: usize,
+    /// Edits (redeploys) in the `loop` measurement, at least 5; medians are reported.
+    #[arg(long, default_value_t = 5)]
+    loop_rounds: usize,
 }
 
 /// One measurement the benchmark can run.
@@ -98,6 +103,9 @@ enum Section {
     Switch,
     /// `emulate smoke` against `docker run` plus polling by hand.
     Smoke,
+    /// `emulate run --source --watch`: edit to first response, against `docker build`.
+    #[value(name = "loop")]
+    Loop,
 }
 
 impl Options {
@@ -253,6 +261,11 @@ async fn bench(
     }
     if options.runs(Section::Smoke) {
         let (report, ok) = smoke::smoke(options, emulate, image, cleanup).await?;
+        reports.push(report);
+        clean &= ok;
+    }
+    if options.runs(Section::Loop) {
+        let (report, ok) = inner_loop::inner_loop(emulate, options.loop_rounds, cleanup).await?;
         reports.push(report);
         clean &= ok;
     }

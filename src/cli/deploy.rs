@@ -38,6 +38,8 @@ pub struct DeployArgs {
     pub revision: RevisionFlags,
     #[command(flatten)]
     pub access: super::access_flags::AccessFlags,
+    #[command(flatten)]
+    pub source: super::source_flags::SourceFlags,
     /// Add or change env vars: `NAME=VALUE,...`.
     #[arg(long, value_name = "KEY=VALUE,...", conflicts_with = "set_env_vars")]
     pub update_env_vars: Option<String>,
@@ -75,7 +77,7 @@ fn usage(message: String) -> Exit {
     Exit::Usage
 }
 
-async fn deploy(args: DeployArgs) -> Result<(), Exit> {
+async fn deploy(mut args: DeployArgs) -> Result<(), Exit> {
     cloudrun::validate_service_name(&args.service).map_err(|m| usage(format!("SERVICE: {m}")))?;
     if let Some(tag) = &args.tag {
         traffic::validate_tag(tag).map_err(|e| usage(format!("--tag: {e}")))?;
@@ -86,7 +88,12 @@ async fn deploy(args: DeployArgs) -> Result<(), Exit> {
         cloudrun::validate_revision_suffix(&args.service, suffix)
             .map_err(|m| usage(format!("--revision-suffix: {m}")))?;
     }
+    let source = args.source.check().map_err(|e| usage(e.to_string()))?;
     let client = args.target.client().await?;
+    if let Some(source) = source {
+        // Built here, as gcloud builds before it deploys; the emulator runs the image.
+        args.image = Some(build_source(&args.service, source).await?);
+    }
     let existing = client
         .get_service(&args.service)
         .await
@@ -183,6 +190,20 @@ async fn deploy(args: DeployArgs) -> Result<(), Exit> {
         format => control::print_document(format, &answer.value),
     }
     Ok(())
+}
+
+/// Builds `--source` on the engine the emulator uses (`DOCKER_HOST`, else the local socket).
+async fn build_source(service: &str, source: crate::source::SourceConfig) -> Result<String, Exit> {
+    let runtime = crate::runtime::Runtime::connect().await.map_err(|e| {
+        eprintln!("ERROR: {e}");
+        Exit::DockerUnavailable
+    })?;
+    let events = crate::events::Events::with_sink(crate::logs::LogPrinter::stderr());
+    let mut builder = crate::source::Builder::new(runtime, events, service, source);
+    super::source_flags::announce(builder.config(), service);
+    super::source_flags::build(&mut builder)
+        .await
+        .map(|built| built.image)
 }
 
 /// Changes the template as the flags say; what a flag does not mention stays. The env vars

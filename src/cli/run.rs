@@ -11,6 +11,7 @@ use super::access_flags::AccessFlags;
 use super::documents::{print_deployed, read_service_files};
 use super::invalid;
 use super::revision_flags::{new_service, RevisionChanges, RevisionFlags};
+use super::source_flags::{self, SourceFlags};
 use super::Exit;
 use crate::admin::gate::TOKEN_ENV;
 use crate::admin::{self, Announcement};
@@ -26,6 +27,7 @@ use crate::metadata::{adc, AdcFile, Credentials, MetadataConfig};
 use crate::runtime::Runtime;
 use crate::sample;
 use crate::shutdown::Signals;
+use crate::source::{self, Builder, SourceConfig};
 
 /// `run` gives the revision flags that have one Cloud Run's default.
 #[derive(Debug, Args)]
@@ -46,6 +48,13 @@ pub struct RunArgs {
     pub revision: RevisionFlags,
     #[command(flatten)]
     pub access: AccessFlags,
+    #[command(flatten)]
+    pub source: SourceFlags,
+    /// With --source: rebuild and redeploy on every change to DIR (files left out of the
+    /// build context excepted), each time as a new revision that gets the traffic once it
+    /// passes its startup probe, while the old one drains.
+    #[arg(long, requires = "source")]
+    pub watch: bool,
     /// Where the emulator serves requests.
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: String,
@@ -177,6 +186,8 @@ pub enum UpstreamChoice {
 #[derive(Clone, Debug)]
 pub enum ImageChoice {
     User(String),
+    /// Built from a source directory (`--source`).
+    Source(SourceConfig),
     Sample,
 }
 
@@ -189,6 +200,8 @@ pub struct RunConfig {
     pub revision: RevisionChanges,
     /// Who may invoke the services (the service.yaml's own setting unless a flag is given).
     pub access: AccessFlags,
+    /// `--watch`: rebuild and redeploy the source on every change.
+    pub watch: bool,
     pub startup_budget: Duration,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
@@ -207,16 +220,19 @@ pub struct RunConfig {
 
 impl RunConfig {
     pub fn from_args(args: RunArgs) -> Result<Self, FieldError> {
-        let image = match args.image {
-            Some(image) if image.trim().is_empty() => {
+        let image = match (args.image, args.source.check()?) {
+            (Some(image), _) if image.trim().is_empty() => {
                 return Err(invalid("IMAGE", "the image name is empty"))
             }
-            Some(image) => ImageChoice::User(image),
-            None => ImageChoice::Sample,
+            (Some(image), _) => ImageChoice::User(image),
+            (None, Some(source)) => ImageChoice::Source(source),
+            (None, None) => ImageChoice::Sample,
         };
         let service = match (&args.service, &image) {
             (Some(name), _) => name.clone(),
             (None, ImageChoice::User(image)) => cloudrun::service_name_from_image(image),
+            // As gcloud proposes: the directory's name.
+            (None, ImageChoice::Source(source)) => source::service_name_from_dir(&source.dir),
             (None, ImageChoice::Sample) => "hello".to_string(),
         };
         cloudrun::validate_service_name(&service).map_err(|m| invalid("--service", m))?;
@@ -239,6 +255,7 @@ impl RunConfig {
             service,
             revision,
             access: args.access,
+            watch: args.watch,
             startup_budget,
             listen: parse_listen("--listen", &args.listen)?,
             admin_listen,
@@ -335,6 +352,10 @@ pub async fn run(args: RunArgs) -> Exit {
         Ok(documents) => documents,
         Err(exit) => return exit,
     };
+    if let Err(e) = check_source_documents(&config, &documents) {
+        eprintln!("error: {e}");
+        return Exit::Usage;
+    }
     let signals = Signals::install();
     let mut emulator = match Emulator::start(config.emulator(&signals, LogPrinter::stdout())).await
     {
@@ -350,7 +371,24 @@ pub async fn run(args: RunArgs) -> Exit {
         );
     }
 
-    if documents.is_empty() {
+    let mut builder = None;
+    if let ImageChoice::Source(source) = &config.image {
+        let service = source_service(&config, &documents);
+        let mut source_builder = Builder::new(
+            emulator.runtime().clone(),
+            emulator.events().clone(),
+            &service,
+            source.clone(),
+        );
+        match build_source(&mut source_builder, &service, &signals).await {
+            Ok(image) => set_source_image(&config, &mut documents, &image),
+            Err(exit) => {
+                emulator.shutdown(Shutdown::Immediate).await;
+                return exit;
+            }
+        }
+        builder = Some((source_builder, service));
+    } else if documents.is_empty() {
         let image = match resolve_image_flag(emulator.runtime(), &config.image).await {
             Ok(image) => image,
             Err(exit) => {
@@ -412,7 +450,16 @@ pub async fn run(args: RunArgs) -> Exit {
     }
     emulator.serve();
 
-    signals.graceful.cancelled().await;
+    match builder {
+        Some((builder, service)) if config.watch => {
+            // Ctrl-C ends the watch, cancelling a build in progress.
+            tokio::select! {
+                _ = super::watch::watch(emulator.platform(), builder, &service) => {}
+                _ = signals.graceful.cancelled() => {}
+            }
+        }
+        _ => signals.graceful.cancelled().await,
+    }
     drop(announcement);
     eprintln!(
         "Shutting down: no new connections; in-flight requests may finish for up to {} s (press Ctrl-C again to stop at once).",
@@ -471,6 +518,63 @@ pub(crate) fn apply_exit(error: &ApplyError) -> Exit {
     }
 }
 
+/// `--source` builds one service: the one `-f` names, if a file is given.
+pub(crate) fn check_source_documents(
+    config: &RunConfig,
+    documents: &[knative::Service],
+) -> Result<(), FieldError> {
+    match (&config.image, documents.len()) {
+        (ImageChoice::Source(_), n) if n > 1 => Err(invalid(
+            "--source",
+            format!("builds the image of one service, but the -f files describe {n}; run one of them with --source"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The service `--source` builds for: the `-f` file's, else `--service` (or the directory's
+/// name).
+pub(crate) fn source_service(config: &RunConfig, documents: &[knative::Service]) -> String {
+    documents
+        .first()
+        .and_then(|d| d.metadata.name.clone())
+        .unwrap_or_else(|| config.service.clone())
+}
+
+/// Builds the source (gcloud's line first), or stops at Ctrl-C, which cancels the build.
+pub(crate) async fn build_source(
+    builder: &mut Builder,
+    service: &str,
+    signals: &Signals,
+) -> Result<String, Exit> {
+    source_flags::announce(builder.config(), service);
+    tokio::select! {
+        built = source_flags::build(builder) => built.map(|b| b.image),
+        _ = signals.graceful.cancelled() => {
+            eprintln!("Interrupted: the build was stopped.");
+            Err(Exit::Interrupted)
+        }
+    }
+}
+
+/// The built image goes into the `-f` file's service, else into the one the flags describe.
+pub(crate) fn set_source_image(
+    config: &RunConfig,
+    documents: &mut Vec<knative::Service>,
+    image: &str,
+) {
+    match documents.first_mut() {
+        Some(doc) => match doc.spec.template.spec.containers.first_mut() {
+            Some(container) => container.image = image.to_string(),
+            None => doc.spec.template.spec.containers.push(knative::Container {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+        },
+        None => documents.push(service_from_flags(config, image)),
+    }
+}
+
 /// The built-in sample is built here; a named image is left to the platform to find or pull.
 pub(crate) async fn resolve_image_flag(
     runtime: &Runtime,
@@ -478,6 +582,8 @@ pub(crate) async fn resolve_image_flag(
 ) -> Result<String, Exit> {
     match choice {
         ImageChoice::User(image) => Ok(image.clone()),
+        // `run` and `smoke` build a source first (build_source) and never ask here.
+        ImageChoice::Source(_) => Err(Exit::Failure),
         ImageChoice::Sample => {
             eprintln!("No image given: building and running the built-in hello sample.");
             sample::ensure_image(runtime).await.map_err(|e| {

@@ -9,7 +9,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use tokio::time::Instant;
 
-use super::run::{self, RunArgs, RunConfig};
+use super::run::{self, ImageChoice, RunArgs, RunConfig};
+use super::source_flags;
 use super::Exit;
 use crate::app::{Emulator, EmulatorConfig, Running, Shutdown};
 use crate::cloudrun;
@@ -23,6 +24,7 @@ use crate::shutdown::Signals;
 use crate::smoke::checks::{self, Check, Expect, RequestSpec, Scenario, StatusExpect};
 use crate::smoke::report::{CheckResult, Outcome, Report, CHECKS, PREFLIGHT};
 use crate::smoke::scenarios::{self, Prober, Verdict};
+use crate::source::Builder;
 
 #[derive(Debug, Args)]
 pub struct SmokeArgs {
@@ -150,13 +152,22 @@ pub async fn run(mut args: SmokeArgs) -> Exit {
             return Exit::Usage;
         }
     }
+    if args.service.watch {
+        eprintln!("error: --watch: smoke builds and checks once; watching is `emulate run --source DIR --watch`");
+        return Exit::Usage;
+    }
     // Its own emulator on free loopback ports, so parallel CI jobs never collide.
     args.service.listen = "127.0.0.1:0".to_string();
     args.service.admin_listen = "127.0.0.1:0".to_string();
-    let target = match (&args.service.image, args.service.files.first()) {
-        (Some(image), _) => image.clone(),
-        (None, Some(file)) => file.display().to_string(),
-        (None, None) => "the built-in hello sample".to_string(),
+    let target = match (
+        &args.service.image,
+        &args.service.source.source,
+        args.service.files.first(),
+    ) {
+        (Some(image), _, _) => image.clone(),
+        (None, Some(dir), _) => format!("--source {}", dir.display()),
+        (None, None, Some(file)) => file.display().to_string(),
+        (None, None, None) => "the built-in hello sample".to_string(),
     };
     let mut smoke = Smoke {
         report: Report {
@@ -192,6 +203,10 @@ pub async fn run(mut args: SmokeArgs) -> Exit {
         Ok(documents) => documents,
         Err(exit) => return exit,
     };
+    if let Err(e) = run::check_source_documents(&config, &documents) {
+        eprintln!("error: {e}");
+        return Exit::Usage;
+    }
     let reserved = reserved_env_names(&documents);
     if !reserved.is_empty() {
         smoke.fail(
@@ -219,7 +234,47 @@ pub async fn run(mut args: SmokeArgs) -> Exit {
         Err(e) => return run::start_failed(&e),
     };
     let port = emulator.listen_addr().port();
-    if documents.is_empty() {
+    if let ImageChoice::Source(source) = &config.image {
+        // The build comes first: a source that does not build fails the preflight.
+        let service = run::source_service(&config, &documents);
+        let mut builder = Builder::new(
+            emulator.runtime().clone(),
+            emulator.events().clone(),
+            &service,
+            source.clone(),
+        );
+        let began = Instant::now();
+        source_flags::announce(source, &service);
+        let built = tokio::select! {
+            built = builder.build() => built,
+            _ = signals.graceful.cancelled() => {
+                eprintln!("Interrupted: the build was stopped; removing everything this smoke test started.");
+                emulator.shutdown(Shutdown::Immediate).await;
+                return Exit::Interrupted;
+            }
+        };
+        match built {
+            Ok(built) => {
+                smoke.pass(PREFLIGHT, "the source builds", built.took);
+                run::set_source_image(&config, &mut documents, &built.image);
+            }
+            Err(error) => {
+                let exit = source_flags::build_exit(&error);
+                let text = error.to_string();
+                let mut lines = text.lines().map(|l| l.trim().to_string());
+                let headline = lines.next().unwrap_or_default();
+                smoke.fail(
+                    PREFLIGHT,
+                    "the source builds",
+                    began.elapsed(),
+                    headline,
+                    lines.filter(|l| !l.is_empty()).collect(),
+                );
+                emulator.shutdown(Shutdown::Immediate).await;
+                return smoke.finish(exit);
+            }
+        }
+    } else if documents.is_empty() {
         match run::resolve_image_flag(emulator.runtime(), &config.image).await {
             Ok(image) => documents.push(run::service_from_flags(&config, &image)),
             Err(exit) => {

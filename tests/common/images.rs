@@ -66,6 +66,17 @@ fn content_hash(parts: &[&[u8]]) -> u64 {
     hasher.finish()
 }
 
+/// The test app's static binary (built with its image), for build contexts of tests that
+/// build images from source (the serial tests build none).
+#[allow(dead_code)]
+pub fn testapp_binary() -> PathBuf {
+    testapp_image();
+    Path::new(ROOT)
+        .join("target")
+        .join("testapp")
+        .join("x86_64-unknown-linux-gnu/release/testapp")
+}
+
 /// The test app image (docker/testapp), built once per test run: a static binary in a
 /// `FROM scratch` image.
 pub fn testapp_image() -> &'static str {

@@ -21,6 +21,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 fn main() {
+    // A Dockerfile's RUN step (tests of builds from source, where FROM scratch has no shell):
+    // `testapp step CODE [LINE...]` prints the lines and exits with CODE; `testapp step
+    // sleep SECONDS` sleeps (a slow step to interrupt).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("step") {
+        build_step(&args[2..]);
+    }
     // A crash at start must happen before anything else, the runtime included.
     if let Some(code) = env_parse::<i32>("CRASH_AT_START") {
         eprintln!("crashing at start with code {code}");
@@ -39,6 +46,19 @@ fn main() {
     }
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
     runtime.block_on(run());
+}
+
+fn build_step(args: &[String]) -> ! {
+    if args.first().map(String::as_str) == Some("sleep") {
+        let seconds = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60);
+        println!("sleeping {seconds} s");
+        std::thread::sleep(Duration::from_secs(seconds));
+        std::process::exit(0);
+    }
+    for line in args.iter().skip(1) {
+        println!("{line}");
+    }
+    std::process::exit(args.first().and_then(|c| c.parse().ok()).unwrap_or(0));
 }
 
 /// Reads and parses an environment variable; unset or malformed counts as absent.

@@ -67,6 +67,7 @@ pub async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible
         "/upload" => upload(req).await,
         "/metadata" => metadata(&query).await,
         "/call" => call(&query).await,
+        "/file" => file(&query),
         "/healthz" if SICK.load(std::sync::atomic::Ordering::SeqCst) => {
             Ok(text(StatusCode::SERVICE_UNAVAILABLE, "sick\n"))
         }
@@ -374,6 +375,21 @@ fn crash(query: &Query) -> Handled {
 async fn upload(req: Request<Incoming>) -> Handled {
     let len = body_len(req.into_body()).await?;
     Ok(text(StatusCode::OK, format!("received {len} bytes\n")))
+}
+
+/// `/file?path=P`: the content of the file P of the image (404 when it has none), so that
+/// tests of images built from source can tell what went into them.
+fn file(query: &Query) -> Handled {
+    let path = query
+        .get("path")
+        .ok_or_else(|| Failure::new(StatusCode::BAD_REQUEST, "path= is required\n"))?;
+    match std::fs::read(path) {
+        Ok(content) => Ok(text(StatusCode::OK, content)),
+        Err(e) => Err(Failure::new(
+            StatusCode::NOT_FOUND,
+            format!("{path}: {e}\n"),
+        )),
+    }
 }
 
 /// `/metadata?path=P[&flavor=0]`: asks the metadata server at `$GCE_METADATA_HOST` for `P`
