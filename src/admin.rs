@@ -5,6 +5,7 @@
 pub mod client;
 pub mod gate;
 pub mod logs;
+pub mod metrics;
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -54,6 +55,8 @@ pub fn full(bytes: impl Into<Bytes>) -> AdminBody {
 pub struct Observers {
     /// The recent log entries (`emulate logs`), and the live stream after them.
     pub logs: crate::logs::buffer::LogBuffer,
+    /// What `GET /metrics` reads.
+    pub metrics: metrics::Scraper,
 }
 
 /// How long the accept loop waits after a failed accept (out of file descriptors...).
@@ -132,6 +135,7 @@ async fn dispatch(
 ) -> Response<AdminBody> {
     match request.uri().path() {
         logs::PATH => logs::handle(&observers.logs, request).await,
+        metrics::PATH => metrics::handle(&observers.metrics, platform, request).await,
         _ => handle(platform, request).await.map(BodyExt::boxed),
     }
 }

@@ -23,6 +23,7 @@ use crate::instances::pool::InstanceContext;
 use crate::logs::buffer::LogBuffer;
 use crate::logs::{LogPrinter, Resource};
 use crate::metadata::{self, MetadataConfig};
+use crate::metrics::RequestMetrics;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::serve::proxy::{DrainReport, Proxy, ProxyConfig};
 use crate::shutdown::Signals;
@@ -181,11 +182,19 @@ impl Emulator {
             },
             None => Resource::default(),
         };
-        let logs = LogBuffer::new(resource);
+        let logs = LogBuffer::new(resource.clone());
         tasks.spawn(
             logs.clone()
                 .follow(config.events.clone(), metadata_stop.clone()),
         );
+        // Cloud Run's request metrics count from now on too (the rest is read when scraped).
+        let requests = RequestMetrics::new();
+        tasks.spawn(
+            requests
+                .clone()
+                .follow(config.events.clone(), metadata_stop.clone()),
+        );
+        let metrics = admin::metrics::Scraper::new(requests, runtime.clone(), resource);
         let metadata = match (&config.metadata, &host_side) {
             (Some(settings), Some(host_side)) => {
                 start_metadata(host_side, settings, &config.events, &tasks, &metadata_stop).await
@@ -243,6 +252,7 @@ impl Emulator {
             metadata_host,
             metadata_stop,
             logs,
+            metrics,
         })
     }
 }
@@ -275,6 +285,8 @@ pub struct Running {
     metadata_stop: CancellationToken,
     /// The recent log, for the admin API.
     logs: LogBuffer,
+    /// What the admin API's `/metrics` reads.
+    metrics: admin::metrics::Scraper,
 }
 
 impl Running {
@@ -336,6 +348,7 @@ impl Running {
                 self.platform.clone(),
                 admin::Observers {
                     logs: self.logs.clone(),
+                    metrics: self.metrics.clone(),
                 },
                 AdminConfig {
                     gate,

@@ -20,6 +20,7 @@ mod faults;
 mod identity;
 mod lifecycle;
 mod metadata;
+mod metrics;
 mod promises;
 mod proxying;
 mod revisions;
