@@ -3,6 +3,7 @@
 //! `revisions`) talk to. A discovery file lets those verbs find the emulator without flags.
 
 pub mod client;
+pub mod dashboard;
 pub mod gate;
 pub mod logs;
 pub mod metrics;
@@ -112,7 +113,7 @@ pub async fn serve(
             async move {
                 // Nothing is dispatched before the gate lets the request through.
                 let response = match gate.admit(&request) {
-                    Ok(()) => dispatch(&platform, &observers, request).await,
+                    Ok(()) => dispatch(&gate, &platform, &observers, request).await,
                     Err(refusal) => refusal.into_response().map(BodyExt::boxed),
                 };
                 Ok::<_, Infallible>(response)
@@ -127,14 +128,18 @@ pub async fn serve(
     }
 }
 
-/// The observers' paths, else the control plane's API.
+/// The observers' paths (the log, the metrics, the dashboard), else the control plane's API.
 async fn dispatch(
+    gate: &Gate,
     platform: &Platform,
     observers: &Observers,
     request: Request<Incoming>,
 ) -> Response<AdminBody> {
     match request.uri().path() {
         logs::PATH => logs::handle(&observers.logs, request).await,
+        path if dashboard::serves(path) => {
+            dashboard::handle(gate, platform, &observers.logs, request).await
+        }
         metrics::PATH => metrics::handle(&observers.metrics, platform, request).await,
         _ => handle(platform, request).await.map(BodyExt::boxed),
     }

@@ -238,6 +238,7 @@ impl Emulator {
             listen,
             admin_addr: admin.as_ref().map(|(_, gate)| gate.bound),
             admin_token: admin.as_ref().map(|(_, gate)| gate.token.clone()),
+            dashboard_url: admin.as_ref().map(|(_, gate)| gate.dashboard_url()),
             waiting: Some(Waiting {
                 listeners: std::iter::once(listener)
                     .chain(container_listener)
@@ -273,6 +274,7 @@ pub struct Running {
     listen: SocketAddr,
     admin_addr: Option<SocketAddr>,
     admin_token: Option<String>,
+    dashboard_url: Option<String>,
     waiting: Option<Waiting>,
     tasks: TaskTracker,
     stop_accepting: CancellationToken,
@@ -316,6 +318,12 @@ impl Running {
     /// The token the admin API asks for, if it has one.
     pub fn admin_token(&self) -> Option<&str> {
         self.admin_token.as_deref()
+    }
+
+    /// The dashboard's address with its read-only token (`http://ADMIN/?token=...`), if
+    /// there is an admin API.
+    pub fn dashboard_url(&self) -> Option<&str> {
+        self.dashboard_url.as_deref()
     }
 
     /// The metadata server's `host:port` as containers reach it (`GCE_METADATA_HOST`), if it
