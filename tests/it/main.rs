@@ -15,6 +15,7 @@ mod admin_security;
 mod calls;
 mod client_faults;
 mod control;
+mod dashboard;
 mod failures;
 mod faults;
 mod identity;

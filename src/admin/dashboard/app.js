@@ -174,7 +174,7 @@ function logLine(entry) {
   const who = [labels.revision_name, entry.labels && entry.labels.instanceId].filter(Boolean).join('/');
   return el('li', { 'data-severity': entry.severity || 'DEFAULT' },
     el('span', { class: 'who', text: `${(entry.timestamp || '').slice(11, 19)} ` }),
-    el('span', { class: 'sev', text: entry.severity || 'DEFAULT' }),
+    el('span', { class: 'sev', text: `${entry.severity || 'DEFAULT'} ` }),
     who ? el('span', { class: 'who', text: `${who} ` }) : null,
     message(entry));
 }
