@@ -3,8 +3,10 @@
 //! `revisions`) talk to. A discovery file lets those verbs find the emulator without flags.
 
 pub mod client;
+pub mod dashboard;
 pub mod gate;
 pub mod logs;
+pub mod metrics;
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -54,6 +56,8 @@ pub fn full(bytes: impl Into<Bytes>) -> AdminBody {
 pub struct Observers {
     /// The recent log entries (`emulate logs`), and the live stream after them.
     pub logs: crate::logs::buffer::LogBuffer,
+    /// What `GET /metrics` reads.
+    pub metrics: metrics::Scraper,
 }
 
 /// How long the accept loop waits after a failed accept (out of file descriptors...).
@@ -109,7 +113,7 @@ pub async fn serve(
             async move {
                 // Nothing is dispatched before the gate lets the request through.
                 let response = match gate.admit(&request) {
-                    Ok(()) => dispatch(&platform, &observers, request).await,
+                    Ok(()) => dispatch(&gate, &platform, &observers, request).await,
                     Err(refusal) => refusal.into_response().map(BodyExt::boxed),
                 };
                 Ok::<_, Infallible>(response)
@@ -124,14 +128,19 @@ pub async fn serve(
     }
 }
 
-/// The observers' paths, else the control plane's API.
+/// The observers' paths (the log, the metrics, the dashboard), else the control plane's API.
 async fn dispatch(
+    gate: &Gate,
     platform: &Platform,
     observers: &Observers,
     request: Request<Incoming>,
 ) -> Response<AdminBody> {
     match request.uri().path() {
         logs::PATH => logs::handle(&observers.logs, request).await,
+        path if dashboard::serves(path) => {
+            dashboard::handle(gate, platform, &observers.logs, request).await
+        }
+        metrics::PATH => metrics::handle(&observers.metrics, platform, request).await,
         _ => handle(platform, request).await.map(BodyExt::boxed),
     }
 }

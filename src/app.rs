@@ -23,6 +23,7 @@ use crate::instances::pool::InstanceContext;
 use crate::logs::buffer::LogBuffer;
 use crate::logs::{LogPrinter, Resource};
 use crate::metadata::{self, MetadataConfig};
+use crate::metrics::RequestMetrics;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::serve::proxy::{DrainReport, Proxy, ProxyConfig};
 use crate::shutdown::Signals;
@@ -181,11 +182,19 @@ impl Emulator {
             },
             None => Resource::default(),
         };
-        let logs = LogBuffer::new(resource);
+        let logs = LogBuffer::new(resource.clone());
         tasks.spawn(
             logs.clone()
                 .follow(config.events.clone(), metadata_stop.clone()),
         );
+        // Cloud Run's request metrics count from now on too (the rest is read when scraped).
+        let requests = RequestMetrics::new();
+        tasks.spawn(
+            requests
+                .clone()
+                .follow(config.events.clone(), metadata_stop.clone()),
+        );
+        let metrics = admin::metrics::Scraper::new(requests, runtime.clone(), resource);
         let metadata = match (&config.metadata, &host_side) {
             (Some(settings), Some(host_side)) => {
                 start_metadata(host_side, settings, &config.events, &tasks, &metadata_stop).await
@@ -229,6 +238,7 @@ impl Emulator {
             listen,
             admin_addr: admin.as_ref().map(|(_, gate)| gate.bound),
             admin_token: admin.as_ref().map(|(_, gate)| gate.token.clone()),
+            dashboard_url: admin.as_ref().map(|(_, gate)| gate.dashboard_url()),
             waiting: Some(Waiting {
                 listeners: std::iter::once(listener)
                     .chain(container_listener)
@@ -243,6 +253,7 @@ impl Emulator {
             metadata_host,
             metadata_stop,
             logs,
+            metrics,
         })
     }
 }
@@ -263,6 +274,7 @@ pub struct Running {
     listen: SocketAddr,
     admin_addr: Option<SocketAddr>,
     admin_token: Option<String>,
+    dashboard_url: Option<String>,
     waiting: Option<Waiting>,
     tasks: TaskTracker,
     stop_accepting: CancellationToken,
@@ -275,6 +287,8 @@ pub struct Running {
     metadata_stop: CancellationToken,
     /// The recent log, for the admin API.
     logs: LogBuffer,
+    /// What the admin API's `/metrics` reads.
+    metrics: admin::metrics::Scraper,
 }
 
 impl Running {
@@ -304,6 +318,12 @@ impl Running {
     /// The token the admin API asks for, if it has one.
     pub fn admin_token(&self) -> Option<&str> {
         self.admin_token.as_deref()
+    }
+
+    /// The dashboard's address with its read-only token (`http://ADMIN/?token=...`), if
+    /// there is an admin API.
+    pub fn dashboard_url(&self) -> Option<&str> {
+        self.dashboard_url.as_deref()
     }
 
     /// The metadata server's `host:port` as containers reach it (`GCE_METADATA_HOST`), if it
@@ -336,6 +356,7 @@ impl Running {
                 self.platform.clone(),
                 admin::Observers {
                     logs: self.logs.clone(),
+                    metrics: self.metrics.clone(),
                 },
                 AdminConfig {
                     gate,

@@ -109,7 +109,7 @@ pub struct RequestLog {
     pub user_agent: Option<String>,
     pub referer: Option<String>,
     pub remote_ip: String,
-    /// The service the host named, if one exists.
+    /// The service the host named (a 404 names one that does not exist).
     pub service: Option<String>,
     /// The revision and instance that answered; `None` when the emulator answered itself
     /// (no instance free: 429; no service: 404; a private service's 403...).

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 /// The layers, bottom first: a module may import its own layer's and lower layers' modules.
 const LAYERS: &[&[&str]] = &[
     &["cloudrun", "config", "shutdown"],
-    &["events", "logs", "runtime"],
+    &["events", "logs", "metrics", "runtime"],
     &["instances", "sample", "source"],
     &["serve", "metadata", "dns"],
     &["control"],

@@ -16,6 +16,7 @@ pub mod events;
 pub mod instances;
 pub mod logs;
 pub mod metadata;
+pub mod metrics;
 pub mod runtime;
 pub mod sample;
 pub mod serve;

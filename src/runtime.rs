@@ -10,7 +10,7 @@ use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 use bollard::query_parameters::{
     BuildImageOptions, CreateContainerOptions, CreateImageOptions, EventsOptions,
-    KillContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
+    KillContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions, StatsOptions,
     StopContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
@@ -155,6 +155,16 @@ pub struct ContainerInfo {
     pub exit_code: Option<i64>,
     pub oom_killed: bool,
     pub error: Option<String>,
+}
+
+/// What a running container uses, as the engine measures it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContainerStats {
+    /// CPU time used since the container started, in nanoseconds.
+    pub cpu_nanos: u64,
+    /// Memory in use, in bytes, without the page cache the kernel can drop (the number
+    /// `docker stats` shows).
+    pub memory_bytes: u64,
 }
 
 /// One piece of container output.
@@ -564,6 +574,50 @@ impl Runtime {
                 Err(e) => Some(Err(RuntimeError::operation(operation.clone(), e))),
             };
             std::future::ready(result)
+        })
+    }
+
+    /// The container's CPU time and memory now: one sample (`one-shot`), without waiting
+    /// for the engine's second CPU reading.
+    pub async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {
+        let options = StatsOptions {
+            stream: false,
+            one_shot: true,
+        };
+        let operation = || format!("read the stats of container {}", short(id));
+        let mut stream = self.docker.stats(id, Some(options));
+        let sample = match stream.next().await {
+            Some(Ok(sample)) => sample,
+            Some(Err(e)) => return Err(RuntimeError::operation(operation(), e)),
+            None => {
+                return Err(RuntimeError::Failed {
+                    operation: operation(),
+                    message: "the engine closed the stream".to_string(),
+                })
+            }
+        };
+        let cpu_nanos = sample
+            .cpu_stats
+            .and_then(|cpu| cpu.cpu_usage?.total_usage)
+            .unwrap_or(0);
+        let memory_bytes = sample
+            .memory_stats
+            .map(|memory| {
+                let usage = memory.usage.unwrap_or(0);
+                // As the docker CLI counts it: cgroup v1 reports the inactive page cache as
+                // `total_inactive_file`, v2 as `inactive_file`.
+                let cache = memory
+                    .stats
+                    .as_ref()
+                    .and_then(|s| s.get("total_inactive_file").or(s.get("inactive_file")))
+                    .copied()
+                    .unwrap_or(0);
+                usage.saturating_sub(cache)
+            })
+            .unwrap_or(0);
+        Ok(ContainerStats {
+            cpu_nanos,
+            memory_bytes,
         })
     }
 

@@ -2,6 +2,11 @@
 //! so a request must name a host the emulator answers to (no DNS rebinding), come from no
 //! web page but the API's own (`Origin`, `Sec-Fetch-Site`), carry this run's token, and send
 //! a write as a document type no HTML form or no-preflight `fetch` can send.
+//!
+//! The dashboard is a page in a browser, which cannot send the token as a header. It has a
+//! token of its own, good for reads only: the URL printed at start carries it once
+//! (`/?token=...`), which the page trades for an HttpOnly, SameSite=Strict cookie; the cookie
+//! is accepted for GET and HEAD only, so a write still needs the run's token.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -11,6 +16,7 @@ use http_body::Body;
 use http_body_util::Full;
 
 use super::status;
+use crate::serve::proxy::headers::ADMIN_COOKIE_PREFIX;
 
 /// How the verbs present the run's token: `Authorization: Bearer TOKEN`.
 pub const TOKEN_SCHEME: &str = "Bearer";
@@ -46,6 +52,9 @@ pub fn is_yaml<B>(request: &Request<B>) -> bool {
 pub struct Gate {
     /// This run's secret, written only to the discovery file (mode 0600).
     pub token: String,
+    /// The dashboard's secret, good for reads only (GET, HEAD): printed at start in the
+    /// dashboard's URL and kept by the browser as a cookie.
+    pub dashboard_token: String,
     /// The address the API listens on: its port makes the API's own origin.
     pub bound: SocketAddr,
     /// The user bound the API off loopback on purpose (`--admin-allow-remote`): the bound
@@ -56,15 +65,42 @@ pub struct Gate {
 impl Gate {
     /// A gate with a fresh random token (256 bits from the thread's CSPRNG).
     pub fn new(bound: SocketAddr, remote: bool) -> Gate {
-        let token = rand::random::<[u8; 32]>()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let secret = || {
+            rand::random::<[u8; 32]>()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
         Gate {
-            token,
+            token: secret(),
+            dashboard_token: secret(),
             bound,
             remote,
         }
+    }
+
+    /// The dashboard's cookie: one per admin port, since browsers keep cookies by host only.
+    pub fn cookie_name(&self) -> String {
+        format!("{ADMIN_COOKIE_PREFIX}{}", self.bound.port())
+    }
+
+    /// The `Set-Cookie` value that lets a browser read the API (the dashboard): HttpOnly (no
+    /// script reads it), SameSite=Strict (no other site's page sends it).
+    pub fn dashboard_cookie(&self) -> String {
+        format!(
+            "{}={}; HttpOnly; SameSite=Strict; Path=/",
+            self.cookie_name(),
+            self.dashboard_token
+        )
+    }
+
+    /// The dashboard's URL with its token, as printed at start.
+    pub fn dashboard_url(&self) -> String {
+        format!(
+            "http://{}/?{DASHBOARD_TOKEN_PARAM}={}",
+            super::connectable(self.bound),
+            self.dashboard_token
+        )
     }
 
     /// Lets the request through, or says why not.
@@ -73,7 +109,7 @@ impl Gate {
     pub fn admit<B: Body>(&self, request: &Request<B>) -> Result<(), Refusal> {
         self.check_host(request)?;
         self.check_origin(request.headers())?;
-        self.check_token(request.headers())?;
+        self.check_token(request)?;
         check_content_type(request)
     }
 
@@ -164,24 +200,59 @@ impl Gate {
             && self.answers_to(authority.as_str())
     }
 
-    fn check_token(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+    /// The run's token as `Authorization: Bearer`, for anything; else, for reads only, the
+    /// dashboard's token: as its cookie, or in the query of the dashboard's URL (`GET /`),
+    /// which the page trades for the cookie.
+    fn check_token<B>(&self, request: &Request<B>) -> Result<(), Refusal> {
+        let headers = request.headers();
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix(TOKEN_SCHEME))
             .and_then(|v| v.strip_prefix(' '));
-        match presented {
-            Some(token) if same_secret(token.trim().as_bytes(), self.token.as_bytes()) => Ok(()),
-            _ => Err(Refusal {
-                code: StatusCode::UNAUTHORIZED,
-                reason: "Unauthorized",
-                message: format!(
-                    "the admin API needs this run's token (`Authorization: {TOKEN_SCHEME} TOKEN`): the verbs read it from the emulator's discovery file in {}; else set {TOKEN_ENV}",
-                    super::discovery_dir().display()
-                ),
-            }),
+        if presented.is_some_and(|t| same_secret(t.trim().as_bytes(), self.token.as_bytes())) {
+            return Ok(());
         }
+        let dashboard = |t: &str| same_secret(t.as_bytes(), self.dashboard_token.as_bytes());
+        let read = matches!(*request.method(), Method::GET | Method::HEAD);
+        if read && cookie(headers, &self.cookie_name()).is_some_and(dashboard) {
+            return Ok(());
+        }
+        if *request.method() == Method::GET
+            && request.uri().path() == "/"
+            && dashboard_token_param(request.uri().query()).is_some_and(dashboard)
+        {
+            return Ok(());
+        }
+        Err(Refusal {
+            code: StatusCode::UNAUTHORIZED,
+            reason: "Unauthorized",
+            message: format!(
+                "the admin API needs this run's token (`Authorization: {TOKEN_SCHEME} TOKEN`): the verbs read it from the emulator's discovery file in {}; else set {TOKEN_ENV}. In a browser, open the Dashboard URL `emulate run` printed (it carries a read-only token).",
+                super::discovery_dir().display()
+            ),
+        })
     }
+}
+
+/// The query parameter of the dashboard's URL that carries its token.
+pub const DASHBOARD_TOKEN_PARAM: &str = "token";
+
+/// The dashboard's token in a query string (`token=...`), if there.
+pub fn dashboard_token_param(query: Option<&str>) -> Option<&str> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(DASHBOARD_TOKEN_PARAM)?.strip_prefix('='))
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers, if there.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(name)?.strip_prefix('='))
 }
 
 /// Why a request was not let through: answered as a Kubernetes `Status`, like every error of
@@ -282,13 +353,23 @@ mod tests {
     fn gate(bound: &str, remote: bool) -> Gate {
         Gate {
             token: "secret".to_string(),
+            dashboard_token: "reader".to_string(),
             bound: bound.parse().unwrap(),
             remote,
         }
     }
 
     fn request(method: &str, headers: &[(&str, &str)], body: &'static str) -> Request<Full<Bytes>> {
-        let mut builder = Request::builder().method(method).uri("/apis/x");
+        request_to(method, "/apis/x", headers, body)
+    }
+
+    fn request_to(
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: &'static str,
+    ) -> Request<Full<Bytes>> {
+        let mut builder = Request::builder().method(method).uri(uri);
         for (k, v) in headers {
             builder = builder.header(*k, *v);
         }
@@ -464,6 +545,111 @@ mod tests {
         let a = Gate::new("127.0.0.1:0".parse().unwrap(), false);
         let b = Gate::new("127.0.0.1:0".parse().unwrap(), false);
         assert_eq!(a.token.len(), 64);
+        assert_eq!(a.dashboard_token.len(), 64);
         assert_ne!(a.token, b.token);
+        assert_ne!(a.token, a.dashboard_token);
+        assert_ne!(a.dashboard_token, b.dashboard_token);
+    }
+
+    /// A browser's request: loopback Host, no Authorization, a document type for writes.
+    fn browser(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+        with(&[("authorization", ""), ("sec-fetch-site", "same-origin")])
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect()
+    }
+
+    #[test]
+    fn the_dashboard_cookie_lets_a_browser_read_but_never_write() {
+        let gate = gate("127.0.0.1:4000", false);
+        let cookie = ("cookie", "other=1; emulate_admin_4000=reader");
+        for (method, uri, headers, expect) in [
+            ("GET", "/", browser(&[cookie]), 200),
+            ("HEAD", "/emulate/v1/state", browser(&[cookie]), 200),
+            ("GET", "/emulate/v1/events", browser(&[cookie]), 200),
+            ("GET", "/apis/x", browser(&[cookie]), 200),
+            // Writes need the run's token, whatever the cookie.
+            ("POST", "/apis/x", browser(&[cookie]), 401),
+            ("PUT", "/apis/x", browser(&[cookie]), 401),
+            ("DELETE", "/apis/x", browser(&[cookie]), 401),
+            // Another emulator's cookie, a wrong value, the run's token as a cookie.
+            (
+                "GET",
+                "/",
+                browser(&[("cookie", "emulate_admin_4001=reader")]),
+                401,
+            ),
+            (
+                "GET",
+                "/",
+                browser(&[("cookie", "emulate_admin_4000=readers")]),
+                401,
+            ),
+            (
+                "GET",
+                "/",
+                browser(&[("cookie", "emulate_admin_4000=secret")]),
+                401,
+            ),
+            ("GET", "/", browser(&[]), 401),
+            // The cookie does not lift the origin checks.
+            (
+                "GET",
+                "/",
+                browser(&[cookie, ("sec-fetch-site", "cross-site")]),
+                403,
+            ),
+            (
+                "GET",
+                "/",
+                browser(&[cookie, ("origin", "http://evil.example")]),
+                403,
+            ),
+        ] {
+            let mut headers = headers;
+            // The last Sec-Fetch-Site given wins.
+            if headers
+                .iter()
+                .filter(|(k, _)| *k == "sec-fetch-site")
+                .count()
+                > 1
+            {
+                headers.retain(|h| *h != ("sec-fetch-site", "same-origin"));
+            }
+            let r = request_to(method, uri, &headers, "{}");
+            assert_eq!(code(&gate, &r), expect, "{method} {uri} {headers:?}");
+        }
+        // The run's token still works with or without a cookie.
+        let r = request_to("POST", "/apis/x", &with(&[cookie]), "{}");
+        assert_eq!(code(&gate, &r), 200);
+    }
+
+    #[test]
+    fn the_dashboards_url_token_is_taken_on_get_slash_only() {
+        let gate = gate("127.0.0.1:4000", false);
+        for (method, uri, expect) in [
+            ("GET", "/?token=reader", 200),
+            ("GET", "/?x=1&token=reader", 200),
+            ("GET", "/?token=readerx", 401),
+            ("GET", "/?token=secret", 401),
+            ("GET", "/?tokens=reader", 401),
+            ("HEAD", "/?token=reader", 401),
+            ("POST", "/?token=reader", 401),
+            ("GET", "/emulate/v1/state?token=reader", 401),
+            ("GET", "/apis/x?token=reader", 401),
+        ] {
+            let r = request_to(method, uri, &browser(&[]), "{}");
+            assert_eq!(code(&gate, &r), expect, "{method} {uri}");
+        }
+    }
+
+    #[test]
+    fn the_cookie_is_http_only_same_site_strict_and_named_by_port() {
+        let gate = gate("0.0.0.0:4000", true);
+        assert_eq!(
+            gate.dashboard_cookie(),
+            "emulate_admin_4000=reader; HttpOnly; SameSite=Strict; Path=/"
+        );
+        assert_eq!(gate.dashboard_url(), "http://127.0.0.1:4000/?token=reader");
     }
 }

@@ -437,6 +437,9 @@ pub async fn run(args: RunArgs) -> Exit {
     // Announced before the address is printed, so a verb started on seeing it finds the token.
     let announcement = Announcement::write(admin, listen, &token);
     eprintln!("Admin API: http://{admin} (emulate services list, emulate deploy ... find it by themselves)");
+    if let Some(url) = emulator.dashboard_url() {
+        eprintln!("Dashboard: {url}");
+    }
     if let Some(host) = emulator.metadata_host() {
         eprintln!(
             "Metadata server: http://{host} (project {}, GCE_METADATA_HOST in every container)",

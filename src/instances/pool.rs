@@ -24,6 +24,7 @@ pub use crate::instances::instance::InstanceContext;
 use crate::instances::instance::{self, Instance, RevisionSpec, StartError, StartFailure, Tasks};
 use crate::instances::probe::{self, HealthProbe};
 use crate::instances::revision::ScalingConfig;
+use crate::metrics::{Histogram, STARTUP_BUCKETS_MS};
 
 /// How long a request waits for a free slot when no instance is starting for it.
 pub const NO_CAPACITY_WAIT: Duration = Duration::from_secs(10);
@@ -81,7 +82,7 @@ struct State {
     warned_sigterm: bool,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct Stats {
     requests: u64,
     cold_starts: u64,
@@ -95,8 +96,32 @@ struct Stats {
     oom_kills: u64,
     /// Instances that ignored SIGTERM for the whole grace period and were SIGKILLed.
     killed_after_grace: u64,
+    /// From container start to a passed startup probe, for every instance that started.
+    startup_latencies: Histogram,
+    /// Billable instance time of instances no longer in the pool, and of the busy spells
+    /// that ended: startup, and time with at least one request in flight.
+    billable: Duration,
     /// Instances whose PID 1 was found at start to ignore SIGTERM.
     ignores_sigterm: u64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            requests: 0,
+            cold_starts: 0,
+            cold_start_total: Duration::ZERO,
+            last_cold_start: None,
+            rejected: 0,
+            last_startup: None,
+            crashes: 0,
+            oom_kills: 0,
+            killed_after_grace: 0,
+            startup_latencies: Histogram::new(STARTUP_BUCKETS_MS),
+            billable: Duration::ZERO,
+            ignores_sigterm: 0,
+        }
+    }
 }
 
 struct Member {
@@ -114,8 +139,20 @@ struct Member {
     suspect: bool,
     started: Instant,
     idle_since: Instant,
+    /// Since when it has had a request in flight (meaningful while `in_flight > 0`).
+    busy_since: Instant,
     /// Ends the instance's watchers (exit, liveness) when it leaves the pool's hands.
     _watchers: DropGuard,
+}
+
+impl State {
+    /// An instance leaves the pool: a busy spell it is in the middle of is billed now (its
+    /// leases, when they end, no longer find it).
+    fn bill_departure(&mut self, member: &Member) {
+        if member.in_flight > 0 {
+            self.stats.billable += member.busy_since.elapsed();
+        }
+    }
 }
 
 impl Member {
@@ -143,11 +180,16 @@ impl Drop for Lease {
             return;
         };
         member.in_flight -= 1;
-        if member.in_flight == 0 {
-            member.idle_since = Instant::now();
+        let idle = member.in_flight == 0;
+        let (busy_since, draining) = (member.busy_since, member.draining);
+        if idle {
+            let now = Instant::now();
+            member.idle_since = now;
+            // A busy spell ended: billable, as Cloud Run bills request time.
+            state.stats.billable += now.duration_since(busy_since);
         }
         // Someone may be waiting for this slot, or for this instance to drain.
-        let wake = waiters > 0 || (member.draining && member.in_flight == 0);
+        let wake = waiters > 0 || (draining && idle);
         drop(state);
         if wake {
             self.pool.changed.notify_waiters();
@@ -208,6 +250,69 @@ pub struct InstanceStatus {
     pub state: &'static str,
     pub in_flight: u32,
     pub age_seconds: u64,
+}
+
+/// Where an instance is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceState {
+    /// Its container starts, or its startup probe has not passed yet.
+    Starting,
+    /// It takes requests.
+    Ready,
+    /// It takes no new request; those in flight finish, then it stops.
+    Draining,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Starting => "starting",
+            InstanceState::Ready => "ready",
+            InstanceState::Draining => "draining",
+        }
+    }
+}
+
+/// One instance, as a pool's snapshot sees it.
+#[derive(Clone, Debug)]
+pub struct InstanceSnapshot {
+    /// Its short id (empty while starting: the id comes with the container).
+    pub id: String,
+    /// The engine's container id (empty while starting), for its stats.
+    pub container_id: String,
+    pub state: InstanceState,
+    pub in_flight: u32,
+    /// Since it became ready (zero while starting).
+    pub age: Duration,
+}
+
+/// A pool's instances and counters at one moment.
+#[derive(Clone, Debug)]
+pub struct PoolSnapshot {
+    pub service: String,
+    pub revision: String,
+    pub instances: Vec<InstanceSnapshot>,
+    /// Requests waiting for a slot.
+    pub waiting: usize,
+    pub requests: u64,
+    pub cold_starts: u64,
+    pub last_cold_start: Option<Duration>,
+    pub average_cold_start: Option<Duration>,
+    pub rejected: u64,
+    pub last_startup: Option<Duration>,
+    pub crashes: u64,
+    pub oom_kills: u64,
+    pub killed_after_grace: u64,
+    /// From container start to a passed startup probe, in ms, for every instance started.
+    pub startup_latencies: Histogram,
+    /// Cloud Run's billable instance time (request-based billing): every instance's startup,
+    /// and the time it had at least one request in flight.
+    pub billable: Duration,
+    /// The revision's CPU and memory limits, per instance.
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    /// Instances whose PID 1 was found at start to ignore SIGTERM (no handler).
+    pub ignores_sigterm: u64,
 }
 
 /// A pool's instances and counters.
@@ -403,6 +508,9 @@ impl Pool {
             .iter_mut()
             .filter(|m| m.usable() && m.in_flight < concurrency)
             .min_by_key(|m| m.in_flight)?;
+        if member.in_flight == 0 {
+            member.busy_since = Instant::now();
+        }
         member.in_flight += 1;
         let lease = Lease {
             pool: self.inner.clone(),
@@ -550,6 +658,12 @@ impl Pool {
                 state.consecutive_failures = 0;
                 state.last_failure_at = None;
                 state.stats.last_startup = Some(started.startup);
+                state
+                    .stats
+                    .startup_latencies
+                    .observe(started.startup.as_secs_f64() * 1000.0);
+                // Cloud Run bills an instance's startup.
+                state.stats.billable += started.startup;
                 if cold {
                     let took = began.elapsed();
                     state.stats.cold_starts += 1;
@@ -572,6 +686,7 @@ impl Pool {
                     suspect: false,
                     started: now,
                     idle_since: now,
+                    busy_since: now,
                     _watchers: watchers.clone().drop_guard(),
                 });
                 self.spawn(self.clone().watch_exit(key, container_id, watchers.clone()));
@@ -698,6 +813,7 @@ impl Pool {
                 return;
             };
             let member = state.members.remove(index);
+            state.bill_departure(&member);
             state.stats.crashes += 1;
             if matches!(exited, Ok((_, true))) {
                 state.stats.oom_kills += 1;
@@ -764,7 +880,9 @@ impl Pool {
             let Some(index) = state.members.iter().position(|m| m.key == key) else {
                 return;
             };
-            state.members.remove(index)
+            let member = state.members.remove(index);
+            state.bill_departure(&member);
+            member
         };
         self.inner.changed.notify_waiters();
         let spec = &self.inner.spec;
@@ -931,10 +1049,13 @@ impl Pool {
         }
         let members: Vec<Member> = {
             let mut state = inner.lock();
-            let (taken, kept) = std::mem::take(&mut state.members)
+            let (taken, kept): (Vec<Member>, Vec<Member>) = std::mem::take(&mut state.members)
                 .into_iter()
                 .partition(|m| selected(m));
             state.members = kept;
+            for member in &taken {
+                state.bill_departure(member);
+            }
             taken
         };
         // Room under max instances for a deploy waiting in `ensure_ready`.
@@ -1027,7 +1148,14 @@ impl Pool {
 
     /// Takes every instance out of the pool, to be stopped; drains waiting on them end.
     fn take_members(&self) -> Vec<Member> {
-        let members = std::mem::take(&mut self.inner.lock().members);
+        let members = {
+            let mut state = self.inner.lock();
+            let members = std::mem::take(&mut state.members);
+            for member in &members {
+                state.bill_departure(member);
+            }
+            members
+        };
         self.inner.changed.notify_waiters();
         members
     }
@@ -1116,40 +1244,89 @@ impl Pool {
         self.close().await;
     }
 
-    pub fn status(&self) -> PoolStatus {
+    /// What the pool holds now, instance by instance, with its counters: for `describe`,
+    /// the metrics and the dashboard. One short lock; no Docker call.
+    pub fn snapshot(&self) -> PoolSnapshot {
         let state = self.inner.lock();
         let now = Instant::now();
-        let mut instances: Vec<InstanceStatus> = state
+        let mut instances: Vec<InstanceSnapshot> = state
             .members
             .iter()
-            .map(|m| InstanceStatus {
+            .map(|m| InstanceSnapshot {
                 id: m.instance.id.clone(),
-                state: if m.draining { "draining" } else { "ready" },
+                container_id: m.instance.container_id.clone(),
+                state: if m.draining {
+                    InstanceState::Draining
+                } else {
+                    InstanceState::Ready
+                },
                 in_flight: m.in_flight,
-                age_seconds: now.duration_since(m.started).as_secs(),
+                age: now.duration_since(m.started),
             })
             .collect();
-        instances.extend((0..state.starting).map(|_| InstanceStatus {
+        instances.extend((0..state.starting).map(|_| InstanceSnapshot {
             id: String::new(),
-            state: "starting",
+            container_id: String::new(),
+            state: InstanceState::Starting,
             in_flight: 0,
-            age_seconds: 0,
+            age: Duration::ZERO,
         }));
+        // Busy spells in progress count up to now.
+        let busy: Duration = state
+            .members
+            .iter()
+            .filter(|m| m.in_flight > 0)
+            .map(|m| now.duration_since(m.busy_since))
+            .sum();
         let stats = &state.stats;
-        PoolStatus {
+        PoolSnapshot {
+            service: self.inner.spec.service.clone(),
+            revision: self.inner.spec.revision.clone(),
             instances,
             waiting: state.waiters,
             requests: stats.requests,
             cold_starts: stats.cold_starts,
-            last_cold_start_ms: stats.last_cold_start.map(|d| d.as_millis() as u64),
-            average_cold_start_ms: (stats.cold_starts > 0)
-                .then(|| (stats.cold_start_total / stats.cold_starts as u32).as_millis() as u64),
+            last_cold_start: stats.last_cold_start,
+            average_cold_start: (stats.cold_starts > 0)
+                .then(|| stats.cold_start_total / stats.cold_starts as u32),
             rejected: stats.rejected,
-            last_startup_ms: stats.last_startup.map(|d| d.as_millis() as u64),
+            last_startup: stats.last_startup,
             crashes: stats.crashes,
             oom_kills: stats.oom_kills,
             killed_after_grace: stats.killed_after_grace,
+            startup_latencies: stats.startup_latencies.clone(),
+            billable: stats.billable + busy,
+            cpu_millis: self.inner.spec.config.container.cpu_millis,
+            memory_bytes: self.inner.spec.config.container.memory_bytes,
             ignores_sigterm: stats.ignores_sigterm,
+        }
+    }
+
+    pub fn status(&self) -> PoolStatus {
+        let snapshot = self.snapshot();
+        let millis = |d: Duration| d.as_millis() as u64;
+        PoolStatus {
+            instances: snapshot
+                .instances
+                .iter()
+                .map(|i| InstanceStatus {
+                    id: i.id.clone(),
+                    state: i.state.as_str(),
+                    in_flight: i.in_flight,
+                    age_seconds: i.age.as_secs(),
+                })
+                .collect(),
+            waiting: snapshot.waiting,
+            requests: snapshot.requests,
+            cold_starts: snapshot.cold_starts,
+            last_cold_start_ms: snapshot.last_cold_start.map(millis),
+            average_cold_start_ms: snapshot.average_cold_start.map(millis),
+            rejected: snapshot.rejected,
+            last_startup_ms: snapshot.last_startup.map(millis),
+            crashes: snapshot.crashes,
+            oom_kills: snapshot.oom_kills,
+            killed_after_grace: snapshot.killed_after_grace,
+            ignores_sigterm: snapshot.ignores_sigterm,
         }
     }
 }

@@ -311,6 +311,7 @@ impl<B: Backend> Proxy<B> {
         let (mut parts, body) = request.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers, upgrade, route.http2);
         headers::remove_google_headers(&mut parts.headers);
+        headers::remove_admin_cookies(&mut parts.headers);
         if let Some(name) = &route.token_header {
             if let Some(value) = parts.headers.get(name) {
                 let stripped = invoker::without_signature(value);

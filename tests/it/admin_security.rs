@@ -452,3 +452,98 @@ async fn a_killed_emulators_file_announcing_the_same_port_is_not_used() {
         let _ = std::fs::remove_file(file);
     }
 }
+
+/// The value of header `name` in a raw reply's head, if there.
+fn header_of(reply: &RawReply, name: &str) -> Option<String> {
+    reply.head.lines().find_map(|l| {
+        let (key, value) = l.split_once(':')?;
+        key.eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_string())
+    })
+}
+
+#[tokio::test]
+async fn the_dashboard_cookie_reads_but_never_writes_and_never_reaches_an_instance() {
+    let emulator = Emulator::start(&service_name("adm-cookie"), &[testapp_image()]).await;
+    let url = emulator.dashboard_url();
+    let path = url
+        .strip_prefix(&format!("http://{}", emulator.admin_addr()))
+        .unwrap_or_else(|| panic!("the dashboard is on the admin address: {url}"));
+    assert!(path.starts_with("/?token="), "{url}");
+    let host = vec![format!("Host: {}", emulator.admin_addr())];
+
+    // Without the token, or with the run's own token in the URL, no cookie.
+    let reply = admin_request(&emulator, "GET", "/", &host, "").await;
+    assert_status(&reply, 401, "Unauthorized");
+    let wrong = format!("/?token={}", emulator.admin_token());
+    let reply = admin_request(&emulator, "GET", &wrong, &host, "").await;
+    assert_status(&reply, 401, "Unauthorized");
+
+    // The printed URL trades its token for the cookie, and sends the browser to `/`.
+    let reply = admin_request(&emulator, "GET", path, &host, "").await;
+    assert_eq!(reply.status, 303, "{reply:?}");
+    assert_eq!(header_of(&reply, "location").as_deref(), Some("/"));
+    let set_cookie = header_of(&reply, "set-cookie").expect("a cookie");
+    let port = emulator.admin_addr().port();
+    assert!(
+        set_cookie.starts_with(&format!("emulate_admin_{port}="))
+            && set_cookie.contains("; HttpOnly")
+            && set_cookie.contains("; SameSite=Strict")
+            && set_cookie.contains("; Path=/"),
+        "{set_cookie}"
+    );
+    let cookie = format!("Cookie: {}", set_cookie.split(';').next().unwrap());
+    assert_ne!(
+        cookie,
+        format!("Cookie: emulate_admin_{port}={}", emulator.admin_token()),
+        "the cookie is not the run's token"
+    );
+
+    // With the cookie, a browser reads: the page, the state, the control plane's documents.
+    let browser = with(host.clone(), &[&cookie, "Sec-Fetch-Site: same-origin"]);
+    let page = admin_request(&emulator, "GET", "/", &browser, "").await;
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.body.contains("/dashboard/app.js"), "{}", page.body);
+    assert!(header_of(&page, "content-security-policy").is_some());
+    let state = admin_request(&emulator, "GET", "/emulate/v1/state", &browser, "").await;
+    assert_eq!(state.status, 200, "{state:?}");
+    let state: serde_json::Value = serde_json::from_str(&state.body).unwrap();
+    assert_eq!(state["services"][0]["name"], emulator.service.as_str());
+    let services = admin_request(&emulator, "GET", SERVICES, &browser, "").await;
+    assert_eq!(services.status, 200, "{services:?}");
+
+    // It never writes: a deploy and a delete with the cookie alone are refused, and change
+    // nothing.
+    let victim = service_name("adm-cookie-victim");
+    let json = with(browser.clone(), &["Content-Type: application/json"]);
+    let reply = admin_request(&emulator, "POST", SERVICES, &json, &payload(&victim)).await;
+    assert_status(&reply, 401, "Unauthorized");
+    let own = format!("{SERVICES}/{}", emulator.service);
+    let reply = admin_request(&emulator, "DELETE", &own, &browser, "").await;
+    assert_status(&reply, 401, "Unauthorized");
+    assert!(containers_of(&victim).is_empty());
+    let list = emulator
+        .cli_ok(&["services", "list", "--format", "json"])
+        .await;
+    assert!(list.stdout.contains(&emulator.service), "{}", list.stdout);
+    assert!(!list.stdout.contains(&victim), "{}", list.stdout);
+
+    // Cookies are not kept apart by port: a service on the same host would get it, so the
+    // front end removes it (and keeps the service's own cookies).
+    let echoed = request(
+        "GET",
+        &emulator.url("/echo"),
+        &[(
+            "cookie",
+            &format!("mine=1; {}", &cookie["Cookie: ".len()..]),
+        )],
+        Vec::new(),
+        false,
+    )
+    .await;
+    assert_eq!(echoed.status, 200, "{}", echoed.body);
+    assert_eq!(
+        echoed.json()["headers"]["cookie"],
+        serde_json::json!(["mine=1"])
+    );
+}

@@ -385,6 +385,16 @@ impl Emulator {
         value["token"].as_str().unwrap_or_default().to_string()
     }
 
+    /// The dashboard's URL with its read-only token, as `emulate run` printed it.
+    pub fn dashboard_url(&self) -> String {
+        self.stderr()
+            .lines()
+            .find_map(|l| l.strip_prefix("Dashboard: "))
+            .unwrap_or_else(|| panic!("no Dashboard line:\n{}", self.stderr()))
+            .trim()
+            .to_string()
+    }
+
     /// The admin API's address, dialable (a wildcard bind is reached on loopback).
     pub fn admin_addr(&self) -> SocketAddr {
         let addr: SocketAddr = self.admin.parse().unwrap();

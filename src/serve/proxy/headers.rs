@@ -177,6 +177,45 @@ pub fn remove_google_headers(headers: &mut HeaderMap) {
     }
 }
 
+/// The emulator's dashboard cookies (`emulate_admin_PORT`, set by the admin API). Cookies are
+/// not kept apart by port, so a browser sends them to services on the same host too: they are
+/// removed before a request reaches an instance.
+pub const ADMIN_COOKIE_PREFIX: &str = "emulate_admin_";
+
+/// Removes the dashboard's cookies from `Cookie` headers, keeping every other cookie.
+pub fn remove_admin_cookies(headers: &mut HeaderMap) {
+    let carries = |v: &HeaderValue| {
+        v.as_bytes()
+            .windows(ADMIN_COOKIE_PREFIX.len())
+            .any(|w| w == ADMIN_COOKIE_PREFIX.as_bytes())
+    };
+    if !headers.get_all(header::COOKIE).iter().any(carries) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| {
+            if !carries(value) {
+                return Some(value.clone());
+            }
+            let text = String::from_utf8_lossy(value.as_bytes());
+            let rest: Vec<&str> = text
+                .split(';')
+                .map(str::trim)
+                .filter(|pair| !pair.is_empty() && !pair.starts_with(ADMIN_COOKIE_PREFIX))
+                .collect();
+            (!rest.is_empty())
+                .then(|| HeaderValue::from_str(&rest.join("; ")).ok())
+                .flatten()
+        })
+        .collect();
+    headers.remove(header::COOKIE);
+    for value in kept {
+        headers.append(header::COOKIE, value);
+    }
+}
+
 fn is_google(name: &HeaderName) -> bool {
     name.as_str().starts_with("x-google-")
 }
@@ -473,6 +512,25 @@ mod tests {
         remove_google_headers(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-goog-api"));
+    }
+
+    #[test]
+    fn the_dashboards_cookies_never_reach_an_instance() {
+        let mut headers = map(&[
+            ("cookie", "a=1; emulate_admin_4000=secret; b=2"),
+            ("cookie", "emulate_admin_5000=other"),
+            ("cookie", "c=3"),
+        ]);
+        remove_admin_cookies(&mut headers);
+        let cookies: Vec<&str> = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(cookies, ["a=1; b=2", "c=3"]);
+        let mut untouched = map(&[("cookie", "session=x")]);
+        remove_admin_cookies(&mut untouched);
+        assert_eq!(untouched.get(header::COOKIE).unwrap(), "session=x");
     }
 
     #[test]
