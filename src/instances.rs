@@ -3,7 +3,10 @@
 //! (`autoscaler`, pure), and the configuration they share (`revision`).
 
 pub mod autoscaler;
+pub mod cgroup;
+pub mod files;
 pub mod instance;
 pub mod pool;
 pub mod probe;
 pub mod revision;
+pub mod throttle;
