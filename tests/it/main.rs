@@ -27,4 +27,5 @@ mod revisions;
 mod running;
 mod scaling;
 mod smoke;
+mod throttling;
 mod validation;
