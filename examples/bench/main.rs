@@ -1,8 +1,8 @@
 //! Benchmark of the emulator: throughput and latency of `GET /` on the test app straight to
 //! the container, through `emulate run` and through Docker's published port (`proxy`); a cold
 //! start against a bare `docker run` (`cold`); a thundering herd at zero instances (`herd`); a
-//! revision switch under load (`switch`); and `emulate smoke` against doing it by hand
-//! (`smoke`).
+//! revision switch under load (`switch`); `emulate smoke` against doing it by hand
+//! (`smoke`); and what restoring a throttled instance's CPU adds to a request (`throttle`).
 //!
 //! Run it with `cargo run --release --example bench` (flags after `--`, e.g.
 //! `-- --duration 5 --connections 32 --rounds 3 --only cold,herd`). It needs a running Docker
@@ -43,6 +43,7 @@ mod load;
 mod proxy;
 mod smoke;
 mod switch;
+mod throttle;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -95,6 +96,8 @@ enum Section {
     Switch,
     /// `emulate smoke` against `docker run` plus polling by hand.
     Smoke,
+    /// What restoring a throttled instance's CPU adds to a request.
+    Throttle,
 }
 
 impl Options {
@@ -250,6 +253,11 @@ async fn bench(
     }
     if options.runs(Section::Smoke) {
         let (report, ok) = smoke::smoke(options, emulate, image, cleanup).await?;
+        reports.push(report);
+        clean &= ok;
+    }
+    if options.runs(Section::Throttle) {
+        let (report, ok) = throttle::throttle(options, emulate, image, cleanup).await?;
         reports.push(report);
         clean &= ok;
     }
