@@ -27,11 +27,16 @@ pub fn written(upper_dir: &str) -> Option<Written> {
             continue;
         };
         for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
+            // Never followed: a link the container made points into the host's filesystem
+            // when read from here.
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             let path = entry.path();
-            if meta.is_dir() {
+            if kind.is_dir() {
                 stack.push(path);
-            } else if meta.is_file() {
+            } else if kind.is_file() {
+                let Ok(meta) = entry.metadata() else { continue };
                 total += meta.len();
                 let key = group(path.strip_prefix(root).ok()?);
                 match by_dir.iter_mut().find(|(k, _)| *k == key) {
@@ -101,6 +106,8 @@ mod tests {
         write("var/log/b.log", 500);
         write("data/x", 300);
         write("top", 7);
+        // A link into the host's filesystem is not followed.
+        std::os::unix::fs::symlink("/", dir.join("data/root")).unwrap();
         let found = written(dir.to_str().unwrap()).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(found.total, 1807);
