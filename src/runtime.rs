@@ -140,6 +140,9 @@ pub struct ContainerSpec {
     pub dns: Vec<String>,
     /// `NAME:ADDRESS` lines added to `/etc/hosts` (`--add-host`).
     pub extra_hosts: Vec<String>,
+    /// Directories mounted as tmpfs (in memory, charged to the container's memory limit),
+    /// each as large as the memory limit; `/dev/shm` gets the same size.
+    pub tmpfs: Vec<String>,
 }
 
 /// A container's state as the emulator needs it.
@@ -155,6 +158,9 @@ pub struct ContainerInfo {
     pub exit_code: Option<i64>,
     pub oom_killed: bool,
     pub error: Option<String>,
+    /// The host directory holding what the container wrote outside its tmpfs mounts (the
+    /// overlay's upper directory), when the storage driver says.
+    pub upper_dir: Option<String>,
 }
 
 /// What a running container uses, as the engine measures it.
@@ -172,6 +178,8 @@ pub struct ContainerStats {
 pub struct LogChunk {
     pub stderr: bool,
     pub bytes: Bytes,
+    /// When the engine read it from the container (followed logs only).
+    pub time: Option<std::time::SystemTime>,
 }
 
 /// A container carrying the emulator's label.
@@ -420,6 +428,9 @@ impl Runtime {
                 port_bindings,
                 dns: (!spec.dns.is_empty()).then(|| spec.dns.clone()),
                 extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
+                tmpfs: (!spec.tmpfs.is_empty())
+                    .then(|| tmpfs_mounts(&spec.tmpfs, spec.memory_bytes)),
+                shm_size: (!spec.tmpfs.is_empty()).then_some(spec.memory_bytes as i64),
                 ..Default::default()
             }),
             ..Default::default()
@@ -474,6 +485,40 @@ impl Runtime {
             exit_code: state.exit_code.filter(|_| !running),
             oom_killed: state.oom_killed.unwrap_or(false),
             error: state.error.filter(|e| !e.is_empty()),
+            upper_dir: inspect
+                .graph_driver
+                .and_then(|driver| driver.data.get("UpperDir").cloned()),
+        })
+    }
+
+    /// What the container has written to its writable layer (outside its tmpfs mounts), in
+    /// bytes: the engine's `SizeRw`, which it computes by walking the layer (not cheap).
+    pub async fn written_bytes(&self, id: &str) -> Result<Option<u64>, RuntimeError> {
+        let options = bollard::query_parameters::InspectContainerOptions { size: true };
+        let inspect = self
+            .docker
+            .inspect_container(id, Some(options))
+            .await
+            .map_err(|e| {
+                RuntimeError::operation(
+                    format!("measure the writable layer of container {}", short(id)),
+                    e,
+                )
+            })?;
+        Ok(inspect.size_rw.map(|s| s.max(0) as u64))
+    }
+
+    /// Changes a running container's CPU limit (thousandths of a CPU) through the engine.
+    pub async fn update_cpu(&self, id: &str, millicpu: u64) -> Result<(), RuntimeError> {
+        let body = bollard::models::ContainerUpdateBody {
+            nano_cpus: Some(millicpu as i64 * 1_000_000),
+            ..Default::default()
+        };
+        self.docker.update_container(id, body).await.map_err(|e| {
+            RuntimeError::operation(
+                format!("update the CPU limit of container {}", short(id)),
+                e,
+            )
         })
     }
 
@@ -533,6 +578,7 @@ impl Runtime {
         id: &str,
     ) -> impl Stream<Item = Result<LogChunk, RuntimeError>> + Send + 'static {
         self.logs(id, true, "all".to_string())
+            .map(|chunk| chunk.map(stamped))
     }
 
     /// The last `lines` lines of the container's output.
@@ -555,6 +601,9 @@ impl Runtime {
             follow,
             stdout: true,
             stderr: true,
+            // Followed lines carry the engine's time, so a line can be placed before or after
+            // a response (each frame is one message with its stamp in front).
+            timestamps: follow,
             tail,
             ..Default::default()
         };
@@ -565,10 +614,12 @@ impl Runtime {
                 | Ok(bollard::container::LogOutput::Console { message }) => Some(Ok(LogChunk {
                     stderr: false,
                     bytes: message,
+                    time: None,
                 })),
                 Ok(bollard::container::LogOutput::StdErr { message }) => Some(Ok(LogChunk {
                     stderr: true,
                     bytes: message,
+                    time: None,
                 })),
                 Ok(bollard::container::LogOutput::StdIn { .. }) => None,
                 Err(e) => Some(Err(RuntimeError::operation(operation.clone(), e))),
@@ -687,6 +738,59 @@ impl Runtime {
     }
 }
 
+/// tmpfs mounts as the engine takes them: each as large as the memory limit, so only the
+/// limit bounds them (their pages are charged to the container's memory cgroup).
+fn tmpfs_mounts(paths: &[String], memory_bytes: u64) -> HashMap<String, String> {
+    paths
+        .iter()
+        .map(|path| (path.clone(), format!("rw,exec,size={memory_bytes}")))
+        .collect()
+}
+
+/// A followed log frame with its stamp (`2024-05-01T10:00:00.123456789Z `) taken off the
+/// front and parsed; a frame without one is left whole.
+fn stamped(mut chunk: LogChunk) -> LogChunk {
+    let Some(space) = chunk.bytes.iter().take(40).position(|&b| b == b' ') else {
+        return chunk;
+    };
+    let Some(time) = std::str::from_utf8(&chunk.bytes[..space])
+        .ok()
+        .and_then(parse_rfc3339)
+    else {
+        return chunk;
+    };
+    chunk.bytes = chunk.bytes.slice(space + 1..);
+    chunk.time = Some(time);
+    chunk
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (the engine's log stamps, always UTC).
+fn parse_rfc3339(text: &str) -> Option<std::time::SystemTime> {
+    let text = text.strip_suffix('Z')?;
+    let (date, time) = text.split_once('T')?;
+    let mut date = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, d) = (date.next()??, date.next()??, date.next()??);
+    let (clock, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let mut clock = clock.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (clock.next()??, clock.next()??, clock.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    if !fraction.bytes().all(|b| b.is_ascii_digit()) || fraction.len() > 9 {
+        return None;
+    }
+    let nanos: u32 = format!("{fraction:0<9}").parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()?;
+    Some(std::time::UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
 /// Splits `repo:tag` / `repo@digest` for the pull API, which pulls *every* tag when none is
 /// given; an untagged reference means `latest`, as `docker pull` does.
 fn split_reference(image: &str) -> (String, Option<String>) {
@@ -778,6 +882,35 @@ mod tests {
             ),
             "{source:?}"
         );
+    }
+
+    #[test]
+    fn followed_log_frames_lose_their_stamp_and_keep_its_time() {
+        let chunk = |text: &'static str| LogChunk {
+            stderr: false,
+            bytes: Bytes::from_static(text.as_bytes()),
+            time: None,
+        };
+        let stamped_line = stamped(chunk("2024-05-01T10:00:00.250000000Z hello world\n"));
+        assert_eq!(&stamped_line.bytes[..], b"hello world\n");
+        let expected = std::time::UNIX_EPOCH + Duration::from_millis(1_714_557_600_250);
+        assert_eq!(stamped_line.time, Some(expected));
+        assert_eq!(
+            parse_rfc3339("1970-01-01T00:00:01Z"),
+            Some(std::time::UNIX_EPOCH + Duration::from_secs(1))
+        );
+        // No stamp: the frame is left whole.
+        let plain = stamped(chunk("no stamp here\n"));
+        assert_eq!(&plain.bytes[..], b"no stamp here\n");
+        assert_eq!(plain.time, None);
+        assert_eq!(parse_rfc3339("2024-13-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("garbage"), None);
+    }
+
+    #[test]
+    fn tmpfs_mounts_are_bounded_by_the_memory_limit_only() {
+        let mounts = tmpfs_mounts(&["/tmp".to_string()], 512 << 20);
+        assert_eq!(mounts["/tmp"], "rw,exec,size=536870912");
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! the container, through `emulate run` and through Docker's published port (`proxy`); a cold
 //! start against a bare `docker run` (`cold`); a thundering herd at zero instances (`herd`); a
 //! revision switch under load (`switch`); `emulate smoke` against doing it by hand
-//! (`smoke`); and the inner loop of `emulate run --source DIR --watch` against `docker build`
-//! by hand, under load (`loop`).
+//! (`smoke`); the inner loop of `emulate run --source DIR --watch` against `docker build`
+//! by hand, under load (`loop`); and what restoring a throttled instance's CPU adds to a
+//! request (`throttle`).
 //!
 //! Run it with `cargo run --release --example bench` (flags after `--`, e.g.
 //! `-- --duration 5 --connections 32 --rounds 3 --only cold,herd`). It needs a running Docker
@@ -47,6 +48,7 @@ mod procstat;
 mod proxy;
 mod smoke;
 mod switch;
+mod throttle;
 mod wrk;
 
 use std::path::PathBuf;
@@ -106,6 +108,8 @@ enum Section {
     /// `emulate run --source --watch`: edit to first response, against `docker build`.
     #[value(name = "loop")]
     Loop,
+    /// What restoring a throttled instance's CPU adds to a request.
+    Throttle,
 }
 
 impl Options {
@@ -266,6 +270,11 @@ async fn bench(
     }
     if options.runs(Section::Loop) {
         let (report, ok) = inner_loop::inner_loop(emulate, options.loop_rounds, cleanup).await?;
+        reports.push(report);
+        clean &= ok;
+    }
+    if options.runs(Section::Throttle) {
+        let (report, ok) = throttle::throttle(options, emulate, image, cleanup).await?;
         reports.push(report);
         clean &= ok;
     }

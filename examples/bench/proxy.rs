@@ -186,7 +186,7 @@ pub async fn proxy(
     let mut out = String::new();
     line!(
         out,
-        "proxy: GET / on {image} (containers 512Mi, 1 CPU), {} CPUs on the host, {} round(s) of {:.1} s; emulate with --request-log off, nginx with access_log off",
+        "proxy: GET / on {image} (containers 512Mi, 1 CPU), {} CPUs on the host, {} round(s) of {:.1} s; emulate with --request-log off and --no-cpu-throttling, nginx with access_log off",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         options.rounds,
         options.duration
@@ -382,8 +382,16 @@ async fn start_emulator(
     image: &str,
     cleanup: &mut Cleanup,
 ) -> anyhow::Result<(Emulator, String)> {
-    let emulator =
-        spawn_emulator(binary, image, SERVICE, &["--request-log", "off"], cleanup).await?;
+    // The direct runs reach the container behind emulate's back: a throttled (idle, as far
+    // as emulate knows) container would make that baseline meaningless.
+    let emulator = spawn_emulator(
+        binary,
+        image,
+        SERVICE,
+        &["--request-log", "off", "--no-cpu-throttling"],
+        cleanup,
+    )
+    .await?;
     // A request through the proxy makes sure an instance runs even if the service scaled to
     // zero (or never started one) before the first request.
     wait_until_serving(emulator.addr).await?;

@@ -58,6 +58,28 @@ pub struct RevisionFlags {
     /// Speak HTTP/2 cleartext (h2c) to the container end to end, as with a port named h2c.
     #[arg(long)]
     pub use_http2: bool,
+    /// Request-based billing (Cloud Run's default): CPU only while a request is in flight,
+    /// throttled between requests.
+    #[arg(long, overrides_with = "no_cpu_throttling")]
+    pub cpu_throttling: bool,
+    /// Instance-based billing: full CPU between requests too.
+    #[arg(long, overrides_with = "cpu_throttling")]
+    pub no_cpu_throttling: bool,
+    /// Startup CPU boost: double the CPU during startup and for 10 s after.
+    #[arg(long, overrides_with = "no_cpu_boost")]
+    pub cpu_boost: bool,
+    /// No startup CPU boost.
+    #[arg(long, overrides_with = "cpu_boost")]
+    pub no_cpu_boost: bool,
+}
+
+/// `--x` / `--no-x`: Some(true), Some(false), or None when neither is given.
+fn either(yes: bool, no: bool) -> Option<bool> {
+    match (yes, no) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    }
 }
 
 /// A resource limit as the flag gave it, and its amount (bytes or millicpu).
@@ -84,6 +106,10 @@ pub struct RevisionChanges {
     pub min_instances: Option<u32>,
     pub max_instances: Option<u32>,
     pub idle_timeout: Option<Duration>,
+    /// `run.googleapis.com/cpu-throttling`.
+    pub cpu_throttling: Option<bool>,
+    /// `run.googleapis.com/startup-cpu-boost`.
+    pub cpu_boost: Option<bool>,
 }
 
 impl RevisionFlags {
@@ -158,6 +184,8 @@ impl RevisionFlags {
                 .as_deref()
                 .map(|t| config::parse_duration("--scale-to-zero-after", t))
                 .transpose()?,
+            cpu_throttling: either(self.cpu_throttling, self.no_cpu_throttling),
+            cpu_boost: either(self.cpu_boost, self.no_cpu_boost),
         })
     }
 }
@@ -177,6 +205,14 @@ impl RevisionChanges {
                 knative::ANNOTATION_IDLE_TIMEOUT.to_string(),
                 format!("{}s", idle.as_secs().max(1)),
             );
+        }
+        for (key, value) in [
+            (knative::ANNOTATION_CPU_THROTTLING, self.cpu_throttling),
+            (knative::ANNOTATION_STARTUP_CPU_BOOST, self.cpu_boost),
+        ] {
+            if let Some(value) = value {
+                annotations.insert(key.to_string(), value.to_string());
+            }
         }
         let spec = &mut template.spec;
         if let Some(n) = self.concurrency {
@@ -334,6 +370,17 @@ mod tests {
     }
 
     #[test]
+    fn the_last_of_a_flag_and_its_negation_wins() {
+        let changes = flags(&["--no-cpu-throttling", "--cpu-throttling"])
+            .check()
+            .unwrap();
+        assert_eq!(changes.cpu_throttling, Some(true));
+        let changes = flags(&["--cpu-boost", "--no-cpu-boost"]).check().unwrap();
+        assert_eq!(changes.cpu_boost, Some(false));
+        assert_eq!(flags(&[]).check().unwrap().cpu_throttling, None);
+    }
+
+    #[test]
     fn the_flags_given_are_written_into_the_template() {
         let changes = flags(&[
             "--port",
@@ -359,6 +406,8 @@ mod tests {
             "500ms",
             "--set-env-vars",
             "A=1",
+            "--no-cpu-throttling",
+            "--cpu-boost",
         ])
         .check()
         .unwrap();
@@ -370,6 +419,8 @@ mod tests {
         assert_eq!(annotations[knative::ANNOTATION_MAX_SCALE], "3");
         // Below a second is one second: the annotation counts whole seconds.
         assert_eq!(annotations[knative::ANNOTATION_IDLE_TIMEOUT], "1s");
+        assert_eq!(annotations[knative::ANNOTATION_CPU_THROTTLING], "false");
+        assert_eq!(annotations[knative::ANNOTATION_STARTUP_CPU_BOOST], "true");
         assert_eq!(template.spec.container_concurrency, Some(7));
         assert_eq!(template.spec.timeout_seconds, Some(300));
         let container = &template.spec.containers[0];

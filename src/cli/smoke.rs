@@ -59,6 +59,9 @@ pub struct SmokeArgs {
     /// Also write the results as JUnit XML (for GitHub Actions and GitLab test reports).
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
+    /// Fail on findings that are otherwise warnings (work done after a response).
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -180,6 +183,7 @@ pub async fn run(mut args: SmokeArgs) -> Exit {
         format: args.format,
         junit: args.junit.clone(),
         began,
+        strict: args.strict,
     };
     let config = match RunConfig::from_args(args.service) {
         Ok(config) => config,
@@ -320,7 +324,12 @@ struct Smoke {
     format: ReportFormat,
     junit: Option<PathBuf>,
     began: Instant,
+    strict: bool,
 }
+
+/// How long smoke keeps watching after the last check for work done after the responses
+/// (with the CPU throttled, enough for a few milliseconds of it, or a line, to show).
+const BACKGROUND_WATCH: Duration = Duration::from_millis(300);
 
 impl Smoke {
     fn record(&mut self, group: &'static str, name: &str, duration: Duration, outcome: Outcome) {
@@ -493,11 +502,15 @@ impl Smoke {
     /// Stops everything (SIGTERM, 10 s, SIGKILL) and reports the crash and shutdown findings.
     async fn shut_down(&mut self, emulator: Running) {
         let pools: Vec<Pool> = emulator.platform().all_pools();
+        if self.report.failure_text.is_none() {
+            tokio::time::sleep(BACKGROUND_WATCH).await;
+        }
         let began = Instant::now();
         emulator.shutdown(Shutdown::Graceful).await;
         if self.report.failure_text.is_some() {
             return;
         }
+        self.background_work(&pools);
         let (crashes, ooms, killed, deaf) =
             pools
                 .iter()
@@ -514,13 +527,20 @@ impl Smoke {
             self.pass(PREFLIGHT, "no crash or OOM kill", Duration::ZERO);
         } else {
             let message = if ooms > 0 {
-                let limit = pools
-                    .iter()
-                    .find(|p| p.status().oom_kills > 0)
-                    .map_or(0, |p| p.spec().config.container.memory_bytes >> 20);
+                let (limit, peak) =
+                    pools
+                        .iter()
+                        .find(|p| p.status().oom_kills > 0)
+                        .map_or((0, 0), |p| {
+                            let limit = p.spec().config.container.memory_bytes;
+                            (
+                                limit >> 20,
+                                (p.last_oom_peak().unwrap_or(limit) + (1 << 19)) >> 20,
+                            )
+                        });
                 format!(
                     "{crashes} instance(s) exited during the run, {ooms} killed for exceeding the memory limit: {} Raise --memory, or use less.",
-                    cloudrun::memory_limit_exceeded(limit, limit)
+                    cloudrun::memory_limit_exceeded(limit, peak)
                 )
             } else {
                 format!("{crashes} instance(s) exited during the run (Container called exit)")
@@ -559,6 +579,29 @@ impl Smoke {
                 },
             );
         }
+    }
+
+    /// Work an instance did after a response (CPU or log lines with no request in flight),
+    /// which Cloud Run throttles: a warning, or a failure with --strict. Read once the
+    /// instances are stopped, which closes their last idle period.
+    fn background_work(&mut self, pools: &[Pool]) {
+        const NAME: &str = "no work after responses";
+        let Some((pool, finding)) = pools
+            .iter()
+            .find_map(|p| p.background_work().map(|f| (p, f)))
+        else {
+            self.pass(PREFLIGHT, NAME, Duration::ZERO);
+            return;
+        };
+        let message = finding.warning(&pool.spec().revision);
+        let outcome = match self.strict {
+            true => Outcome::Failed {
+                message,
+                details: Vec::new(),
+            },
+            false => Outcome::Warning { message },
+        };
+        self.record(PREFLIGHT, NAME, Duration::ZERO, outcome);
     }
 
     /// Prints the verdict, writes JUnit, and picks the exit code (a failed check is 1 unless
@@ -620,6 +663,7 @@ mod tests {
             format: ReportFormat::Text,
             junit: None,
             began: Instant::now(),
+            strict: false,
         };
         let failure = StartFailure {
             error,

@@ -18,6 +18,10 @@ pub const LABEL_SERVICE: &str = "serving.knative.dev/service";
 pub const LABEL_CONFIGURATION: &str = "serving.knative.dev/configuration";
 pub const ANNOTATION_MIN_SCALE: &str = "autoscaling.knative.dev/minScale";
 pub const ANNOTATION_MAX_SCALE: &str = "autoscaling.knative.dev/maxScale";
+/// Request-based billing (`"true"`, the default) or instance-based (`"false"`).
+pub const ANNOTATION_CPU_THROTTLING: &str = "run.googleapis.com/cpu-throttling";
+/// More CPU during startup (`"true"`).
+pub const ANNOTATION_STARTUP_CPU_BOOST: &str = "run.googleapis.com/startup-cpu-boost";
 /// How long an idle instance is kept (Knative's name for keeping the last pod; here it applies
 /// to every idle instance). Cloud Run's own value is up to 15 minutes and cannot be set.
 pub const ANNOTATION_IDLE_TIMEOUT: &str =

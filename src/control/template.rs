@@ -279,10 +279,9 @@ pub fn resolve(
         None => None,
         Some(probe) => health_probe(probe, port, &format!("{at}.livenessProbe"), false)?,
     };
+    let (cpu_throttling, startup_cpu_boost) = cpu_allocation(annotations)?;
     for key in annotations.keys() {
-        if key.starts_with("run.googleapis.com/")
-            && key != resources::EXECUTION_ENVIRONMENT_ANNOTATION
-        {
+        if key.starts_with("run.googleapis.com/") && !EMULATED_ANNOTATIONS.contains(&key.as_str()) {
             notes.push(format!(
                 "spec.template.metadata.annotations[{key}]: accepted; it has no local effect"
             ));
@@ -298,6 +297,8 @@ pub fn resolve(
             args: container.args.clone(),
             memory_bytes,
             cpu_millis,
+            cpu_throttling,
+            startup_cpu_boost,
             startup_budget,
             startup_probe,
             liveness,
@@ -310,6 +311,33 @@ pub fn resolve(
         },
         request_timeout: timeout,
     })
+}
+
+/// Revision annotations the emulator acts on (the rest of `run.googleapis.com/` is noted as
+/// having no local effect).
+const EMULATED_ANNOTATIONS: &[&str] = &[
+    knative::ANNOTATION_CPU_THROTTLING,
+    knative::ANNOTATION_STARTUP_CPU_BOOST,
+];
+
+/// `run.googleapis.com/cpu-throttling` (default `"true"`: request-based billing) and
+/// `run.googleapis.com/startup-cpu-boost` (default `"false"`), each `"true"` or `"false"`.
+fn cpu_allocation(
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<(bool, bool), FieldError> {
+    let flag = |key: &str, default: bool| match annotations.get(key).map(|v| v.trim()) {
+        None => Ok(default),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(FieldError::new(
+            format!("spec.template.metadata.annotations[{key}]"),
+            format!("expected \"true\" or \"false\", found '{other}'"),
+        )),
+    };
+    Ok((
+        flag(knative::ANNOTATION_CPU_THROTTLING, true)?,
+        flag(knative::ANNOTATION_STARTUP_CPU_BOOST, false)?,
+    ))
 }
 
 /// An HTTP or gRPC probe with Cloud Run's field defaults (period 10 s, timeout 1 s, 3
@@ -417,6 +445,33 @@ mod tests {
         assert_eq!((scaling.min_instances, scaling.max_instances), (0, 100));
         assert_eq!(container.memory_bytes, 512 << 20);
         assert_eq!(container.startup_budget, Duration::from_secs(240));
+    }
+
+    #[test]
+    fn cpu_allocation_annotations_are_read_and_not_noted() {
+        let config = resolve_ok(&template("", ""));
+        assert!(
+            config.container.cpu_throttling,
+            "request-based billing by default"
+        );
+        assert!(!config.container.startup_cpu_boost);
+        let mut t = template("", "");
+        let annotations = &mut t.metadata.annotations;
+        annotations.insert(knative::ANNOTATION_CPU_THROTTLING.into(), "false".into());
+        annotations.insert(knative::ANNOTATION_STARTUP_CPU_BOOST.into(), "true".into());
+        let mut notes = Vec::new();
+        let config = resolve(&t, &Secrets::default(), &mut notes).unwrap();
+        assert!(!config.container.cpu_throttling);
+        assert!(config.container.startup_cpu_boost);
+        assert_eq!(notes, Vec::<String>::new());
+        t.metadata
+            .annotations
+            .insert(knative::ANNOTATION_CPU_THROTTLING.into(), "yes".into());
+        let e = resolve_err(&t);
+        assert_eq!(
+            e.to_string(),
+            "spec.template.metadata.annotations[run.googleapis.com/cpu-throttling]: expected \"true\" or \"false\", found 'yes'"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! of containers left behind by an emulator that was killed.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -15,12 +16,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::cloudrun;
 use crate::events::{Event, Events, SystemKind};
+use crate::instances::cgroup::Cgroup;
 use crate::instances::probe::{self, ListenDiagnosis};
 use crate::instances::revision::RevisionConfig;
+use crate::instances::throttle::{Activity, Control, CpuPolicy};
 use crate::logs::LineSplitter;
 use crate::runtime::{
-    ContainerSpec, ManagedContainer, Runtime, RuntimeError, LABEL_MANAGED, LABEL_OWNER,
-    LABEL_REVISION, LABEL_SERVICE,
+    ContainerInfo, ContainerSpec, ManagedContainer, Runtime, RuntimeError, LABEL_MANAGED,
+    LABEL_OWNER, LABEL_REVISION, LABEL_SERVICE,
 };
 
 /// How the proxy reaches a container.
@@ -141,6 +144,8 @@ impl RevisionSpec {
                     args: None,
                     memory_bytes: 512 << 20,
                     cpu_millis: 1000,
+                    cpu_throttling: true,
+                    startup_cpu_boost: false,
                     startup_budget: Duration::from_secs(240),
                     startup_probe: None,
                     liveness: None,
@@ -171,6 +176,10 @@ pub struct Instance {
     /// Its PID 1 as seen from the host (None on engines whose processes are elsewhere).
     pub pid: Option<u32>,
     log_task: JoinHandle<()>,
+    /// Its CPU allocation and what it does between requests.
+    pub activity: Arc<Activity>,
+    /// Where what it writes outside its tmpfs mounts lands on the host, if known.
+    pub upper_dir: Option<String>,
 }
 
 /// Why an instance did not become ready.
@@ -391,13 +400,66 @@ pub async fn create(
         entrypoint: config.command.clone(),
         args: config.args.clone(),
         memory_bytes: config.memory_bytes,
-        cpu_millis: config.cpu_millis,
+        // Boosted from the start with startup CPU boost; the instance's `Activity` lowers it.
+        cpu_millis: CpuPolicy::of(config, host_millicpu()).startup_millicpu(),
         port: config.port,
         publish_port: mode == UpstreamMode::PublishedPort,
         dns: spec.network.dns.iter().map(|ip| ip.to_string()).collect(),
         extra_hosts: spec.network.hosts.clone(),
+        tmpfs: IN_MEMORY_DIRS.iter().map(|d| d.to_string()).collect(),
     };
     runtime.create(&container).await
+}
+
+/// Directories mounted in memory (tmpfs), where apps put scratch files: on Cloud Run the whole
+/// filesystem is in memory, and these are where most writes go. Their pages are charged to
+/// the container's memory cgroup, so they count toward the memory limit as on Cloud Run.
+/// (`/dev/shm`, already tmpfs, is sized to the memory limit too.) Other directories are
+/// measured from the writable layer instead (see the pool's file watcher).
+pub const IN_MEMORY_DIRS: &[&str] = &["/tmp", "/var/tmp"];
+
+/// The host's CPUs in millicpu: the engine refuses a limit above them.
+fn host_millicpu() -> u64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u64) * 1000
+}
+
+/// Says once per emulator that CPU throttling goes through the engine's API.
+static APPROXIMATE_SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// How a ready instance's CPU limit is changed: its cgroup's file when this host can write
+/// it (a Linux engine), else the engine's update API from a task of the pool (Docker
+/// Desktop), which is approximate and said once.
+fn cpu_control(
+    runtime: &Runtime,
+    events: &Events,
+    tasks: &Tasks,
+    policy: &CpuPolicy,
+    container_id: &str,
+    cgroup: Option<&Cgroup>,
+) -> Control {
+    if !policy.changes_cpu() {
+        return Control::Fixed;
+    }
+    if let Some(limit) = cgroup.and_then(|c| c.cpu_limit().ok()) {
+        return Control::Direct(limit);
+    }
+    if policy.throttling && !APPROXIMATE_SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        events.publish(Event::warning(
+            "CPU throttling between requests is approximate here: the containers' cgroups cannot be written from this host (Docker Desktop?), so their CPU limit is changed through the engine's API, a few milliseconds after a request starts or ends.",
+        ));
+    }
+    let (wanted, mut seen) = tokio::sync::watch::channel(policy.startup_millicpu());
+    let (runtime, container_id) = (runtime.clone(), container_id.to_string());
+    // Ends when the instance's `Activity` (the sender) is dropped.
+    tasks.spawn(async move {
+        while seen.changed().await.is_ok() {
+            let millicpu = *seen.borrow_and_update();
+            if let Err(e) = runtime.update_cpu(&container_id, millicpu).await {
+                tracing::debug!("{e}");
+            }
+        }
+    });
+    Control::Engine(wanted)
 }
 
 /// Starts one instance (in `created`, a container made by [`create`], or a new one) and waits
@@ -469,6 +531,8 @@ async fn start_created(
         other => StartError::Runtime(other),
     })?;
     let id = container_id[..8.min(container_id.len())].to_string();
+    // Set once the instance is ready: lines of the startup phase are not counted.
+    let counting: Arc<OnceLock<Arc<Activity>>> = Arc::default();
     let log_task = tasks.spawn(follow_logs(
         runtime.clone(),
         container_id.to_string(),
@@ -476,18 +540,38 @@ async fn start_created(
         spec.revision.clone(),
         id.clone(),
         events.clone(),
+        counting.clone(),
     ));
     let result = match probe_until_ready(runtime, spec, mode, events, container_id, cancel).await {
-        Ok(ready) => still_running(runtime, container_id).await.map(|()| ready),
+        Ok(ready) => still_running(runtime, container_id)
+            .await
+            .map(|info| (ready, info)),
         Err(e) => Err(e),
     };
-    let (addr, attempts, pid) = match result {
+    let ((addr, attempts), info) = match result {
         Ok(ready) => ready,
         Err(e) => {
             log_task.abort();
             return Err(e);
         }
     };
+    // The cgroup is read and written directly only when the engine runs on this host (the
+    // container's pid is one of ours): not through Docker Desktop's VM.
+    let cgroup = match (mode, info.pid) {
+        (UpstreamMode::ContainerIp, Some(pid)) => Cgroup::of_process(pid, container_id),
+        _ => None,
+    };
+    let policy = CpuPolicy::of(&spec.config.container, host_millicpu());
+    let control = cpu_control(
+        runtime,
+        events,
+        tasks,
+        &policy,
+        container_id,
+        cgroup.as_ref(),
+    );
+    let activity = Arc::new(Activity::new(policy, control, cgroup));
+    let _ = counting.set(activity.clone());
     let container = &spec.config.container;
     let line = match &container.startup_probe {
         None => cloudrun::startup_probe_succeeded(1, spec.container_display_name(), container.port),
@@ -511,8 +595,10 @@ async fn start_created(
         revision: spec.revision.clone(),
         addr,
         startup: started_at.elapsed(),
-        pid,
+        pid: info.pid,
         log_task,
+        activity,
+        upper_dir: info.upper_dir,
     })
 }
 
@@ -532,7 +618,7 @@ async fn probe_until_ready(
     events: &Events,
     container_id: &str,
     cancel: &CancellationToken,
-) -> Result<(SocketAddr, u32, Option<u32>), StartError> {
+) -> Result<(SocketAddr, u32), StartError> {
     let container = &spec.config.container;
     let info = runtime.inspect(container_id).await?;
     let exit = runtime.wait_exit(container_id);
@@ -558,7 +644,7 @@ async fn probe_until_ready(
         if let Some(addr) = addr {
             if probe::tcp_connects(addr, mode == UpstreamMode::PublishedPort).await {
                 let Some(startup) = &container.startup_probe else {
-                    return Ok((addr, 1, info.pid));
+                    return Ok((addr, 1));
                 };
                 if Instant::now() >= next_attempt {
                     // Only the serving port is published; elsewhere the probe's own port.
@@ -567,7 +653,7 @@ async fn probe_until_ready(
                         UpstreamMode::PublishedPort => addr,
                     };
                     match startup.check(target).await {
-                        Ok(()) => return Ok((addr, startup.attempt_at(began.elapsed()), info.pid)),
+                        Ok(()) => return Ok((addr, startup.attempt_at(began.elapsed()))),
                         Err(why) => probe_failure = Some(why),
                     }
                     next_attempt = Instant::now() + STARTUP_RETRY;
@@ -623,11 +709,12 @@ async fn probe_until_ready(
 /// container that died frees its bridge address, which Docker may give at once to another
 /// container listening on the same port (every instance of a busy engine does), and a probe
 /// dialling that address would then pass for the dead one. A container that is still
-/// running kept its address all along, so the answer was its own.
-async fn still_running(runtime: &Runtime, container_id: &str) -> Result<(), StartError> {
+/// running kept its address all along, so the answer was its own. Returns what the engine
+/// said of it (its pid and upper directory).
+async fn still_running(runtime: &Runtime, container_id: &str) -> Result<ContainerInfo, StartError> {
     let info = runtime.inspect(container_id).await?;
     if info.running {
-        return Ok(());
+        return Ok(info);
     }
     let code = match info.exit_code {
         Some(code) => code,
@@ -648,6 +735,7 @@ async fn follow_logs(
     revision: String,
     instance: String,
     events: Events,
+    counting: Arc<OnceLock<Arc<Activity>>>,
 ) {
     let mut stream = Box::pin(runtime.follow_logs(&container_id));
     let (mut out, mut err) = (LineSplitter::default(), LineSplitter::default());
@@ -666,7 +754,14 @@ async fn follow_logs(
     while let Some(chunk) = stream.next().await {
         let Ok(chunk) = chunk else { break };
         let splitter = if chunk.stderr { &mut err } else { &mut out };
-        splitter.push(&chunk.bytes, publish(chunk.stderr));
+        let publish = publish(chunk.stderr);
+        splitter.push(&chunk.bytes, |line| {
+            // Counted between requests: work Cloud Run would throttle.
+            if let Some(activity) = counting.get() {
+                activity.log_line(chunk.time);
+            }
+            publish(line)
+        });
     }
     out.finish(publish(false));
     err.finish(publish(true));

@@ -8,7 +8,7 @@
 //! timeout (down to min instances, or zero). Removal drains first: no new leases, in-flight
 //! requests finish, then SIGTERM, 10 s, SIGKILL.
 
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -20,10 +20,12 @@ use tokio_util::task::TaskTracker;
 use crate::cloudrun;
 use crate::events::{Event, SystemKind};
 use crate::instances::autoscaler::{self, Autoscaler};
+use crate::instances::files;
 pub use crate::instances::instance::InstanceContext;
 use crate::instances::instance::{self, Instance, RevisionSpec, StartError, StartFailure, Tasks};
 use crate::instances::probe::{self, HealthProbe};
 use crate::instances::revision::ScalingConfig;
+use crate::instances::throttle::{Activity, Finding};
 use crate::metrics::{Histogram, STARTUP_BUCKETS_MS};
 
 /// How long a request waits for a free slot when no instance is starting for it.
@@ -80,6 +82,10 @@ struct State {
     stats: Stats,
     /// The SIGTERM warning was given for this revision.
     warned_sigterm: bool,
+    /// The first work an instance did between requests (reported once per revision).
+    background_work: Option<Finding>,
+    /// The measured memory peak of the last instance killed for memory, in bytes.
+    last_oom_peak: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -170,10 +176,17 @@ pub struct Lease {
     pub authority: Authority,
     /// The instance's short id.
     instance: Arc<str>,
+    /// The instance's CPU allocation: restored when the lease is granted, throttled when the
+    /// instance's last lease goes.
+    activity: Arc<Activity>,
+    /// `METHOD /path`, as the front end noted it (for the background-work warning).
+    request: OnceLock<Box<str>>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        self.activity
+            .end(Some(self.request.get().map_or("a request", |r| &**r)));
         let mut state = self.pool.lock();
         let waiters = state.waiters;
         let Some(member) = state.members.iter_mut().find(|m| m.key == self.key) else {
@@ -206,6 +219,13 @@ impl Lease {
     /// The short id of the instance holding the slot.
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// What the request is (`GET /report`), named if the instance works after its response.
+    pub fn note_request(&self, method: &str, path: &str) {
+        let _ = self
+            .request
+            .set(format!("{method} {path}").into_boxed_str());
     }
 
     /// The request could not reach the instance (refused, reset, closed early). It gets no
@@ -398,6 +418,8 @@ impl Pool {
                     autoscaler,
                     stats: Stats::default(),
                     warned_sigterm: false,
+                    background_work: None,
+                    last_oom_peak: None,
                 }),
                 changed: Notify::new(),
                 tasks: Tasks {
@@ -433,6 +455,14 @@ impl Pool {
     /// instances, all busy), at once past the waiting bound, or when the start it waited for
     /// failed.
     pub async fn acquire(&self) -> Result<Lease, AcquireError> {
+        let lease = self.acquire_slot().await?;
+        // Full CPU before the request is forwarded (request-based billing throttles it while
+        // the instance has nothing in flight): one write to the cgroup, on the request path.
+        lease.activity.begin();
+        Ok(lease)
+    }
+
+    async fn acquire_slot(&self) -> Result<Lease, AcquireError> {
         let inner = &self.inner;
         let arrived = Instant::now();
         let mut waiting = Waiting {
@@ -517,6 +547,8 @@ impl Pool {
             key: member.key,
             authority: member.authority.clone(),
             instance: member.id.clone(),
+            activity: member.instance.activity.clone(),
+            request: OnceLock::new(),
         };
         state.stats.requests += 1;
         Some(lease)
@@ -689,7 +721,22 @@ impl Pool {
                     busy_since: now,
                     _watchers: watchers.clone().drop_guard(),
                 });
-                self.spawn(self.clone().watch_exit(key, container_id, watchers.clone()));
+                self.spawn(
+                    self.clone()
+                        .watch_exit(key, container_id.clone(), watchers.clone()),
+                );
+                if let Some(member) = state.members.last() {
+                    let watch = self.clone().watch_memory(
+                        member.instance.id.clone(),
+                        container_id,
+                        member.instance.activity.clone(),
+                        member.instance.upper_dir.clone(),
+                    );
+                    let gone = watchers.clone();
+                    self.spawn(async move {
+                        gone.run_until_cancelled(watch).await;
+                    });
+                }
                 self.spawn(self.clone().check_sigterm(key));
                 if let Some(liveness) = &inner.spec.config.container.liveness {
                     // The probe port is the serving port unless the probe names another.
@@ -829,7 +876,8 @@ impl Pool {
         self.inner.changed.notify_waiters();
         match exited {
             Ok((code, oom_killed)) => {
-                self.report_exit(&member.instance.id, code, oom_killed);
+                let peak = member.instance.activity.sample_memory_peak();
+                self.report_exit(&member.instance.id, code, oom_killed, peak);
             }
             Err(e) => ctx.events.publish(Event::warning(format!(
                 "lost track of instance {}: {e}",
@@ -856,16 +904,21 @@ impl Pool {
         tokio::time::sleep(liveness.initial_delay).await;
         let mut failures = 0;
         loop {
-            let serving = self
+            // Only while it serves; the probe's CPU is not the app's background work.
+            let Some(activity) = self
                 .inner
                 .lock()
                 .members
                 .iter()
-                .any(|m| m.key == key && !m.draining);
-            if !serving {
+                .find(|m| m.key == key && !m.draining)
+                .map(|m| m.instance.activity.clone())
+            else {
                 return;
-            }
-            if liveness.probe(target).await {
+            };
+            activity.begin();
+            let passed = liveness.probe(target).await;
+            activity.end(None);
+            if passed {
                 failures = 0;
             } else {
                 failures += 1;
@@ -937,18 +990,20 @@ impl Pool {
 
     /// Cloud Run's lines for an instance that exited by itself: the memory limit when the
     /// engine OOM-killed it, then `Container called exit(N).`
-    fn report_exit(&self, instance: &str, code: i64, oom_killed: bool) {
+    fn report_exit(&self, instance: &str, code: i64, oom_killed: bool, peak: Option<u64>) {
         let (events, spec) = (&self.inner.ctx.events, &self.inner.spec);
         let line =
             |kind, text| Event::system(kind, &spec.service, &spec.revision, Some(instance), text);
         if oom_killed {
-            // The kernel kills when the cgroup's usage reaches the limit and nothing more can
-            // be reclaimed, so the usage at the kill is the limit (the engine keeps no peak
-            // after the container is gone).
-            let limit = self.inner.spec.config.container.memory_bytes >> 20;
+            // The peak the cgroup recorded (sampled while it existed: it goes with the
+            // container). The kernel kills at the limit, so without a reading the limit is
+            // the best figure.
+            let limit_bytes = self.inner.spec.config.container.memory_bytes;
+            let used = peak.unwrap_or(limit_bytes);
+            self.inner.lock().last_oom_peak = Some(used);
             events.publish(line(
                 SystemKind::OutOfMemory,
-                cloudrun::memory_limit_exceeded(limit, limit),
+                cloudrun::memory_limit_exceeded(limit_bytes >> 20, mib_rounded(used)),
             ));
         }
         events.publish(line(
@@ -1170,8 +1225,13 @@ impl Pool {
     async fn stop_members(&self, members: Vec<Member>, grace: Duration, reason: &str) {
         let ctx = &self.inner.ctx;
         let (service, revision) = (&self.inner.spec.service, &self.inner.spec.revision);
+        for member in &members {
+            // What it did since its last response, before SIGTERM makes it do more.
+            self.note_background_work(member.instance.activity.settle());
+        }
         let stops = members.into_iter().map(|member| async move {
             let id = member.instance.id.clone();
+            let activity = member.instance.activity.clone();
             let container_id = member.instance.container_id.clone();
             let stopped = tokio::select! {
                 stopped = member.instance.stop(&ctx.runtime, grace) => stopped,
@@ -1198,7 +1258,8 @@ impl Pool {
             }
             match stopped {
                 Ok(report) if report.already_exited => {
-                    self.report_exit(&id, report.exit_code.unwrap_or(-1), report.oom_killed);
+                    let peak = activity.memory_peak();
+                    self.report_exit(&id, report.exit_code.unwrap_or(-1), report.oom_killed, peak);
                 }
                 Ok(report) if report.killed => ctx.events.publish(Event::system(
                     SystemKind::Stopped,
@@ -1347,7 +1408,122 @@ async fn tick(pool: Weak<PoolInner>) {
             _ = shutdown.cancelled() => return,
         }
         let Some(inner) = pool.upgrade() else { return };
-        Pool::from_inner(inner).scale();
+        let pool = Pool::from_inner(inner);
+        pool.scale();
+        pool.look_at_activity();
+    }
+}
+
+/// Bytes as whole MiB, to the nearest (a peak a page under the limit reads as the limit).
+fn mib_rounded(bytes: u64) -> u64 {
+    (bytes + (1 << 19)) >> 20
+}
+
+/// How often an instance's memory peak is read from its cgroup, and how often its memory and
+/// written files are compared with the limit.
+const MEMORY_SAMPLE: Duration = Duration::from_millis(250);
+const FILES_SAMPLE: Duration = Duration::from_secs(5);
+
+impl Pool {
+    /// The first work an instance of this revision did between requests, if any.
+    pub fn background_work(&self) -> Option<Finding> {
+        self.inner.lock().background_work.clone()
+    }
+
+    /// The measured memory peak of the last instance killed for memory, in bytes.
+    pub fn last_oom_peak(&self) -> Option<u64> {
+        self.inner.lock().last_oom_peak
+    }
+
+    /// Each instance's periodic CPU look (the boost's end, throttling, background work).
+    fn look_at_activity(&self) {
+        let activities: Vec<Arc<Activity>> = self
+            .inner
+            .lock()
+            .members
+            .iter()
+            .map(|m| m.instance.activity.clone())
+            .collect();
+        for activity in activities {
+            self.note_background_work(activity.tick());
+        }
+    }
+
+    /// Keeps the first finding and warns about it: once per revision.
+    fn note_background_work(&self, findings: Vec<Finding>) {
+        let Some(finding) = findings.into_iter().next() else {
+            return;
+        };
+        {
+            let mut state = self.inner.lock();
+            if state.background_work.is_some() {
+                return;
+            }
+            state.background_work = Some(finding.clone());
+        }
+        let spec = &self.inner.spec;
+        self.inner
+            .ctx
+            .events
+            .publish(Event::warning(finding.warning(&spec.revision)));
+    }
+
+    /// Reads an instance's memory peak while its cgroup exists (an OOM report needs it after
+    /// the container is gone), and compares its memory plus the files it wrote outside its
+    /// tmpfs mounts with the limit: on Cloud Run those files live in memory too.
+    async fn watch_memory(
+        self,
+        instance: String,
+        container_id: String,
+        activity: Arc<Activity>,
+        upper_dir: Option<String>,
+    ) {
+        let limit = self.inner.spec.config.container.memory_bytes;
+        let mut files_due = Instant::now() + FILES_SAMPLE;
+        loop {
+            tokio::time::sleep(MEMORY_SAMPLE).await;
+            activity.sample_memory_peak();
+            if Instant::now() < files_due {
+                continue;
+            }
+            files_due = Instant::now() + FILES_SAMPLE;
+            let Some(memory) = activity.memory_in_use() else {
+                continue;
+            };
+            let written = match upper_dir.clone() {
+                Some(dir) => tokio::task::spawn_blocking(move || files::written(&dir))
+                    .await
+                    .ok()
+                    .flatten(),
+                None => None,
+            };
+            let written = match written {
+                Some(written) => written,
+                // Not readable from here: the engine's measure of the whole layer.
+                None => match self.inner.ctx.runtime.written_bytes(&container_id).await {
+                    Ok(Some(total)) => files::Written {
+                        total,
+                        largest: None,
+                    },
+                    _ => continue,
+                },
+            };
+            if memory + written.total > limit {
+                let spec = &self.inner.spec;
+                self.inner
+                    .ctx
+                    .events
+                    .publish(Event::warning(files::over_limit(
+                        &spec.revision,
+                        &instance,
+                        limit,
+                        memory,
+                        &written,
+                    )));
+                // Once per instance: it goes on running here.
+                return;
+            }
+        }
     }
 }
 

@@ -28,6 +28,11 @@ pub struct ContainerConfig {
     pub args: Option<Vec<String>>,
     pub memory_bytes: u64,
     pub cpu_millis: u64,
+    /// Request-based billing (`run.googleapis.com/cpu-throttling`, default true): CPU only
+    /// while a request is in flight.
+    pub cpu_throttling: bool,
+    /// `run.googleapis.com/startup-cpu-boost`: more CPU during startup and 10 s after.
+    pub startup_cpu_boost: bool,
     /// How long a start may take until the startup probe passes.
     pub startup_budget: Duration,
     /// A user's HTTP or gRPC startup probe, run once the port accepts connections; None is a

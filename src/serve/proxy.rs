@@ -300,6 +300,9 @@ impl<B: Backend> Proxy<B> {
                 return refusal(status, text, false);
             }
         };
+        route
+            .slot
+            .note_request(request.method().as_str(), request.uri().path());
         // One timer bounds the whole exchange: waiting for the response head, then streaming
         // its body (and a tunnel's life for upgrades).
         let deadline = Instant::now() + route.request_timeout;

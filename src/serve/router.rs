@@ -54,6 +54,9 @@ pub trait Slot: Send + Sync + 'static {
     fn served_by(&self) -> Option<ServedBy> {
         None
     }
+
+    /// What the request is, should the instance work after answering it.
+    fn note_request(&self, _method: &str, _path: &str) {}
 }
 
 /// Where a request was served, as the request log names it.
@@ -67,6 +70,10 @@ pub struct ServedBy {
 impl Slot for Lease {
     fn unreachable(&self) {
         Lease::unreachable(self);
+    }
+
+    fn note_request(&self, method: &str, path: &str) {
+        Lease::note_request(self, method, path);
     }
 
     fn served_by(&self) -> Option<ServedBy> {

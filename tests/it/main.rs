@@ -30,4 +30,5 @@ mod running;
 mod scaling;
 mod smoke;
 mod source;
+mod throttling;
 mod validation;

@@ -85,13 +85,14 @@ async fn a_good_image_passes_with_exit_0_and_a_junit_report() {
         "PASS starts within the startup probe's budget",
         "PASS no crash or OOM kill",
         "PASS shuts down within 10 s of SIGTERM",
+        "PASS no work after responses",
         "PASS GET /echo",
         "PASS GET /status?code=204",
     ] {
         assert_line(&done, check);
     }
     assert!(
-        done.stdout.contains("8 passed, 0 failed"),
+        done.stdout.contains("9 passed, 0 failed"),
         "{}",
         done.stdout
     );
@@ -101,7 +102,7 @@ async fn a_good_image_passes_with_exit_0_and_a_junit_report() {
         .descendants()
         .find(|n| n.has_tag_name("testsuite"))
         .unwrap();
-    assert_eq!(suite.attribute("tests"), Some("8"));
+    assert_eq!(suite.attribute("tests"), Some("9"));
     assert_eq!(suite.attribute("failures"), Some("0"));
     let cases: Vec<&str> = doc
         .descendants()
@@ -694,7 +695,7 @@ async fn a_junit_file_that_cannot_be_written_after_the_run_turns_a_pass_into_exi
     assert_exit(&done, 1, "");
     // Every check passed: it is the report that failed.
     assert!(
-        done.stdout.contains("7 passed, 0 failed"),
+        done.stdout.contains("8 passed, 0 failed"),
         "{}",
         done.stdout
     );

@@ -5,6 +5,7 @@
 // clippy.toml's rules for the emulator's code do not apply.
 #![allow(clippy::disallowed_methods, clippy::disallowed_macros)]
 
+mod background;
 mod lifecycle;
 mod output;
 mod query;

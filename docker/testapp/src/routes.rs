@@ -12,6 +12,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
+use crate::background;
 use crate::lifecycle::InFlight;
 use crate::output;
 use crate::query::Query;
@@ -82,6 +83,9 @@ pub async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible
             output::json(severity, query.get("message").unwrap_or(""));
             Ok(text(StatusCode::OK, "logged\n"))
         }
+        "/work" => work(&query).await,
+        "/log-later" => log_later(&query),
+        "/write" => write(&query).await,
         "/print" => {
             output::line(query.get("text").unwrap_or(""));
             Ok(text(StatusCode::OK, "printed\n"))
@@ -339,6 +343,52 @@ async fn alloc(query: &Query) -> Handled {
         Err(err) => Err(Failure::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("allocation failed: {err}\n"),
+        )),
+    }
+}
+
+/// `units` units of CPU work: during the request (the answer says how long they took), or
+/// with `after=1` on a thread of its own once the answer has gone (a log line says).
+async fn work(query: &Query) -> Handled {
+    let units: u64 = number(query, "units", 100)?;
+    if query.get("after").is_some_and(|v| v == "1") {
+        background::work_after_response(units);
+        return Ok(text(
+            StatusCode::OK,
+            format!("working on {units} units after the response\n"),
+        ));
+    }
+    let took = tokio::task::spawn_blocking(move || background::work(units))
+        .await
+        .unwrap_or_default();
+    Ok(text(
+        StatusCode::OK,
+        format!("worked {units} units in {} ms\n", took.as_millis()),
+    ))
+}
+
+/// Answers, then logs `lines` lines `delay_ms` later (default 200).
+fn log_later(query: &Query) -> Handled {
+    let lines: u64 = number(query, "lines", 1)?;
+    let delay: u64 = number(query, "delay_ms", 200)?;
+    background::log_after_response(lines, Duration::from_millis(delay));
+    Ok(text(StatusCode::OK, format!("will log {lines} lines\n")))
+}
+
+/// Writes `mib` MiB into a file in `dir` (default /tmp).
+async fn write(query: &Query) -> Handled {
+    let mib: usize = number(query, "mib", 1)?;
+    let dir = query.get("dir").unwrap_or("/tmp").to_string();
+    let written = tokio::task::spawn_blocking(move || background::write_file(&dir, mib)).await;
+    match written {
+        Ok(Ok(path)) => Ok(text(StatusCode::OK, format!("wrote {mib} MiB to {path}\n"))),
+        Ok(Err(err)) => Err(Failure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("write failed: {err}\n"),
+        )),
+        Err(err) => Err(Failure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("write failed: {err}\n"),
         )),
     }
 }
