@@ -183,17 +183,10 @@ impl Emulator {
             None => Resource::default(),
         };
         let logs = LogBuffer::new(resource.clone());
-        tasks.spawn(
-            logs.clone()
-                .follow(config.events.clone(), metadata_stop.clone()),
-        );
+        config.events.tap(Arc::new(logs.clone()));
         // Cloud Run's request metrics count from now on too (the rest is read when scraped).
         let requests = RequestMetrics::new();
-        tasks.spawn(
-            requests
-                .clone()
-                .follow(config.events.clone(), metadata_stop.clone()),
-        );
+        config.events.tap(Arc::new(requests.clone()));
         let metrics = admin::metrics::Scraper::new(requests, runtime.clone(), resource);
         let metadata = match (&config.metadata, &host_side) {
             (Some(settings), Some(host_side)) => {
@@ -422,6 +415,7 @@ impl Running {
             }
         }
         self.metadata_stop.cancel();
+        self.logs.close();
         self.tasks.close();
         self.tasks.wait().await;
     }

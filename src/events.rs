@@ -193,6 +193,10 @@ pub struct Events {
 
 struct Inner {
     sink: Option<Box<dyn Sink>>,
+    /// Observers that see every event in the publisher's task, after the sink: the recent
+    /// log and the request metrics. Each must be cheap (a short lock, a push); unlike a
+    /// subscriber they cost no task wake-up per request and never fall behind.
+    taps: std::sync::RwLock<Vec<Arc<dyn Sink>>>,
     broadcast: broadcast::Sender<Event>,
 }
 
@@ -211,6 +215,7 @@ impl Events {
         Events {
             inner: Arc::new(Inner {
                 sink,
+                taps: std::sync::RwLock::default(),
                 broadcast: broadcast::channel(BACKLOG).0,
             }),
         }
@@ -221,10 +226,22 @@ impl Events {
         if let Some(sink) = &self.inner.sink {
             sink.show(&event);
         }
+        for tap in self.inner.taps.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            tap.show(&event);
+        }
         if self.inner.broadcast.receiver_count() > 0 {
             // Fails only when every subscriber went away meanwhile.
             let _ = self.inner.broadcast.send(event);
         }
+    }
+
+    /// Shows every event published from now on to `tap` too, in the publisher's task.
+    pub fn tap(&self, tap: Arc<dyn Sink>) {
+        self.inner
+            .taps
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tap);
     }
 
     /// Every event published from now on. A subscriber that falls more than 1024 events

@@ -10,10 +10,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
 
-use crate::events::{Event, Events, RequestLog};
+use crate::events::{Event, RequestLog, Sink};
 
 /// The prefix of every metric named after one of Cloud Run's.
 pub const PREFIX: &str = "run_googleapis_com:";
@@ -219,8 +217,6 @@ pub struct RevisionKey {
 pub struct Counts {
     pub requests: BTreeMap<RequestKey, u64>,
     pub latencies: BTreeMap<RevisionKey, Histogram>,
-    /// Request events this counter missed because it fell behind the stream.
-    pub missed_events: u64,
 }
 
 /// The request counters, fed from the event stream. Cheap to clone.
@@ -264,21 +260,13 @@ impl RequestMetrics {
             .clone()
     }
 
-    /// Counts the requests `events` publishes until `stop`.
-    pub async fn follow(self, events: Events, stop: CancellationToken) {
-        let mut received = events.subscribe();
-        loop {
-            tokio::select! {
-                event = received.recv() => match event {
-                    Ok(Event::Request(request)) => self.count(&request),
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        self.counts.lock().unwrap_or_else(|e| e.into_inner()).missed_events += missed;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                },
-                _ = stop.cancelled() => break,
-            }
+}
+
+/// The counters count every request as it is published (an `Events` tap).
+impl Sink for RequestMetrics {
+    fn show(&self, event: &Event) {
+        if let Event::Request(request) = event {
+            self.count(request);
         }
     }
 }

@@ -276,12 +276,6 @@ pub fn render(
             memory_bytes.sample(&labels, usage.memory_bytes as f64);
         }
     }
-    let mut missed = Family::new(
-        "emulate_metrics_missed_request_events_total",
-        Kind::Counter,
-        "Requests the counters missed because they fell behind the event stream (request_count and request_latencies undercount by this much).",
-    );
-    missed.sample(&[], counts.missed_events as f64);
     [
         requests,
         latencies,
@@ -292,7 +286,6 @@ pub fn render(
         memory,
         cpu_seconds,
         memory_bytes,
-        missed,
     ]
     .into_iter()
     .map(Family::into_text)

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{Event, Events};
+use crate::events::{Event, Sink};
 use crate::logs::entry::{self, Resource};
 
 /// Entries kept: about the last few minutes of a busy service, a few MiB at most (a
@@ -161,23 +161,18 @@ impl LogBuffer {
         self.inner.closed.clone()
     }
 
-    /// Keeps what `events` publishes until `stop`; then ends the live readers.
-    pub async fn follow(self, events: Events, stop: CancellationToken) {
-        let mut received = events.subscribe();
-        loop {
-            tokio::select! {
-                event = received.recv() => match event {
-                    Ok(event) => self.push(event, SystemTime::now()),
-                    Err(broadcast::error::RecvError::Lagged(missed)) => self.push(
-                        Event::warning(format!("the recent log missed {missed} entries (the emulator was too busy to keep them)")),
-                        SystemTime::now(),
-                    ),
-                    Err(broadcast::error::RecvError::Closed) => break,
-                },
-                _ = stop.cancelled() => break,
-            }
-        }
+    /// Ends the live readers: the emulator stops.
+    pub fn close(&self) {
         self.inner.closed.cancel();
+    }
+}
+
+/// The recent log keeps what the emulator says as it is published (an `Events` tap).
+impl Sink for LogBuffer {
+    fn show(&self, event: &Event) {
+        if is_log_line(event) {
+            self.push(event.clone(), SystemTime::now());
+        }
     }
 }
 
@@ -253,27 +248,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn it_follows_the_event_stream_and_live_readers_see_what_comes_next() {
-        let events = Events::new();
+    async fn as_a_tap_it_keeps_every_log_line_and_live_readers_see_what_comes_next() {
+        let events = crate::events::Events::new();
         let buffer = LogBuffer::new(Resource::default());
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(buffer.clone().follow(events.clone(), stop.clone()));
-        // The buffer subscribes when its task first runs: publish until it has kept a line.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while buffer.recent(&Filter::default(), 1).0.is_empty() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the buffer never subscribed"
-            );
-            events.publish(Event::system(
-                SystemKind::Starting,
-                "s",
-                "s-1",
-                None,
-                "starting".into(),
-            ));
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        events.tap(Arc::new(buffer.clone()));
+        events.publish(Event::system(
+            SystemKind::Starting,
+            "s",
+            "s-1",
+            None,
+            "starting".into(),
+        ));
+        assert_eq!(buffer.recent(&Filter::default(), 10).0.len(), 1, "kept at once");
         let (_, mut live) = buffer.recent(&Filter::default(), 0);
         events.publish(line("s", "after"));
         let next = tokio::time::timeout(std::time::Duration::from_secs(5), live.recv())
@@ -284,8 +270,7 @@ mod tests {
             next.entry(buffer.resource()).unwrap()["textPayload"],
             "after"
         );
-        stop.cancel();
-        task.await.unwrap();
+        buffer.close();
         assert!(buffer.closed().is_cancelled());
     }
 }

@@ -197,7 +197,6 @@ fn the_answer_counts_requests_by_revision_and_instances_by_state() {
         "run_googleapis_com:container_memory_utilizations",
         "emulate_container_cpu_seconds_total",
         "emulate_container_memory_bytes",
-        "emulate_metrics_missed_request_events_total",
     ] {
         let type_line = format!("# TYPE {family} ");
         assert_eq!(text.matches(&type_line).count(), 1, "{family}");
