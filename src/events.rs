@@ -226,7 +226,13 @@ impl Events {
         if let Some(sink) = &self.inner.sink {
             sink.show(&event);
         }
-        for tap in self.inner.taps.read().unwrap_or_else(|e| e.into_inner()).iter() {
+        for tap in self
+            .inner
+            .taps
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             tap.show(&event);
         }
         if self.inner.broadcast.receiver_count() > 0 {

@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
-
 use crate::events::{Event, RequestLog, Sink};
 
 /// The prefix of every metric named after one of Cloud Run's.
@@ -259,7 +258,6 @@ impl RequestMetrics {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
-
 }
 
 /// The counters count every request as it is published (an `Events` tap).

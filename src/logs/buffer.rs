@@ -259,7 +259,11 @@ mod tests {
             None,
             "starting".into(),
         ));
-        assert_eq!(buffer.recent(&Filter::default(), 10).0.len(), 1, "kept at once");
+        assert_eq!(
+            buffer.recent(&Filter::default(), 10).0.len(),
+            1,
+            "kept at once"
+        );
         let (_, mut live) = buffer.recent(&Filter::default(), 0);
         events.publish(line("s", "after"));
         let next = tokio::time::timeout(std::time::Duration::from_secs(5), live.recv())

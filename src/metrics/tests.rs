@@ -146,5 +146,9 @@ fn as_a_tap_the_counters_count_every_request_as_it_is_published() {
         status: 503,
     });
     assert_eq!(on_two, Some(&5));
-    assert_eq!(counts.requests.values().sum::<u64>(), 5, "only requests count");
+    assert_eq!(
+        counts.requests.values().sum::<u64>(),
+        5,
+        "only requests count"
+    );
 }
