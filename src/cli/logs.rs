@@ -70,15 +70,20 @@ pub async fn run(args: LogsArgs) -> Exit {
         Err(exit) => return exit,
     };
     let format = args.format;
-    let printed = client
-        .logs(&query(&args), |line| match format {
-            LogsFormat::Json => println!("{line}"),
-            LogsFormat::Text => match serde_json::from_str(line) {
-                Ok(entry) => println!("{}", text(&entry)),
-                Err(_) => println!("{line}"),
-            },
-        })
-        .await;
+    let query = query(&args);
+    let reading = client.logs(&query, |line| match format {
+        LogsFormat::Json => println!("{line}"),
+        LogsFormat::Text => match serde_json::from_str(line) {
+            Ok(entry) => println!("{}", text(&entry)),
+            Err(_) => println!("{line}"),
+        },
+    });
+    // Ctrl-C is how `--follow` ends. The handler is installed explicitly: a process started
+    // in the background by a script inherits SIGINT ignored.
+    let printed = tokio::select! {
+        printed = reading => printed,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    };
     match printed {
         Ok(()) => Exit::Success,
         Err(e) => control::fail(&e),
