@@ -135,12 +135,23 @@ async fn dispatch(
     observers: &Observers,
     request: Request<Incoming>,
 ) -> Response<AdminBody> {
+    let path = request.uri().path();
+    let observed = path == logs::PATH || path == metrics::PATH || dashboard::serves(path);
+    // The observers only read: one method check for all of them.
+    if observed && !matches!(*request.method(), Method::GET | Method::HEAD) {
+        return status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{path} answers GET only"),
+        )
+        .map(BodyExt::boxed);
+    }
     match request.uri().path() {
         logs::PATH => logs::handle(&observers.logs, request).await,
         path if dashboard::serves(path) => {
             dashboard::handle(gate, platform, &observers.logs, request).await
         }
-        metrics::PATH => metrics::handle(&observers.metrics, platform, request).await,
+        metrics::PATH => metrics::handle(&observers.metrics, platform).await,
         _ => handle(platform, request).await.map(BodyExt::boxed),
     }
 }

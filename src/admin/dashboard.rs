@@ -50,14 +50,6 @@ pub async fn handle<B>(
     logs: &LogBuffer,
     request: Request<B>,
 ) -> Response<AdminBody> {
-    if !matches!(*request.method(), http::Method::GET | http::Method::HEAD) {
-        return super::status(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            format!("{} answers GET only", request.uri().path()),
-        )
-        .map(BodyExt::boxed);
-    }
     match request.uri().path() {
         PAGE if super::gate::dashboard_token_param(request.uri().query()).is_some() => {
             // The gate checked the token: trade it for the cookie, and drop it from the

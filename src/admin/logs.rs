@@ -102,14 +102,6 @@ fn line(entry: &serde_json::Value) -> Bytes {
 }
 
 pub async fn handle(buffer: &LogBuffer, request: Request<Incoming>) -> Response<AdminBody> {
-    if request.method() != http::Method::GET {
-        return super::status(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            format!("{PATH} answers GET only"),
-        )
-        .map(BodyExt::boxed);
-    }
     let query = match parse_query(request.uri().query().unwrap_or("")) {
         Ok(query) => query,
         Err(message) => {

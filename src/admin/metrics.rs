@@ -9,8 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http::Response;
 use tokio::time::Instant;
 
 use super::AdminBody;
@@ -122,19 +121,7 @@ fn utilization(used_nanos: u64, over: Duration, cpu_millis: u64) -> f64 {
     (used_nanos as f64 / 1e9 / available).max(0.0)
 }
 
-pub async fn handle<B>(
-    scraper: &Scraper,
-    platform: &Platform,
-    request: Request<B>,
-) -> Response<AdminBody> {
-    if !matches!(*request.method(), http::Method::GET | http::Method::HEAD) {
-        return super::status(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            format!("{PATH} answers GET only"),
-        )
-        .map(BodyExt::boxed);
-    }
+pub async fn handle(scraper: &Scraper, platform: &Platform) -> Response<AdminBody> {
     let pools: Vec<PoolSnapshot> = platform.all_pools().iter().map(|p| p.snapshot()).collect();
     let usage = scraper.usage(&pools).await;
     let text = render(

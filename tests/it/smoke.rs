@@ -5,28 +5,6 @@ use std::time::Duration;
 
 use crate::support::*;
 
-/// Runs `emulate smoke ARGS` to completion.
-async fn smoke(args: &[&str], env: &[(&str, &str)]) -> Finished {
-    require_docker();
-    let mut command = emulate_command();
-    command.arg("smoke").args(args).env("NO_COLOR", "1");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let output = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::task::spawn_blocking(move || command.output().unwrap()),
-    )
-    .await
-    .expect("emulate smoke finished within 2 minutes")
-    .unwrap();
-    Finished {
-        status: output.status,
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
 /// Asserts the exit code, showing `context` and all the output when it differs.
 fn assert_exit(done: &Finished, code: i32, context: &str) {
     assert_eq!(

@@ -96,25 +96,6 @@ async fn with_no_cpu_throttling_work_after_the_response_runs_at_full_speed_unrep
     assert!(!output.contains(THROTTLED), "{output}");
 }
 
-/// Runs `emulate smoke ARGS` to completion.
-async fn smoke(args: &[&str]) -> Finished {
-    require_docker();
-    let mut command = emulate_command();
-    command.arg("smoke").args(args).env("NO_COLOR", "1");
-    let output = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::task::spawn_blocking(move || command.output().unwrap()),
-    )
-    .await
-    .expect("emulate smoke finished within 2 minutes")
-    .unwrap();
-    Finished {
-        status: output.status,
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
 fn line_of<'a>(done: &'a Finished, start: &str) -> &'a str {
     done.stdout
         .lines()
@@ -128,7 +109,7 @@ async fn smoke_warns_of_log_lines_after_a_response_and_fails_with_strict() {
     let service = service_name("smokebg");
     let request = "/log-later?lines=2&delay_ms=100";
     let args = [testapp_image(), "--service", &service, "--request", request];
-    let done = smoke(&args).await;
+    let done = smoke(&args, &[]).await;
     assert_eq!(
         done.status.code(),
         Some(0),
@@ -142,7 +123,7 @@ async fn smoke_warns_of_log_lines_after_a_response_and_fails_with_strict() {
         "{line}"
     );
     let strict = [&args[..], &["--strict"]].concat();
-    let done = smoke(&strict).await;
+    let done = smoke(&strict, &[]).await;
     assert_eq!(
         done.status.code(),
         Some(1),
@@ -158,18 +139,21 @@ async fn smoke_warns_of_log_lines_after_a_response_and_fails_with_strict() {
 #[tokio::test]
 async fn smoke_of_a_well_behaved_app_finds_no_work_after_responses() {
     let service = service_name("smokequiet");
-    let done = smoke(&[
-        testapp_image(),
-        "--service",
-        &service,
-        "--strict",
-        "--request",
-        "/log?message=during",
-        "--request",
-        &format!("/work?units={UNITS}"),
-        "--request",
-        "/sleep?ms=100",
-    ])
+    let done = smoke(
+        &[
+            testapp_image(),
+            "--service",
+            &service,
+            "--strict",
+            "--request",
+            "/log?message=during",
+            "--request",
+            &format!("/work?units={UNITS}"),
+            "--request",
+            "/sleep?ms=100",
+        ],
+        &[],
+    )
     .await;
     assert_eq!(
         done.status.code(),
