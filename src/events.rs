@@ -4,6 +4,7 @@
 //! terminal themselves; the terminal printer (`logs::LogPrinter`) is the handle's sink, and
 //! later observers (a dashboard, request logs, `--format json`) subscribe to its broadcast.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -89,16 +90,17 @@ pub enum Event {
 }
 
 /// One request as Cloud Run's request log records it (Cloud Logging's `HttpRequest`, with
-/// where it went).
+/// where it went). Made for every request on the proxy's hot path, so it holds what is cheap
+/// to take there (shared names, addresses, numbers) and is formatted only when read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestLog {
     /// When the request arrived.
     pub received: SystemTime,
-    pub method: String,
+    pub method: http::Method,
     /// The URL as the client asked for it: `http://HOST/PATH?QUERY`.
     pub url: String,
     /// `HTTP/1.1`, `HTTP/2`...
-    pub protocol: String,
+    pub protocol: &'static str,
     pub status: u16,
     /// The request's head and (declared) body, in bytes.
     pub request_size: u64,
@@ -108,18 +110,36 @@ pub struct RequestLog {
     pub latency: Duration,
     pub user_agent: Option<String>,
     pub referer: Option<String>,
-    pub remote_ip: String,
+    pub remote_ip: IpAddr,
     /// The service the host named (a 404 names one that does not exist).
-    pub service: Option<String>,
+    pub service: Option<Arc<str>>,
     /// The revision and instance that answered; `None` when the emulator answered itself
     /// (no instance free: 429; no service: 404; a private service's 403...).
-    pub revision: Option<String>,
-    pub instance: Option<String>,
+    pub revision: Option<Arc<str>>,
+    pub instance: Option<Arc<str>>,
     /// The instance's `IP:PORT`.
-    pub server_ip: Option<String>,
-    /// The trace id (32 hex digits) and span id (decimal), as forwarded to the instance in
-    /// `X-Cloud-Trace-Context`, or as the client sent them.
-    pub trace: Option<(String, String)>,
+    pub server_ip: Option<SocketAddr>,
+    /// The trace forwarded to the instance (or the client's, for a request never forwarded).
+    pub trace: Option<TraceIds>,
+}
+
+/// A request's trace and span ids, as Cloud Logging's `trace` and `spanId` name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceIds {
+    pub trace_id: u128,
+    pub span_id: u64,
+}
+
+impl TraceIds {
+    /// The trace id as 32 lower-case hex digits.
+    pub fn trace_hex(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+
+    /// The span id as 16 lower-case hex digits.
+    pub fn span_hex(&self) -> String {
+        format!("{:016x}", self.span_id)
+    }
 }
 
 /// Which `SYSTEM` line an [`Event::System`] is.

@@ -203,10 +203,7 @@ impl LogPrinter {
     fn request(&self, request: &RequestLog) -> String {
         let prefix = match (&request.revision, &request.instance) {
             (Some(revision), Some(instance)) => format!("{revision}/{instance}"),
-            _ => request
-                .service
-                .clone()
-                .unwrap_or_else(|| "emulate".to_string()),
+            _ => request.service.as_deref().unwrap_or("emulate").to_string(),
         };
         let severity = entry::request_severity(request.status);
         let code = severity_color(severity);
@@ -530,16 +527,16 @@ mod tests {
     fn request_log(status: u16, answered: bool) -> Event {
         Event::Request(Arc::new(RequestLog {
             received: SystemTime::UNIX_EPOCH,
-            method: "GET".into(),
+            method: http::Method::GET,
             url: "http://hello.localhost:8080/a?b=1".into(),
-            protocol: "HTTP/1.1".into(),
+            protocol: "HTTP/1.1",
             status,
             request_size: 80,
             response_size: 2048,
             latency: Duration::from_micros(12_400),
             user_agent: Some("curl/8.1".into()),
             referer: None,
-            remote_ip: "127.0.0.1".into(),
+            remote_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             service: Some("hello".into()),
             revision: answered.then(|| "hello-00001-abc".into()),
             instance: answered.then(|| "0123abcd".into()),

@@ -199,16 +199,16 @@ pub fn code_class(status: u16) -> String {
 /// no revision chosen: an unknown host's 404, a private service's 403...).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RequestKey {
-    pub service: String,
-    pub revision: Option<String>,
+    pub service: Arc<str>,
+    pub revision: Option<Arc<str>>,
     pub status: u16,
 }
 
 /// Per revision: service and revision.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RevisionKey {
-    pub service: String,
-    pub revision: Option<String>,
+    pub service: Arc<str>,
+    pub revision: Option<Arc<str>>,
 }
 
 /// What the event stream has counted so far.
@@ -231,7 +231,7 @@ impl RequestMetrics {
 
     /// Counts one request the front end answered.
     pub fn count(&self, request: &RequestLog) {
-        let service = request.service.clone().unwrap_or_default();
+        let service = request.service.clone().unwrap_or_else(|| Arc::from(""));
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         *counts
             .requests

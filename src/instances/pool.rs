@@ -25,7 +25,7 @@ pub use crate::instances::instance::InstanceContext;
 use crate::instances::instance::{self, Instance, RevisionSpec, StartError, StartFailure, Tasks};
 use crate::instances::probe::{self, HealthProbe};
 use crate::instances::revision::ScalingConfig;
-use crate::instances::throttle::{Activity, Finding};
+use crate::instances::throttle::{Activity, Finding, RequestName};
 use crate::metrics::{Histogram, STARTUP_BUCKETS_MS};
 
 /// How long a request waits for a free slot when no instance is starting for it.
@@ -46,6 +46,8 @@ pub struct Pool {
 
 struct PoolInner {
     spec: RevisionSpec,
+    /// The service and revision names, shared by every request's log record.
+    names: (Arc<str>, Arc<str>),
     ctx: InstanceContext,
     state: Mutex<State>,
     /// Signalled when a slot frees, an instance becomes ready, fails to start, or exits, and
@@ -180,13 +182,13 @@ pub struct Lease {
     /// instance's last lease goes.
     activity: Arc<Activity>,
     /// `METHOD /path`, as the front end noted it (for the background-work warning).
-    request: OnceLock<Box<str>>,
+    request: OnceLock<RequestName>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.activity
-            .end(Some(self.request.get().map_or("a request", |r| &**r)));
+        let request = self.request.take().unwrap_or("a request".into());
+        self.activity.end(Some(request));
         let mut state = self.pool.lock();
         let waiters = state.waiters;
         let Some(member) = state.members.iter_mut().find(|m| m.key == self.key) else {
@@ -222,10 +224,18 @@ impl Lease {
     }
 
     /// What the request is (`GET /report`), named if the instance works after its response.
-    pub fn note_request(&self, method: &str, path: &str) {
-        let _ = self
-            .request
-            .set(format!("{method} {path}").into_boxed_str());
+    pub fn note_request(&self, request: RequestName) {
+        let _ = self.request.set(request);
+    }
+
+    /// The service and revision names, shared (for the request log).
+    pub fn names(&self) -> (Arc<str>, Arc<str>) {
+        self.pool.names.clone()
+    }
+
+    /// The short id of the instance holding the slot, shared.
+    pub fn instance_id(&self) -> Arc<str> {
+        self.instance.clone()
     }
 
     /// The request could not reach the instance (refused, reset, closed early). It gets no
@@ -402,6 +412,10 @@ impl Pool {
         let autoscaler = Autoscaler::new(&spec.config.scaling);
         let pool = Pool {
             inner: Arc::new(PoolInner {
+                names: (
+                    Arc::from(spec.service.as_str()),
+                    Arc::from(spec.revision.as_str()),
+                ),
                 spec,
                 state: Mutex::new(State {
                     members: Vec::new(),

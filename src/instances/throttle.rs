@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use http::uri::PathAndQuery;
+use http::Method;
 use tokio::time::Instant;
 
 use crate::instances::cgroup::{Cgroup, CpuLimit};
@@ -92,6 +94,33 @@ pub enum Control {
     Fixed,
 }
 
+/// A request as the background-work warning names it (`GET /report`). Taken on the request
+/// path for every request without formatting (the method and the request target are shared
+/// buffers); written out only when a warning names it.
+#[derive(Clone, Debug)]
+pub enum RequestName {
+    Seen {
+        method: Method,
+        target: PathAndQuery,
+    },
+    Text(&'static str),
+}
+
+impl From<&'static str> for RequestName {
+    fn from(text: &'static str) -> Self {
+        RequestName::Text(text)
+    }
+}
+
+impl std::fmt::Display for RequestName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestName::Seen { method, target } => write!(f, "{method} {}", target.path()),
+            RequestName::Text(text) => f.write_str(text),
+        }
+    }
+}
+
 /// Work an instance did with no request in flight, after a response.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finding {
@@ -153,7 +182,7 @@ struct State {
     applied: Option<u64>,
     boost_until: Option<Instant>,
     /// The last request answered (`GET /path`); None before the first one.
-    last_request: Option<String>,
+    last_request: Option<RequestName>,
     idle: Option<Idle>,
     findings: Vec<Finding>,
 }
@@ -161,7 +190,7 @@ struct State {
 /// Since the last response, with no request in flight.
 #[derive(Debug)]
 struct Idle {
-    after: String,
+    after: RequestName,
     since: Instant,
     since_wall: SystemTime,
     last_cpu: Option<Duration>,
@@ -196,7 +225,7 @@ impl Idle {
 
     fn finding(&self) -> Finding {
         Finding {
-            after: self.after.clone(),
+            after: self.after.to_string(),
             lines: self.lines,
             cpu: self.cpu,
         }
@@ -295,11 +324,11 @@ impl Activity {
     /// A request's response ended (`request`: `GET /path`), or a probe did (None): with
     /// nothing else in flight, the CPU is throttled and an idle period begins (after a
     /// response only: the work of the startup phase is not counted).
-    pub fn end(&self, request: Option<&str>) {
+    pub fn end(&self, request: Option<RequestName>) {
         let mut state = self.lock();
         state.busy = state.busy.saturating_sub(1);
         if let Some(request) = request {
-            state.last_request = Some(request.to_string());
+            state.last_request = Some(request);
         }
         if state.busy > 0 || !self.policy.throttling {
             return;

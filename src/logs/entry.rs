@@ -105,12 +105,12 @@ pub fn request_entry(request: &RequestLog, resource: &Resource) -> Value {
     let service = request.service.as_deref().unwrap_or("");
     let revision = request.revision.as_deref().unwrap_or("");
     let mut http = json!({
-        "requestMethod": request.method,
+        "requestMethod": request.method.as_str(),
         "requestUrl": request.url,
         "requestSize": request.request_size.to_string(),
         "status": request.status,
         "responseSize": request.response_size.to_string(),
-        "remoteIp": request.remote_ip,
+        "remoteIp": request.remote_ip.to_string(),
         "latency": duration_json(request.latency),
         "protocol": request.protocol,
     });
@@ -122,7 +122,7 @@ pub fn request_entry(request: &RequestLog, resource: &Resource) -> Value {
         fields.insert("referer".into(), referer.clone().into());
     }
     if let Some(server) = &request.server_ip {
-        fields.insert("serverIp".into(), server.clone().into());
+        fields.insert("serverIp".into(), server.to_string().into());
     }
     let mut entry = json!({
         "httpRequest": http,
@@ -133,14 +133,19 @@ pub fn request_entry(request: &RequestLog, resource: &Resource) -> Value {
     });
     let fields = entry.as_object_mut().expect("an object");
     if let Some(instance) = &request.instance {
-        fields.insert("labels".into(), json!({ "instanceId": instance }));
+        fields.insert("labels".into(), json!({ "instanceId": &**instance }));
     }
-    if let Some((trace, span)) = &request.trace {
+    if let Some(trace) = &request.trace {
         fields.insert(
             "trace".into(),
-            format!("projects/{}/traces/{trace}", resource.project_id).into(),
+            format!(
+                "projects/{}/traces/{}",
+                resource.project_id,
+                trace.trace_hex()
+            )
+            .into(),
         );
-        fields.insert("spanId".into(), span.clone().into());
+        fields.insert("spanId".into(), trace.span_hex().into());
     }
     if request.revision.is_none() {
         // The emulator answered without an instance: say so, as Cloud Run's front end does in

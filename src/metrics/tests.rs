@@ -6,18 +6,18 @@ use super::*;
 fn request(service: &str, revision: Option<&str>, status: u16, millis: u64) -> RequestLog {
     RequestLog {
         received: SystemTime::UNIX_EPOCH,
-        method: "GET".into(),
+        method: http::Method::GET,
         url: "http://x.localhost/".into(),
-        protocol: "HTTP/1.1".into(),
+        protocol: "HTTP/1.1",
         status,
         request_size: 10,
         response_size: 20,
         latency: Duration::from_millis(millis),
         user_agent: None,
         referer: None,
-        remote_ip: "127.0.0.1".into(),
-        service: Some(service.into()).filter(|s: &String| !s.is_empty()),
-        revision: revision.map(str::to_string),
+        remote_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        service: Some(service.into()).filter(|s: &Arc<str>| !s.is_empty()),
+        revision: revision.map(Arc::from),
         instance: None,
         server_ip: None,
         trace: None,
@@ -106,7 +106,7 @@ fn requests_are_counted_by_revision_and_status_and_their_latency_observed() {
     let count = |service: &str, revision: Option<&str>, status| {
         counts.requests[&RequestKey {
             service: service.into(),
-            revision: revision.map(str::to_string),
+            revision: revision.map(Arc::from),
             status,
         }]
     };

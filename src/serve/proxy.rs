@@ -6,6 +6,7 @@ pub mod body;
 pub mod connection;
 pub mod headers;
 pub mod request_log;
+pub mod upstream;
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -21,7 +22,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -31,12 +31,14 @@ use tokio_util::task::TaskTracker;
 use crate::cloudrun;
 use crate::events::Events;
 use crate::instances::pool::AcquireError;
+use crate::instances::throttle::RequestName;
 use crate::serve::invoker::{self, Denied};
 use crate::serve::router::{Backend, RouteError, Slot};
 pub use body::ProxyBody;
 use body::{BodyTooLarge, CappedBody, ClientBodyError};
 use connection::{AcceptBackoff, Activity, LimitNotice, Tracked};
 use request_log::{Arrival, PendingLog, Seen};
+use upstream::SendError;
 
 /// Settings of the front end itself (per-revision settings travel in each
 /// [`Route`](crate::serve::router::Route)).
@@ -103,6 +105,94 @@ async fn accept_any(listeners: &[TcpListener]) -> std::io::Result<(TcpStream, So
     .await
 }
 
+/// A client connection, as each of its requests needs it.
+struct Peer {
+    addr: SocketAddr,
+    /// The forwarding headers for its requests, made once.
+    forwarding: headers::Forwarding,
+    /// Its instance connection, while no request of its own uses it.
+    upstream: Arc<upstream::Pinned>,
+}
+
+/// How client connections are served: HTTP/1 straight with hyper's HTTP/1 server (the common
+/// case, recognised by its first bytes), anything else (HTTP/2 prior knowledge) by hyper-util's
+/// protocol-detecting server.
+struct Builders {
+    http1: hyper::server::conn::http1::Builder,
+    auto: auto::Builder<TokioExecutor>,
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl Builders {
+    fn new(header_read_timeout: Duration) -> Builders {
+        // The timer lets hyper cut off a client that never finishes its request head.
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout);
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout);
+        auto.http2().timer(TokioTimer::new());
+        Builders { http1, auto }
+    }
+
+    /// Serves one client connection until it closes; once `shutdown` is cancelled, the
+    /// request in progress finishes and the connection closes (HTTP/2: GOAWAY).
+    async fn serve<S, B>(
+        &self,
+        stream: TcpStream,
+        service: S,
+        shutdown: &CancellationToken,
+    ) -> Result<(), body::BoxError>
+    where
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<body::BoxError>,
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<body::BoxError>,
+    {
+        let mut first = [0u8; H2_PREFACE.len()];
+        let http1 = match stream.peek(&mut first).await {
+            Ok(n) => n > 0 && first[..n] != H2_PREFACE[..n],
+            Err(_) => false,
+        };
+        if http1 {
+            let connection = self
+                .http1
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            tokio::select! {
+                ended = connection.as_mut() => return ended.map_err(Into::into),
+                _ = shutdown.cancelled() => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            connection.await.map_err(Into::into)
+        } else {
+            // The HTTP/2 preface (or a part of it, or nothing yet): hyper-util reads and
+            // decides.
+            let connection = self
+                .auto
+                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                ended = connection.as_mut() => return ended,
+                _ = shutdown.cancelled() => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    }
+}
+
 /// How serving ended.
 #[derive(Debug)]
 pub struct DrainReport {
@@ -139,14 +229,8 @@ impl<B: Backend> Proxy<B> {
         listeners: Vec<TcpListener>,
         shutdown: CancellationToken,
     ) -> DrainReport {
-        let graceful = GracefulShutdown::new();
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        // The timer lets hyper cut off a client that never finishes its request head.
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.config.header_read_timeout);
-        builder.http2().timer(TokioTimer::new());
+        let builders = Arc::new(Builders::new(self.config.header_read_timeout));
+        let connections = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
         let mut limit_notice = LimitNotice::default();
         let mut backoff = AcceptBackoff::default();
@@ -194,24 +278,30 @@ impl<B: Backend> Proxy<B> {
             let _ = stream.set_nodelay(true);
             let activity = Activity::new(self.config.header_read_timeout, self.config.idle_timeout);
             let proxy = self.clone();
+            let client = Arc::new(Peer {
+                addr: peer,
+                forwarding: headers::Forwarding::new(peer.ip(), "http"),
+                upstream: Arc::default(),
+            });
             let service = hyper::service::service_fn({
                 let activity = activity.clone();
                 move |request| {
                     let proxy = proxy.clone();
+                    let client = client.clone();
                     let busy = activity.begin();
                     async move {
-                        let (response, log) = proxy.handle_logged(request, peer).await;
+                        let (response, log) = proxy.handle_logged(request, &client).await;
                         Ok::<_, Infallible>(response.map(|inner| Tracked { inner, busy, log }))
                     }
                 }
             });
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let connection = graceful.watch(connection.into_owned());
-            tokio::spawn(async move {
+            let builders = builders.clone();
+            let shutdown = shutdown.clone();
+            connections.spawn(async move {
                 // Held for the connection's life: its slot under the connection cap.
                 let _permit = permit;
                 tokio::select! {
-                    ended = connection => {
+                    ended = builders.serve(stream, service, &shutdown) => {
                         if let Err(e) = ended {
                             tracing::debug!("connection from {peer} ended: {e}");
                         }
@@ -224,9 +314,11 @@ impl<B: Backend> Proxy<B> {
             });
         }
         drop(listeners);
+        connections.close();
         self.tunnels.close();
+        // Each connection saw `shutdown` too: it finishes the request in progress and closes.
         let drain = async {
-            graceful.shutdown().await;
+            connections.wait().await;
             self.tunnels.wait().await;
         };
         let drained = tokio::time::timeout(self.config.drain_timeout, drain)
@@ -239,12 +331,12 @@ impl<B: Backend> Proxy<B> {
     async fn handle_logged(
         &self,
         request: Request<Incoming>,
-        client: SocketAddr,
+        client: &Peer,
     ) -> (Response<ProxyBody>, Option<PendingLog>) {
         let Some(events) = &self.config.request_log else {
             return (self.handle(request, client, None).await, None);
         };
-        let arrival = Arrival::of(&request, client);
+        let arrival = Arrival::of(&request, client.addr);
         let mut seen = Seen::default();
         let response = self.handle(request, client, Some(&mut seen)).await;
         let log = arrival.answered(seen, &response, events.clone());
@@ -254,7 +346,7 @@ impl<B: Backend> Proxy<B> {
     async fn handle(
         &self,
         mut request: Request<Incoming>,
-        client: SocketAddr,
+        client: &Peer,
         mut seen: Option<&mut Seen>,
     ) -> Response<ProxyBody> {
         let client_http1 = request.version() < Version::HTTP_2;
@@ -279,7 +371,7 @@ impl<B: Backend> Proxy<B> {
                 }
             }
             Err(e) => {
-                tracing::debug!("refused a request from {client}: {e}");
+                tracing::debug!("refused a request from {}: {e}", client.addr);
                 let close = client_http1;
                 return refusal(StatusCode::BAD_REQUEST, cloudrun::MALFORMED_REQUEST, close);
             }
@@ -300,9 +392,14 @@ impl<B: Backend> Proxy<B> {
                 return refusal(status, text, false);
             }
         };
-        route
-            .slot
-            .note_request(request.method().as_str(), request.uri().path());
+        route.slot.note_request(RequestName::Seen {
+            method: request.method().clone(),
+            target: request
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        });
         // One timer bounds the whole exchange: waiting for the response head, then streaming
         // its body (and a tunnel's life for upgrades).
         let deadline = Instant::now() + route.request_timeout;
@@ -321,22 +418,16 @@ impl<B: Backend> Proxy<B> {
                 parts.headers.insert(name.clone(), stripped);
             }
         }
-        headers::set_forwarding(&mut parts.headers, client.ip(), "http");
+        headers::set_forwarding(&mut parts.headers, &client.forwarding);
         let trace = headers::set_trace(&mut parts.headers, &mut rand::rng());
         if let Some(seen) = seen.as_deref_mut() {
             seen.trace = Some(trace);
         }
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(route.authority.clone());
-        uri.path_and_query = Some(
-            parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
-        parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
+        let target = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         parts.version = if route.http2 {
             Version::HTTP_2
         } else {
@@ -349,22 +440,46 @@ impl<B: Backend> Proxy<B> {
             u64::MAX
         };
         let (body, overflow) = CappedBody::new(body, limit);
-        let forwarded = Request::from_parts(parts, body);
 
-        let client_pool = if route.http2 {
-            &self.http2
+        // An HTTP/1 client's requests come one at a time: they share one instance connection,
+        // kept with the client connection. Upgrades (the connection becomes a tunnel) and
+        // HTTP/2 (many requests at once) go through the shared pools.
+        let pinned = client_http1 && !route.http2 && !upgrade;
+        let sent = if pinned {
+            parts.uri = Uri::from(target);
+            let forwarded = Request::from_parts(parts, body);
+            tokio::select! {
+                sent = client.upstream.send(&route.authority, forwarded) => {
+                    sent.map(|(response, checkout)| (response, Some(checkout)))
+                }
+                _ = &mut timer => {
+                    return refusal(StatusCode::GATEWAY_TIMEOUT, cloudrun::UPSTREAM_REQUEST_TIMEOUT, client_http1);
+                }
+            }
         } else {
-            &self.http1
-        };
-        let response = tokio::select! {
-            response = client_pool.request(forwarded) => response,
-            _ = &mut timer => {
-                return refusal(StatusCode::GATEWAY_TIMEOUT, cloudrun::UPSTREAM_REQUEST_TIMEOUT, client_http1);
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Some(route.authority.clone());
+            uri.path_and_query = Some(target);
+            parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
+            let forwarded = Request::from_parts(parts, body);
+            let client_pool = if route.http2 {
+                &self.http2
+            } else {
+                &self.http1
+            };
+            tokio::select! {
+                response = client_pool.request(forwarded) => response
+                    .map(|response| (response, None))
+                    .map_err(|e| SendError { connect: e.is_connect(), error: e.into() }),
+                _ = &mut timer => {
+                    return refusal(StatusCode::GATEWAY_TIMEOUT, cloudrun::UPSTREAM_REQUEST_TIMEOUT, client_http1);
+                }
             }
         };
-        let mut response = match response {
-            Ok(response) => response,
-            Err(e) if caused_by::<BodyTooLarge>(&e) => {
+        let (mut response, checkout) = match sent {
+            Ok(sent) => sent,
+            Err(e) if caused_by::<BodyTooLarge>(&*e.error) => {
                 let rest = overflow.lock().unwrap_or_else(|e| e.into_inner()).take();
                 if let Some(rest) = rest {
                     tokio::spawn(body::drain(rest, DRAIN_REFUSED_BODY));
@@ -377,15 +492,15 @@ impl<B: Backend> Proxy<B> {
             }
             // The client's body broke off or was malformed: its fault, not the instance's,
             // which must not be taken out of service (nor a new one started) for it.
-            Err(e) if caused_by::<ClientBodyError>(&e) => {
-                tracing::debug!("the client's request body failed: {e:?}");
+            Err(e) if caused_by::<ClientBodyError>(&*e.error) => {
+                tracing::debug!("the client's request body failed: {:?}", e.error);
                 return refusal(StatusCode::BAD_REQUEST, cloudrun::MALFORMED_REQUEST, true);
             }
             Err(e) => {
-                tracing::debug!("forwarding to {} failed: {e:?}", route.authority);
-                if e.is_connect()
-                    || caused_by::<std::io::Error>(&e)
-                    || caused_by::<hyper::Error>(&e)
+                tracing::debug!("forwarding to {} failed: {:?}", route.authority, e.error);
+                if e.connect
+                    || caused_by::<std::io::Error>(&*e.error)
+                    || caused_by::<hyper::Error>(&*e.error)
                 {
                     route.slot.unreachable();
                 }
@@ -398,7 +513,7 @@ impl<B: Backend> Proxy<B> {
         };
         if let Some(seen) = seen {
             seen.served_by = route.slot.served_by();
-            seen.server = Some(route.authority.to_string());
+            seen.server = route.authority.as_str().parse().ok();
         }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
@@ -426,6 +541,7 @@ impl<B: Backend> Proxy<B> {
                 inner: body,
                 deadline: timer,
                 _slot: route.slot,
+                _connection: checkout,
             },
         )
     }

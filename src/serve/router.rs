@@ -17,6 +17,7 @@ use http::uri::Authority;
 use http::HeaderMap;
 
 use crate::instances::pool::{AcquireError, Lease, Pool};
+use crate::instances::throttle::RequestName;
 use crate::serve::invoker::{Denied, Invoker};
 
 /// What the proxy asks for each request: where it goes, or why it goes nowhere. The
@@ -56,15 +57,15 @@ pub trait Slot: Send + Sync + 'static {
     }
 
     /// What the request is, should the instance work after answering it.
-    fn note_request(&self, _method: &str, _path: &str) {}
+    fn note_request(&self, _request: RequestName) {}
 }
 
 /// Where a request was served, as the request log names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServedBy {
-    pub service: String,
-    pub revision: String,
-    pub instance: String,
+    pub service: Arc<str>,
+    pub revision: Arc<str>,
+    pub instance: Arc<str>,
 }
 
 impl Slot for Lease {
@@ -72,16 +73,16 @@ impl Slot for Lease {
         Lease::unreachable(self);
     }
 
-    fn note_request(&self, method: &str, path: &str) {
-        Lease::note_request(self, method, path);
+    fn note_request(&self, request: RequestName) {
+        Lease::note_request(self, request);
     }
 
     fn served_by(&self) -> Option<ServedBy> {
-        let spec = self.spec();
+        let (service, revision) = self.names();
         Some(ServedBy {
-            service: spec.service.clone(),
-            revision: spec.revision.clone(),
-            instance: self.instance().to_string(),
+            service,
+            revision,
+            instance: self.instance_id(),
         })
     }
 }

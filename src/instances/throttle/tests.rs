@@ -88,9 +88,9 @@ async fn the_cpu_is_throttled_between_requests_and_restored_for_one() {
     assert_eq!(fake.quota(), 100_000);
     // A second request in flight changes nothing; the first to end changes nothing.
     activity.begin();
-    activity.end(Some("GET /a"));
+    activity.end(Some("GET /a".into()));
     assert_eq!(fake.quota(), 100_000);
-    activity.end(Some("GET /b"));
+    activity.end(Some("GET /b".into()));
     assert_eq!(fake.quota(), 5000);
     assert_eq!(activity.applied(), Some(IDLE_MILLICPU));
 }
@@ -104,7 +104,7 @@ async fn instance_based_billing_never_changes_the_limit() {
     });
     activity.tick();
     activity.begin();
-    activity.end(Some("GET /"));
+    activity.end(Some("GET /".into()));
     fake.use_cpu(500);
     tokio::time::advance(Duration::from_secs(2)).await;
     assert_eq!(activity.tick(), []);
@@ -122,7 +122,7 @@ async fn the_startup_boost_lasts_ten_seconds_after_ready() {
     // A request during the boost gets the boosted limit; idle is still throttled.
     activity.begin();
     assert_eq!(fake.quota(), 200_000);
-    activity.end(Some("GET /"));
+    activity.end(Some("GET /".into()));
     assert_eq!(fake.quota(), 5000);
     activity.begin();
     assert_eq!(fake.quota(), 200_000);
@@ -133,7 +133,7 @@ async fn the_startup_boost_lasts_ten_seconds_after_ready() {
         100_000,
         "busy after the boost: the revision's CPU"
     );
-    activity.end(Some("GET /"));
+    activity.end(Some("GET /".into()));
     assert_eq!(fake.quota(), 5000);
 }
 
@@ -162,7 +162,7 @@ async fn cpu_used_after_a_response_is_a_finding_once_the_work_stops() {
     let fake = FakeCgroup::new();
     let activity = fake.activity(THROTTLED);
     activity.begin();
-    activity.end(Some("GET /report"));
+    activity.end(Some("GET /report".into()));
     tokio::time::advance(Duration::from_secs(1)).await;
     fake.use_cpu(120);
     assert_eq!(activity.tick(), [], "still working");
@@ -191,7 +191,7 @@ async fn an_idle_runtimes_trickle_of_cpu_is_not_work() {
     let fake = FakeCgroup::new();
     let activity = fake.activity(THROTTLED);
     activity.begin();
-    activity.end(Some("GET /"));
+    activity.end(Some("GET /".into()));
     for _ in 0..30 {
         tokio::time::advance(Duration::from_secs(1)).await;
         fake.use_cpu(1);
@@ -209,7 +209,7 @@ async fn log_lines_count_after_the_response_only() {
     assert_eq!(activity.settle(), []);
     activity.begin();
     activity.log_line(None);
-    activity.end(Some("GET /report"));
+    activity.end(Some("GET /report".into()));
     let now = SystemTime::now();
     // Stamped just before the response ended: the request's own line, late.
     activity.log_line(Some(now - Duration::from_millis(5)));
@@ -228,7 +228,7 @@ async fn a_probe_is_not_the_apps_work() {
     let fake = FakeCgroup::new();
     let activity = fake.activity(THROTTLED);
     activity.begin();
-    activity.end(Some("GET /"));
+    activity.end(Some("GET /".into()));
     tokio::time::advance(Duration::from_secs(1)).await;
     activity.tick();
     // A liveness probe: full CPU, its CPU and lines not counted.
@@ -248,7 +248,7 @@ async fn work_cut_short_by_the_next_request_is_reported_too() {
     let fake = FakeCgroup::new();
     let activity = fake.activity(THROTTLED);
     activity.begin();
-    activity.end(Some("POST /jobs"));
+    activity.end(Some("POST /jobs".into()));
     fake.use_cpu(40);
     activity.begin();
     let findings = activity.tick();
@@ -272,7 +272,7 @@ async fn through_the_engine_the_wanted_limit_is_handed_to_a_task() {
     let (wanted, mut seen) = tokio::sync::watch::channel(1000);
     let activity = Activity::new(THROTTLED, Control::Engine(wanted), None);
     activity.begin();
-    activity.end(Some("GET /"));
+    activity.end(Some("GET /".into()));
     assert!(seen.has_changed().unwrap());
     assert_eq!(*seen.borrow_and_update(), IDLE_MILLICPU);
     activity.begin();

@@ -16,24 +16,24 @@ fn at() -> SystemTime {
 fn request(status: u16) -> RequestLog {
     RequestLog {
         received: at(),
-        method: "POST".into(),
+        method: http::Method::POST,
         url: "http://hello.localhost:8080/api?x=1".into(),
-        protocol: "HTTP/1.1".into(),
+        protocol: "HTTP/1.1",
         status,
         request_size: 321,
         response_size: 1234,
         latency: Duration::from_micros(12_500),
         user_agent: Some("curl/8.1".into()),
         referer: Some("http://example.com/".into()),
-        remote_ip: "127.0.0.1".into(),
+        remote_ip: std::net::Ipv4Addr::LOCALHOST.into(),
         service: Some("hello".into()),
         revision: Some("hello-00001-abc".into()),
         instance: Some("0123abcd".into()),
-        server_ip: Some("172.17.0.3:8080".into()),
-        trace: Some((
-            "4bf92f3577b34da6a3ce929d0e0e4736".into(),
-            "00f067aa0ba902b7".into(),
-        )),
+        server_ip: Some("172.17.0.3:8080".parse().unwrap()),
+        trace: Some(crate::events::TraceIds {
+            trace_id: 0x4bf92f3577b34da6a3ce929d0e0e4736,
+            span_id: 0x00f067aa0ba902b7,
+        }),
     }
 }
 

@@ -12,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use crate::serve::proxy::upstream::Checkout;
 use crate::serve::router::Slot;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -28,6 +29,8 @@ pub enum ProxyBody {
         deadline: Pin<Box<Sleep>>,
         /// Keeps the instance counted busy until the body is done or dropped.
         _slot: Box<dyn Slot>,
+        /// The client connection's instance connection, given back when the body is done.
+        _connection: Option<Checkout>,
     },
     /// A complete body made by the proxy (an error page, or nothing).
     Full(Option<Bytes>),

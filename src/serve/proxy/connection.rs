@@ -11,16 +11,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// One connection's requests in progress and when the last one ended.
+/// One connection's requests in progress and when the last one ended. Requests only count
+/// themselves in and out (an atomic and a timestamp, no wake-up): the connection's watcher
+/// ([`Activity::idle`]) looks when its own timer fires, so the hot path arms no timer.
 pub struct Activity {
     busy: AtomicUsize,
     /// When the connection was accepted, then when its last request ended, and whether a
     /// request was ever started (which switches to the keep-alive timeout).
     last: Mutex<(Instant, bool)>,
-    changed: Notify,
     first_request_within: Duration,
     idle_timeout: Duration,
 }
@@ -33,7 +33,6 @@ impl Drop for Busy {
     fn drop(&mut self) {
         *self.0.last.lock().unwrap_or_else(|e| e.into_inner()) = (Instant::now(), true);
         self.0.busy.fetch_sub(1, Ordering::SeqCst);
-        self.0.changed.notify_waiters();
     }
 }
 
@@ -42,7 +41,6 @@ impl Activity {
         Arc::new(Activity {
             busy: AtomicUsize::new(0),
             last: Mutex::new((Instant::now(), false)),
-            changed: Notify::new(),
             first_request_within,
             idle_timeout,
         })
@@ -50,33 +48,27 @@ impl Activity {
 
     pub fn begin(self: &Arc<Self>) -> Busy {
         self.busy.fetch_add(1, Ordering::SeqCst);
-        self.changed.notify_waiters();
         Busy(self.clone())
     }
 
     /// Resolves once the connection has had no request in progress for its timeout.
     pub async fn idle(&self) {
         loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.busy.load(Ordering::SeqCst) > 0 {
-                changed.await;
-                continue;
-            }
             let (since, served) = *self.last.lock().unwrap_or_else(|e| e.into_inner());
             let timeout = match served {
                 true => self.idle_timeout,
                 false => self.first_request_within,
             };
-            tokio::select! {
-                _ = tokio::time::sleep_until(since + timeout) => {
-                    let still = *self.last.lock().unwrap_or_else(|e| e.into_inner());
-                    if self.busy.load(Ordering::SeqCst) == 0 && still.0 == since {
-                        return;
-                    }
-                }
-                _ = changed => {}
+            let now = Instant::now();
+            let due = since + timeout;
+            if self.busy.load(Ordering::SeqCst) > 0 {
+                // Busy: look again a keep-alive timeout from now. A request that ends
+                // meanwhile moves `since`, which the next look sees.
+                tokio::time::sleep_until(now + self.idle_timeout).await;
+            } else if now < due {
+                tokio::time::sleep_until(due).await;
+            } else {
+                return;
             }
         }
     }

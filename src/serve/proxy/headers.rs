@@ -5,6 +5,7 @@
 use std::fmt::Write;
 use std::net::IpAddr;
 
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Uri, Version};
 use rand::Rng;
@@ -134,6 +135,12 @@ fn fixed_hop_by_hop() -> [&'static HeaderName; 9] {
 /// being forwarded) `Upgrade` survives and `Connection: upgrade` is set again. With
 /// `keep_te_trailers` (an HTTP/2 hop, where gRPC needs it) `TE: trailers` survives.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_trailers: bool) {
+    // Most requests and responses carry none: one pass over the names instead of a lookup
+    // per hop-by-hop name.
+    let hop_by_hop = fixed_hop_by_hop();
+    if !headers.keys().any(|name| hop_by_hop.contains(&name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -154,7 +161,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_tr
     for name in named {
         headers.remove(name);
     }
-    for name in fixed_hop_by_hop() {
+    for name in hop_by_hop {
         headers.remove(name);
     }
     if let Some(upgrade) = upgrade {
@@ -220,26 +227,64 @@ fn is_google(name: &HeaderName) -> bool {
     name.as_str().starts_with("x-google-")
 }
 
+/// The forwarding headers for one client connection's requests, made once per connection:
+/// a request that carries none of its own gets these values as they are (no formatting, no
+/// allocation per request).
+#[derive(Clone, Debug)]
+pub struct Forwarding {
+    client: String,
+    node: String,
+    proto: &'static str,
+    x_forwarded_for: HeaderValue,
+    forwarded: HeaderValue,
+}
+
+impl Forwarding {
+    pub fn new(client: IpAddr, proto: &'static str) -> Forwarding {
+        let client = client.to_string();
+        let node = match client.contains(':') {
+            false => format!("for={client};proto={proto}"),
+            true => format!("for=\"[{client}]\";proto={proto}"),
+        };
+        let value = |text: &str| {
+            HeaderValue::from_str(text).expect("an IP address and a scheme are header text")
+        };
+        Forwarding {
+            x_forwarded_for: value(&client),
+            forwarded: value(&node),
+            client,
+            node,
+            proto,
+        }
+    }
+}
+
 /// Appends the client to `X-Forwarded-For` and `Forwarded` and sets `X-Forwarded-Proto`.
 /// A client-sent chain is kept but never trusted as the whole chain: the real peer is always
 /// appended.
-pub fn set_forwarding(headers: &mut HeaderMap, client: IpAddr, proto: &'static str) {
-    let client_text = client.to_string();
-    append_list(headers, &X_FORWARDED_FOR, &client_text);
-    let node = match client {
-        IpAddr::V4(_) => format!("for={client_text};proto={proto}"),
-        IpAddr::V6(_) => format!("for=\"[{client_text}]\";proto={proto}"),
-    };
-    append_list(headers, &FORWARDED, &node);
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+pub fn set_forwarding(headers: &mut HeaderMap, forwarding: &Forwarding) {
+    append_list(
+        headers,
+        &X_FORWARDED_FOR,
+        &forwarding.client,
+        &forwarding.x_forwarded_for,
+    );
+    append_list(headers, &FORWARDED, &forwarding.node, &forwarding.forwarded);
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(forwarding.proto),
+    );
 }
 
-fn append_list(headers: &mut HeaderMap, name: &HeaderName, item: &str) {
+/// Appends `item` to a list header; `alone` is the header's value when there was none.
+fn append_list(headers: &mut HeaderMap, name: &HeaderName, item: &str, alone: &HeaderValue) {
     let joined = match headers.get(name).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {item}"),
-        _ => item.to_string(),
+        Some(existing) if !existing.trim().is_empty() => {
+            HeaderValue::from_str(&format!("{existing}, {item}")).ok()
+        }
+        _ => Some(alone.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&joined) {
+    if let Some(value) = joined {
         headers.insert(name.clone(), value);
     }
 }
@@ -320,6 +365,53 @@ impl Trace {
             self.trace_id, self.span_id, self.sampled as u8
         )
     }
+
+    /// Both header values in one buffer (one allocation, shared by the two values):
+    /// `traceparent`, then `X-Cloud-Trace-Context`.
+    fn header_values(&self) -> (HeaderValue, HeaderValue) {
+        let mut buffer = BytesMut::with_capacity(55 + 58);
+        buffer.extend_from_slice(b"00-");
+        push_hex(&mut buffer, self.trace_id, 32);
+        buffer.extend_from_slice(b"-");
+        push_hex(&mut buffer, u128::from(self.span_id), 16);
+        buffer.extend_from_slice(if self.sampled { b"-01" } else { b"-00" });
+        let split = buffer.len();
+        push_hex(&mut buffer, self.trace_id, 32);
+        buffer.extend_from_slice(b"/");
+        push_decimal(&mut buffer, self.span_id);
+        buffer.extend_from_slice(if self.sampled { b";o=1" } else { b";o=0" });
+        let bytes = buffer.freeze();
+        let value = |bytes| {
+            HeaderValue::from_maybe_shared(bytes)
+                .expect("hex digits and punctuation are header text")
+        };
+        (value(bytes.slice(..split)), value(bytes.slice(split..)))
+    }
+}
+
+/// Appends `n`'s lowest `digits` (at most 32) hex digits, lower case, zero-padded.
+fn push_hex(buffer: &mut BytesMut, n: u128, digits: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 32];
+    for (i, digit) in text[..digits].iter_mut().rev().enumerate() {
+        *digit = HEX[((n >> (4 * i)) & 0xf) as usize];
+    }
+    buffer.extend_from_slice(&text[..digits]);
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(buffer: &mut BytesMut, mut n: u64) {
+    let mut text = [0u8; 20];
+    let mut start = text.len();
+    loop {
+        start -= 1;
+        text[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buffer.extend_from_slice(&text[start..]);
 }
 
 /// Sets `traceparent` and `X-Cloud-Trace-Context` so both carry the same trace: an incoming
@@ -336,13 +428,10 @@ pub fn set_trace(headers: &mut HeaderMap, rng: &mut impl Rng) -> Trace {
     }
     let from_cloud = client_cloud_trace(headers);
     let trace = from_cloud.unwrap_or_else(|| Trace::random(rng));
-    insert(headers, &TRACEPARENT, &trace.traceparent());
+    let (traceparent, cloud_trace_context) = trace.header_values();
+    headers.insert(TRACEPARENT.clone(), traceparent);
     if from_cloud.is_none() {
-        insert(
-            headers,
-            &X_CLOUD_TRACE_CONTEXT,
-            &trace.cloud_trace_context(),
-        );
+        headers.insert(X_CLOUD_TRACE_CONTEXT.clone(), cloud_trace_context);
     }
     trace
 }
@@ -534,18 +623,50 @@ mod tests {
     }
 
     #[test]
+    fn trace_header_values_are_the_formatted_texts() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let traces = [
+            Trace {
+                trace_id: 1,
+                span_id: 1,
+                sampled: false,
+            },
+            Trace {
+                trace_id: u128::MAX,
+                span_id: u64::MAX,
+                sampled: true,
+            },
+            Trace::random(&mut rng),
+            Trace::random(&mut rng),
+        ];
+        for trace in traces {
+            let (traceparent, cloud) = trace.header_values();
+            assert_eq!(traceparent, trace.traceparent().as_str());
+            assert_eq!(cloud, trace.cloud_trace_context().as_str());
+            assert_eq!(
+                Trace::from_traceparent(traceparent.to_str().unwrap()),
+                Some(trace)
+            );
+        }
+    }
+
+    #[test]
     fn forwarding_appends_the_real_client() {
         let mut h = map(&[
             ("x-forwarded-for", "6.6.6.6"),
             ("x-forwarded-proto", "https"),
         ]);
-        set_forwarding(&mut h, "127.0.0.1".parse().unwrap(), "http");
+        set_forwarding(
+            &mut h,
+            &Forwarding::new("127.0.0.1".parse().unwrap(), "http"),
+        );
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["forwarded"], "for=127.0.0.1;proto=http");
         let mut h = HeaderMap::new();
-        set_forwarding(&mut h, "::1".parse().unwrap(), "http");
+        set_forwarding(&mut h, &Forwarding::new("::1".parse().unwrap(), "http"));
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http");
+        assert_eq!(h["x-forwarded-for"], "::1");
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //! sizes, where it went, its trace) and publishes as an `Event::Request` when its response has
 //! been sent, or the client went away.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::{header, HeaderMap, Request, Response, Version};
+use http::{header, HeaderMap, Method, Request, Response, Version};
 use tokio::time::Instant;
 
-use crate::events::{Event, Events, RequestLog};
+use crate::events::{Event, Events, RequestLog, TraceIds};
 use crate::serve::proxy::headers::{self, Trace};
 use crate::serve::router::{self, ServedBy};
 
@@ -18,7 +19,7 @@ pub struct Seen {
     /// The instance that answered (`None`: the proxy answered itself).
     pub served_by: Option<ServedBy>,
     /// The instance's `IP:PORT`.
-    pub server: Option<String>,
+    pub server: Option<SocketAddr>,
     /// The trace forwarded to the instance.
     pub trace: Option<Trace>,
 }
@@ -27,14 +28,16 @@ pub struct Seen {
 pub struct Arrival {
     received: SystemTime,
     started: Instant,
-    method: String,
+    method: Method,
+    /// `http://HOST/PATH?QUERY`.
     url: String,
-    host: String,
+    /// Where the host ends in `url`.
+    host_end: usize,
     protocol: &'static str,
     request_size: u64,
     user_agent: Option<String>,
     referer: Option<String>,
-    remote_ip: String,
+    remote_ip: IpAddr,
     /// The trace the client sent, for a request never forwarded.
     client_trace: Option<Trace>,
 }
@@ -64,6 +67,8 @@ fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> 
         .map(str::to_string)
 }
 
+const SCHEME: &str = "http://";
+
 impl Arrival {
     pub fn of<B>(request: &Request<B>, client: SocketAddr) -> Arrival {
         let headers = request.headers();
@@ -71,32 +76,33 @@ impl Arrival {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| request.uri().authority().map(|a| a.as_str()))
-            .unwrap_or("")
-            .to_string();
-        let path = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
+            .unwrap_or("");
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        // The one allocation of the record's text: the URL.
+        let mut url = String::with_capacity(SCHEME.len() + host.len() + path.len());
+        url.push_str(SCHEME);
+        url.push_str(host);
+        let host_end = url.len();
+        url.push_str(path);
         let declared_body = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
-        let method = request.method().as_str().to_string();
+        let method = request.method().clone();
         // The request line (`METHOD PATH HTTP/1.1\r\n`), the headers, the blank line.
-        let head = (method.len() + path.len() + 12) as u64 + headers_size(headers) + 2;
+        let head = (method.as_str().len() + path.len() + 12) as u64 + headers_size(headers) + 2;
         Arrival {
             received: SystemTime::now(),
             started: Instant::now(),
-            url: format!("http://{host}{path}"),
-            host,
+            url,
+            host_end,
             method,
             protocol: protocol(request.version()),
             request_size: head + declared_body,
             user_agent: header_text(headers, header::USER_AGENT),
             referer: header_text(headers, header::REFERER),
-            remote_ip: client.ip().to_string(),
+            remote_ip: client.ip(),
             client_trace: headers::client_trace(headers),
         }
     }
@@ -110,17 +116,14 @@ impl Arrival {
                 revision,
                 instance,
             }) => (Some(service), Some(revision), Some(instance)),
-            None => (
-                router::service_of_host(&self.host.to_ascii_lowercase()).map(str::to_string),
-                None,
-                None,
-            ),
+            None => {
+                let host = self.url[SCHEME.len()..self.host_end].to_ascii_lowercase();
+                (router::service_of_host(&host).map(Arc::from), None, None)
+            }
         };
-        let trace = seen.trace.or(self.client_trace).map(|trace| {
-            (
-                format!("{:032x}", trace.trace_id),
-                format!("{:016x}", trace.span_id),
-            )
+        let trace = seen.trace.or(self.client_trace).map(|trace| TraceIds {
+            trace_id: trace.trace_id,
+            span_id: trace.span_id,
         });
         // The status line (`HTTP/1.1 200 OK\r\n`), the headers, the blank line.
         let head = 17 + headers_size(response.headers()) + 2;
@@ -133,7 +136,7 @@ impl Arrival {
                 received: self.received,
                 method: self.method,
                 url: self.url,
-                protocol: self.protocol.to_string(),
+                protocol: self.protocol,
                 status: response.status().as_u16(),
                 request_size: self.request_size,
                 response_size: 0,
@@ -172,8 +175,7 @@ impl Drop for PendingLog {
         if let Some(mut record) = self.record.take() {
             record.latency = self.started.elapsed();
             record.response_size = self.head + self.body;
-            self.events
-                .publish(Event::Request(std::sync::Arc::new(record)));
+            self.events.publish(Event::Request(Arc::new(record)));
         }
     }
 }
