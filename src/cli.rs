@@ -116,7 +116,13 @@ pub fn main() -> ExitCode {
         )
         .with_writer(terminal::tracing_writer)
         .init();
+    // One worker thread, as nginx runs one worker: the proxy's client task, instance
+    // connection and timers then wake each other on the same thread. Two workers cost 20-30%
+    // more CPU per proxied request here (cross-thread wake-ups: futex and IPI), and on a
+    // developer's machine the other cores belong to the app under test. Blocking work goes to
+    // `spawn_blocking`. (ARCHITECTURE.md, "Proxy cost".)
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
     {

@@ -127,11 +127,9 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl Builders {
     fn new(header_read_timeout: Duration) -> Builders {
-        // The timer lets hyper cut off a client that never finishes its request head.
-        let mut http1 = hyper::server::conn::http1::Builder::new();
-        http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout);
+        // No header-read timer here: the connection's activity watcher cuts off a client that
+        // never finishes its request head (see `serve`).
+        let http1 = hyper::server::conn::http1::Builder::new();
         let mut auto = auto::Builder::new(TokioExecutor::new());
         auto.http1()
             .timer(TokioTimer::new())
@@ -276,7 +274,14 @@ impl<B: Backend> Proxy<B> {
                 _ = shutdown.cancelled() => break,
             };
             let _ = stream.set_nodelay(true);
-            let activity = Activity::new(self.config.header_read_timeout, self.config.idle_timeout);
+            // The watcher is the HTTP/1 header-read timeout too (hyper's own would arm a timer
+            // for every request): a connection gets no complete request head within the
+            // header-read timeout of its accept, or within the shorter of the two timeouts of
+            // its previous response, and it is closed.
+            let activity = Activity::new(
+                self.config.header_read_timeout,
+                self.config.idle_timeout.min(self.config.header_read_timeout),
+            );
             let proxy = self.clone();
             let client = Arc::new(Peer {
                 addr: peer,
