@@ -176,6 +176,8 @@ pub struct Lease {
     key: u64,
     /// Where to send the request: the instance's `IP:PORT`.
     pub authority: Authority,
+    /// The same, as an address.
+    pub addr: std::net::SocketAddr,
     /// The instance's short id.
     instance: Arc<str>,
     /// The instance's CPU allocation: restored when the lease is granted, throttled when the
@@ -560,6 +562,7 @@ impl Pool {
             pool: self.inner.clone(),
             key: member.key,
             authority: member.authority.clone(),
+            addr: member.instance.addr,
             instance: member.id.clone(),
             activity: member.instance.activity.clone(),
             request: OnceLock::new(),

@@ -81,7 +81,9 @@ pub struct LogBuffer {
 
 struct Inner {
     resource: Resource,
-    ring: Mutex<VecDeque<Arc<Kept>>>,
+    /// Held by value: a request costs its slot here and its shared record, no allocation of
+    /// its own (this runs for every request).
+    ring: Mutex<VecDeque<Kept>>,
     live: broadcast::Sender<Arc<Kept>>,
     /// Cancelled when the emulator stops: live readers end.
     closed: CancellationToken,
@@ -120,17 +122,19 @@ impl LogBuffer {
         if !is_log_line(&event) {
             return;
         }
-        let kept = Arc::new(Kept { at, event });
-        {
+        let kept = Kept { at, event };
+        // The oldest entry is dropped after the lock is released.
+        let _evicted = {
             let mut ring = self.inner.ring.lock().unwrap_or_else(|e| e.into_inner());
-            if ring.len() == CAPACITY {
-                ring.pop_front();
+            // Followers are sent under the lock, so none sees an entry twice or misses one
+            // between `recent` and its live receiver.
+            if self.inner.live.receiver_count() > 0 {
+                let _ = self.inner.live.send(Arc::new(kept.clone()));
             }
-            ring.push_back(kept.clone());
-        }
-        if self.inner.live.receiver_count() > 0 {
-            let _ = self.inner.live.send(kept);
-        }
+            let evicted = (ring.len() == CAPACITY).then(|| ring.pop_front()).flatten();
+            ring.push_back(kept);
+            evicted
+        };
     }
 
     /// The last `limit` kept entries that pass `filter`, oldest first, with a live receiver
@@ -139,7 +143,7 @@ impl LogBuffer {
         let (kept, live) = {
             let ring = self.inner.ring.lock().unwrap_or_else(|e| e.into_inner());
             (
-                ring.iter().cloned().collect::<Vec<_>>(),
+                ring.iter().cloned().map(Arc::new).collect::<Vec<_>>(),
                 self.inner.live.subscribe(),
             )
         };
@@ -171,7 +175,12 @@ impl LogBuffer {
 impl Sink for LogBuffer {
     fn show(&self, event: &Event) {
         if is_log_line(event) {
-            self.push(event.clone(), SystemTime::now());
+            // A request is logged when its response ended: no need to read the clock again.
+            let at = match event {
+                Event::Request(request) => request.received + request.latency,
+                _ => SystemTime::now(),
+            };
+            self.push(event.clone(), at);
         }
     }
 }

@@ -280,7 +280,9 @@ impl<B: Backend> Proxy<B> {
             // its previous response, and it is closed.
             let activity = Activity::new(
                 self.config.header_read_timeout,
-                self.config.idle_timeout.min(self.config.header_read_timeout),
+                self.config
+                    .idle_timeout
+                    .min(self.config.header_read_timeout),
             );
             let proxy = self.clone();
             let client = Arc::new(Peer {
@@ -368,6 +370,8 @@ impl<B: Backend> Proxy<B> {
         }
         // One authority, checked, routes the request and is the Host the app sees.
         match headers::request_authority(request.version(), request.uri(), request.headers()) {
+            // Most requests: the one Host header already is the authority.
+            Ok(authority) if request.headers().get(header::HOST) == authority.as_ref() => {}
             Ok(authority) => {
                 let headers = request.headers_mut();
                 headers.remove(header::HOST);
@@ -414,9 +418,7 @@ impl<B: Backend> Proxy<B> {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         // An HTTP/2 client's :authority is the Host an HTTP/1 app gets (set above).
         let (mut parts, body) = request.into_parts();
-        headers::remove_hop_by_hop(&mut parts.headers, upgrade, route.http2);
-        headers::remove_google_headers(&mut parts.headers);
-        headers::remove_admin_cookies(&mut parts.headers);
+        headers::remove_client_only(&mut parts.headers, upgrade, route.http2);
         if let Some(name) = &route.token_header {
             if let Some(value) = parts.headers.get(name) {
                 let stripped = invoker::without_signature(value);
@@ -518,7 +520,6 @@ impl<B: Backend> Proxy<B> {
         };
         if let Some(seen) = seen {
             seen.served_by = route.slot.served_by();
-            seen.server = route.authority.as_str().parse().ok();
         }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -66,6 +67,8 @@ pub struct ServedBy {
     pub service: Arc<str>,
     pub revision: Arc<str>,
     pub instance: Arc<str>,
+    /// The instance's `IP:PORT`.
+    pub server: SocketAddr,
 }
 
 impl Slot for Lease {
@@ -83,6 +86,7 @@ impl Slot for Lease {
             service,
             revision,
             instance: self.instance_id(),
+            server: self.addr,
         })
     }
 }
@@ -382,7 +386,10 @@ impl Router {
 impl Backend for Router {
     async fn route(&self, host: &str, headers: &HeaderMap) -> Result<Route, RouteError> {
         let table = self.table();
-        let host = host.to_ascii_lowercase();
+        let host = match host.bytes().any(|b| b.is_ascii_uppercase()) {
+            true => std::borrow::Cow::Owned(host.to_ascii_lowercase()),
+            false => std::borrow::Cow::Borrowed(host),
+        };
         let (routes, tag) = table.find(&host, self.port)?;
         // A public service has no invoker: nothing to check.
         let token_header = match &routes.invoker {

@@ -131,6 +131,29 @@ fn fixed_hop_by_hop() -> [&'static HeaderName; 9] {
     ]
 }
 
+/// Removes what a client's request may carry but an instance must not get: hop-by-hop
+/// headers ([`remove_hop_by_hop`]), `X-Google-*` ([`remove_google_headers`]) and the
+/// dashboard's cookies ([`remove_admin_cookies`]). One pass over the names finds which of
+/// them a request has; most have none.
+pub fn remove_client_only(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_trailers: bool) {
+    let hop_by_hop = fixed_hop_by_hop();
+    let (mut hop, mut google, mut cookie) = (false, false, false);
+    for name in headers.keys() {
+        hop |= hop_by_hop.contains(&name);
+        google |= is_google(name);
+        cookie |= name == header::COOKIE;
+    }
+    if hop {
+        remove_hop_by_hop(headers, keep_upgrade, keep_te_trailers);
+    }
+    if google {
+        remove_google_headers(headers);
+    }
+    if cookie {
+        remove_admin_cookies(headers);
+    }
+}
+
 /// Removes hop-by-hop headers. With `keep_upgrade` (a protocol upgrade such as WebSocket
 /// being forwarded) `Upgrade` survives and `Connection: upgrade` is set again. With
 /// `keep_te_trailers` (an HTTP/2 hop, where gRPC needs it) `TE: trailers` survives.
@@ -620,6 +643,26 @@ mod tests {
         let mut untouched = map(&[("cookie", "session=x")]);
         remove_admin_cookies(&mut untouched);
         assert_eq!(untouched.get(header::COOKIE).unwrap(), "session=x");
+    }
+
+    #[test]
+    fn client_only_headers_are_removed_in_one_pass_and_others_kept() {
+        let mut h = map(&[
+            ("connection", "x-private"),
+            ("x-private", "1"),
+            ("x-google-internal", "2"),
+            ("cookie", "a=1; emulate_admin_8080=t"),
+            ("x-kept", "3"),
+        ]);
+        remove_client_only(&mut h, false, false);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["cookie", "x-kept"]);
+        assert_eq!(h["cookie"], "a=1");
+        let plain = map(&[("x-kept", "3"), ("accept", "*/*")]);
+        let mut untouched = plain.clone();
+        remove_client_only(&mut untouched, false, false);
+        assert_eq!(untouched, plain);
     }
 
     #[test]

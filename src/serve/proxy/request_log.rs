@@ -18,8 +18,6 @@ use crate::serve::router::{self, ServedBy};
 pub struct Seen {
     /// The instance that answered (`None`: the proxy answered itself).
     pub served_by: Option<ServedBy>,
-    /// The instance's `IP:PORT`.
-    pub server: Option<SocketAddr>,
     /// The trace forwarded to the instance.
     pub trace: Option<Trace>,
 }
@@ -110,15 +108,17 @@ impl Arrival {
     /// The log line's data, once the response head is known; published by the returned
     /// [`PendingLog`] when the body has been sent.
     pub fn answered<B>(self, seen: Seen, response: &Response<B>, events: Events) -> PendingLog {
-        let (service, revision, instance) = match seen.served_by {
+        let (service, revision, instance, server) = match seen.served_by {
             Some(ServedBy {
                 service,
                 revision,
                 instance,
-            }) => (Some(service), Some(revision), Some(instance)),
+                server,
+            }) => (Some(service), Some(revision), Some(instance), Some(server)),
             None => {
                 let host = self.url[SCHEME.len()..self.host_end].to_ascii_lowercase();
-                (router::service_of_host(&host).map(Arc::from), None, None)
+                let service = router::service_of_host(&host).map(Arc::from);
+                (service, None, None, None)
             }
         };
         let trace = seen.trace.or(self.client_trace).map(|trace| TraceIds {
@@ -147,7 +147,7 @@ impl Arrival {
                 service,
                 revision,
                 instance,
-                server_ip: seen.server,
+                server_ip: server,
                 trace,
             }),
         }
