@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 
+use crate::floor::Floor;
 use crate::harness::{
     container_ip, docker, docker_run, spawn_emulator, Cleanup, Emulator, APP_PORT,
 };
@@ -59,6 +60,10 @@ pub async fn proxy(
         }
     };
 
+    eprintln!("Starting the bare hyper forwarder in front of emulate's container...");
+    let floor = Floor::start(emulator_direct)?;
+    wait_until_serving(floor.addr).await?;
+
     let mut targets = vec![
         Target {
             name: "direct (container IP)",
@@ -79,9 +84,14 @@ pub async fn proxy(
             addr: nginx.addr,
         });
     }
+    targets.push(Target {
+        name: "bare hyper forwarder",
+        addr: floor.addr,
+    });
     const DIRECT: usize = 0;
     const EMULATE: usize = 1;
     const NGINX: usize = 3;
+    let floor_index = targets.len() - 1;
     let duration = options.duration();
 
     // A short unrecorded run per target fills the proxies' upstream pools and the caches.
@@ -123,13 +133,16 @@ pub async fn proxy(
     if nginx.is_some() {
         cpu.push((NGINX, Vec::new()));
     }
+    cpu.push((floor_index, Vec::new()));
+    let floor_slot = cpu.len() - 1;
     for round in 0..options.rounds {
         for i in 0..cpu.len() {
             let slot = (i + round) % cpu.len();
             let index = cpu[slot].0;
             let pids = match index {
                 EMULATE => vec![emulator.pid],
-                _ => nginx.as_ref().map(Nginx::pids).unwrap_or_default(),
+                NGINX if nginx.is_some() => nginx.as_ref().map(Nginx::pids).unwrap_or_default(),
+                _ => vec![floor.pid()],
             };
             eprintln!(
                 "round {}/{}: CPU per request of {} (wrk -t1 -c8, {:.1} s)",
@@ -303,6 +316,18 @@ pub async fn proxy(
             verdict(added(1) <= added(2))
         );
     }
+    line!(
+        out,
+        "CPU per request emulate/bare hyper forwarder = {:.2}×: emulate's features (routing, leases, Cloud Run's headers, the request record, timeouts) over hyper and tokio{}",
+        cpu_of(0) / cpu_of(floor_slot),
+        match nginx.is_some() {
+            true => format!(
+                "; bare forwarder/nginx = {:.2}×: hyper and tokio over nginx",
+                cpu_of(floor_slot) / cpu_of(1)
+            ),
+            false => String::new(),
+        }
+    );
     if instances > 1 {
         line!(out, "note: emulate ran {instances} instances after the saturation runs, so its load was spread over more than the one container the direct runs measure");
     }
@@ -312,6 +337,7 @@ pub async fn proxy(
             .iter()
             .all(|s| s.errors == 0 && s.non_200 == 0);
     drop(nginx);
+    drop(floor);
     tokio::task::block_in_place(|| {
         cleanup.stop_emulator(emulator.pid);
         cleanup.remove_container(&published_container);
