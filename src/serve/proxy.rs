@@ -730,13 +730,17 @@ mod with_a_fake_router {
     struct FakeRouter {
         app: Authority,
         broken: Authority,
+        /// More apps, by host label.
+        apps: Vec<(&'static str, Authority)>,
         slots: mpsc::UnboundedSender<SlotEvent>,
     }
 
     impl Backend for FakeRouter {
         async fn route(&self, host: &str, _: &HeaderMap) -> Result<Route, RouteError> {
             let label = host.split('.').next().unwrap_or_default();
+            let named = self.apps.iter().find(|(name, _)| *name == label);
             let authority = match label {
+                _ if named.is_some() => named.map(|(_, a)| a.clone()).unwrap(),
                 "app" => self.app.clone(),
                 "broken" => self.broken.clone(),
                 "nowhere" => {
@@ -765,23 +769,69 @@ mod with_a_fake_router {
 
     /// An app that answers with the Host and path it was sent.
     async fn app() -> Authority {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let authority = listener.local_addr().unwrap().to_string().parse().unwrap();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
-                    let host = request.headers().get(header::HOST).cloned();
-                    let host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
-                    let text = format!("host={host} path={}", request.uri());
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service),
-                );
+        TestApp::start("", Keep::Alive).await.authority
+    }
+
+    /// How a [`TestApp`] treats its connections.
+    #[derive(Clone, Copy)]
+    enum Keep {
+        Alive,
+        /// `Connection: close` on every response.
+        Close,
+        /// Keep-alive announced, but the connection is dropped this long after it opened.
+        DropAfter(Duration),
+    }
+
+    /// An app answering `NAME host=HOST path=PATH`, counting the connections it accepted.
+    struct TestApp {
+        authority: Authority,
+        connections: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl TestApp {
+        async fn start(name: &'static str, keep: Keep) -> TestApp {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+            let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let counted = connections.clone();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let service =
+                        hyper::service::service_fn(move |request: Request<Incoming>| async move {
+                            let host = request.headers().get(header::HOST).cloned();
+                            let host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+                            let prefix = match name {
+                                "" => String::new(),
+                                name => format!("{name} "),
+                            };
+                            let text = format!("{prefix}host={host} path={}", request.uri());
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+                        });
+                    let mut builder = hyper::server::conn::http1::Builder::new();
+                    builder.keep_alive(!matches!(keep, Keep::Close));
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    tokio::spawn(async move {
+                        match keep {
+                            Keep::DropAfter(life) => {
+                                let _ = tokio::time::timeout(life, connection).await;
+                            }
+                            _ => {
+                                let _ = connection.await;
+                            }
+                        }
+                    });
+                }
+            });
+            TestApp {
+                authority,
+                connections,
             }
-        });
-        authority
+        }
+
+        fn connections(&self) -> usize {
+            self.connections.load(std::sync::atomic::Ordering::SeqCst)
+        }
     }
 
     /// A server that accepts connections and closes them at once.
@@ -805,10 +855,15 @@ mod with_a_fake_router {
     }
 
     async fn proxy() -> Running {
+        proxy_with(Vec::new()).await
+    }
+
+    async fn proxy_with(apps: Vec<(&'static str, Authority)>) -> Running {
         let (tx, slots) = mpsc::unbounded_channel();
         let router = FakeRouter {
             app: app().await,
             broken: hang_up().await,
+            apps,
             slots: tx,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -853,6 +908,99 @@ mod with_a_fake_router {
         assert_eq!(body, cloudrun::MALFORMED_OR_UNREACHABLE);
         assert_eq!(running.slots.recv().await, Some(SlotEvent::Unreachable));
         assert_eq!(running.slots.recv().await, Some(SlotEvent::Freed));
+    }
+
+    /// Sends GETs one after another on one keep-alive client connection, with `gap` between
+    /// them; each answer's status and body.
+    async fn keep_alive_gets(
+        addr: SocketAddr,
+        requests: &[(&str, &str)],
+        gap: Duration,
+    ) -> Vec<(u16, String)> {
+        use http_body_util::{BodyExt, Empty};
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let mut answers = Vec::new();
+        for (host, path) in requests {
+            sender
+                .ready()
+                .await
+                .expect("the proxy kept the connection open");
+            let request = Request::get(*path)
+                .header(header::HOST, *host)
+                .body(Empty::new())
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            answers.push((status, String::from_utf8_lossy(&body).into_owned()));
+            tokio::time::sleep(gap).await;
+        }
+        answers
+    }
+
+    #[tokio::test]
+    async fn a_client_connections_requests_share_one_instance_connection() {
+        let one = TestApp::start("one", Keep::Alive).await;
+        let two = TestApp::start("two", Keep::Alive).await;
+        let running = proxy_with(vec![
+            ("one", one.authority.clone()),
+            ("two", two.authority.clone()),
+        ])
+        .await;
+        let hosts = [
+            ("one.localhost", "/a"),
+            ("one.localhost", "/b"),
+            ("one.localhost", "/c"),
+            ("two.localhost", "/d"),
+            ("one.localhost", "/e"),
+        ];
+        let answers = keep_alive_gets(running.addr, &hosts, Duration::ZERO).await;
+        let bodies: Vec<&str> = answers.iter().map(|(_, body)| body.as_str()).collect();
+        assert_eq!(
+            bodies,
+            [
+                "one host=one.localhost path=/a",
+                "one host=one.localhost path=/b",
+                "one host=one.localhost path=/c",
+                "two host=two.localhost path=/d",
+                "one host=one.localhost path=/e",
+            ]
+        );
+        assert!(answers.iter().all(|(status, _)| *status == 200));
+        // Three requests in a row on one connection; a switch to another instance and back
+        // opens one each.
+        assert_eq!((one.connections(), two.connections()), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn instance_connections_that_close_are_replaced_without_failing_a_request() {
+        let closing = TestApp::start("closing", Keep::Close).await;
+        let dropping = TestApp::start("dropping", Keep::DropAfter(Duration::from_millis(30))).await;
+        let running = proxy_with(vec![
+            ("closing", closing.authority.clone()),
+            ("dropping", dropping.authority.clone()),
+        ])
+        .await;
+        let requests = [("closing.localhost", "/"); 3];
+        let answers = keep_alive_gets(running.addr, &requests, Duration::ZERO).await;
+        assert!(
+            answers.iter().all(|(status, _)| *status == 200),
+            "{answers:?}"
+        );
+        assert_eq!(closing.connections(), 3);
+        // Each request comes after the instance dropped the previous connection.
+        let requests = [("dropping.localhost", "/"); 3];
+        let answers = keep_alive_gets(running.addr, &requests, Duration::from_millis(80)).await;
+        assert!(
+            answers.iter().all(|(status, _)| *status == 200),
+            "{answers:?}"
+        );
+        assert_eq!(dropping.connections(), 3);
     }
 
     #[tokio::test]
