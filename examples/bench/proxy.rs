@@ -167,6 +167,7 @@ pub async fn proxy(
     if nginx.is_some() {
         paced_targets.push(NGINX);
     }
+    paced_targets.push(floor_index);
     let mut fixed: Vec<Vec<Run>> = vec![Vec::new(); paced_targets.len()];
     for round in 0..options.rounds {
         for i in 0..paced_targets.len() {
@@ -327,6 +328,12 @@ pub async fn proxy(
             ),
             false => String::new(),
         }
+    );
+    line!(
+        out,
+        "added p50 at {} req/s: bare hyper forwarder {} µs",
+        options.rate,
+        added(paced_targets.len() - 1)
     );
     if instances > 1 {
         line!(out, "note: emulate ran {instances} instances after the saturation runs, so its load was spread over more than the one container the direct runs measure");
