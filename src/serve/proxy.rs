@@ -10,7 +10,9 @@ pub mod upstream;
 
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +35,7 @@ use crate::events::Events;
 use crate::instances::pool::AcquireError;
 use crate::instances::throttle::RequestName;
 use crate::serve::invoker::{self, Denied};
-use crate::serve::router::{Backend, RouteError, Slot};
+use crate::serve::router::{Backend, Route, RouteError, Slot};
 pub use body::ProxyBody;
 use body::{BodyTooLarge, CappedBody, ClientBodyError};
 use connection::{AcceptBackoff, Activity, LimitNotice, Tracked};
@@ -167,28 +169,38 @@ impl Builders {
                 .http1
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
-            tokio::pin!(connection);
-            tokio::select! {
-                ended = connection.as_mut() => return ended.map_err(Into::into),
-                _ = shutdown.cancelled() => {}
-            }
-            connection.as_mut().graceful_shutdown();
-            connection.await.map_err(Into::into)
+            let stop = |c: Pin<&mut _>| {
+                hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(c)
+            };
+            until_drained(connection, shutdown, stop)
+                .await
+                .map_err(Into::into)
         } else {
             // The HTTP/2 preface (or a part of it, or nothing yet): hyper-util reads and
             // decides.
             let connection = self
                 .auto
                 .serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                ended = connection.as_mut() => return ended,
-                _ = shutdown.cancelled() => {}
-            }
-            connection.as_mut().graceful_shutdown();
-            connection.await
+            let stop = |c: Pin<&mut _>| auto::UpgradeableConnection::graceful_shutdown(c);
+            until_drained(connection, shutdown, stop).await
         }
     }
+}
+
+/// Runs a connection to its end; once `shutdown` is cancelled, `stop` asks it to finish what
+/// is in progress and close.
+async fn until_drained<C: Future>(
+    connection: C,
+    shutdown: &CancellationToken,
+    stop: impl FnOnce(Pin<&mut C>),
+) -> C::Output {
+    tokio::pin!(connection);
+    tokio::select! {
+        ended = connection.as_mut() => return ended,
+        _ = shutdown.cancelled() => {}
+    }
+    stop(connection.as_mut());
+    connection.await
 }
 
 /// How serving ended.
@@ -448,40 +460,15 @@ impl<B: Backend> Proxy<B> {
         };
         let (body, overflow) = CappedBody::new(body, limit);
 
+        let forwarded = Request::from_parts(parts, body);
         // An HTTP/1 client's requests come one at a time: they share one instance connection,
         // kept with the client connection. Upgrades (the connection becomes a tunnel) and
         // HTTP/2 (many requests at once) go through the shared pools.
         let pinned = client_http1 && !route.http2 && !upgrade;
-        let sent = if pinned {
-            parts.uri = Uri::from(target);
-            let forwarded = Request::from_parts(parts, body);
-            tokio::select! {
-                sent = client.upstream.send(&route.authority, forwarded) => {
-                    sent.map(|(response, checkout)| (response, Some(checkout)))
-                }
-                _ = &mut timer => {
-                    return refusal(StatusCode::GATEWAY_TIMEOUT, cloudrun::UPSTREAM_REQUEST_TIMEOUT, client_http1);
-                }
-            }
-        } else {
-            let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(Scheme::HTTP);
-            uri.authority = Some(route.authority.clone());
-            uri.path_and_query = Some(target);
-            parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
-            let forwarded = Request::from_parts(parts, body);
-            let client_pool = if route.http2 {
-                &self.http2
-            } else {
-                &self.http1
-            };
-            tokio::select! {
-                response = client_pool.request(forwarded) => response
-                    .map(|response| (response, None))
-                    .map_err(|e| SendError { connect: e.is_connect(), error: e.into() }),
-                _ = &mut timer => {
-                    return refusal(StatusCode::GATEWAY_TIMEOUT, cloudrun::UPSTREAM_REQUEST_TIMEOUT, client_http1);
-                }
+        let sent = tokio::select! {
+            sent = self.forward(client, &route, target, forwarded, pinned) => sent,
+            _ = &mut timer => {
+                return refusal(StatusCode::GATEWAY_TIMEOUT, cloudrun::UPSTREAM_REQUEST_TIMEOUT, client_http1);
             }
         };
         let (mut response, checkout) = match sent {
@@ -550,6 +537,43 @@ impl<B: Backend> Proxy<B> {
                 _connection: checkout,
             },
         )
+    }
+}
+
+impl<B: Backend> Proxy<B> {
+    /// Sends a request to its instance: its response head and, when `pinned`, the client
+    /// connection's instance connection, lent for the response's life.
+    async fn forward(
+        &self,
+        client: &Peer,
+        route: &Route,
+        target: PathAndQuery,
+        mut request: Request<CappedBody>,
+        pinned: bool,
+    ) -> Result<(Response<Incoming>, Option<upstream::Checkout>), SendError> {
+        if pinned {
+            *request.uri_mut() = Uri::from(target);
+            let (response, checkout) = client.upstream.send(&route.authority, request).await?;
+            return Ok((response, Some(checkout)));
+        }
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(route.authority.clone());
+        uri.path_and_query = Some(target);
+        *request.uri_mut() =
+            Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
+        let pool = if route.http2 {
+            &self.http2
+        } else {
+            &self.http1
+        };
+        match pool.request(request).await {
+            Ok(response) => Ok((response, None)),
+            Err(e) => Err(SendError {
+                connect: e.is_connect(),
+                error: e.into(),
+            }),
+        }
     }
 }
 
@@ -738,11 +762,14 @@ mod with_a_fake_router {
     impl Backend for FakeRouter {
         async fn route(&self, host: &str, _: &HeaderMap) -> Result<Route, RouteError> {
             let label = host.split('.').next().unwrap_or_default();
-            let named = self.apps.iter().find(|(name, _)| *name == label);
             let authority = match label {
-                _ if named.is_some() => named.map(|(_, a)| a.clone()).unwrap(),
                 "app" => self.app.clone(),
                 "broken" => self.broken.clone(),
+                _ if let Some((_, authority)) =
+                    self.apps.iter().find(|(name, _)| *name == label) =>
+                {
+                    authority.clone()
+                }
                 "nowhere" => {
                     return Err(RouteError::NoService {
                         host: host.to_string(),

@@ -111,17 +111,12 @@ async fn open(authority: &Authority) -> Result<Connection, SendError> {
         error,
         connect: true,
     };
-    // Instances are reached at IP:PORT; a name would be looked up.
-    let connect = async {
-        match authority.as_str().parse::<SocketAddr>() {
-            Ok(address) => TcpStream::connect(address).await,
-            Err(_) => {
-                let port = authority.port_u16().unwrap_or(80);
-                TcpStream::connect((authority.host(), port)).await
-            }
-        }
-    };
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+    // Instances are reached at IP:PORT (the pool makes the authority from the address).
+    let address: SocketAddr = authority
+        .as_str()
+        .parse()
+        .map_err(|e: std::net::AddrParseError| connect_failed(e.into()))?;
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(connect_failed(e.into())),
         Err(elapsed) => return Err(connect_failed(elapsed.into())),
