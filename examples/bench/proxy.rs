@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 
-use crate::floor::Floor;
+use crate::floor::{Floor, Kind};
 use crate::harness::{
     container_ip, docker, docker_run, spawn_emulator, Cleanup, Emulator, APP_PORT,
 };
@@ -61,8 +61,11 @@ pub async fn proxy(
     };
 
     eprintln!("Starting the bare hyper forwarder in front of emulate's container...");
-    let floor = Floor::start(emulator_direct)?;
+    let floor = Floor::start(emulator_direct, Kind::Hyper, &[])?;
     wait_until_serving(floor.addr).await?;
+    // Measured for its CPU per request only: the least a forwarder on tokio costs here.
+    let raw = Floor::start(emulator_direct, Kind::Raw, &[])?;
+    wait_until_serving(raw.addr).await?;
 
     let mut targets = vec![
         Target {
@@ -129,34 +132,35 @@ pub async fn proxy(
 
     // CPU per request: the proxy process's user + system time over a run at moderate load
     // (wrk -t1 -c8), divided by the requests it carried.
-    let mut cpu: Vec<(usize, Vec<f64>)> = vec![(EMULATE, Vec::new())];
-    if nginx.is_some() {
-        cpu.push((NGINX, Vec::new()));
+    let raw_target = Target {
+        name: "hand-written HTTP/1 forwarder",
+        addr: raw.addr,
+    };
+    let mut cpu: Vec<(&Target, Vec<u32>, Vec<f64>)> =
+        vec![(&targets[EMULATE], vec![emulator.pid], Vec::new())];
+    if let Some(nginx) = &nginx {
+        cpu.push((&targets[NGINX], nginx.pids(), Vec::new()));
     }
-    cpu.push((floor_index, Vec::new()));
+    cpu.push((&targets[floor_index], vec![floor.pid()], Vec::new()));
     let floor_slot = cpu.len() - 1;
+    cpu.push((&raw_target, vec![raw.pid()], Vec::new()));
     for round in 0..options.rounds {
         for i in 0..cpu.len() {
             let slot = (i + round) % cpu.len();
-            let index = cpu[slot].0;
-            let pids = match index {
-                EMULATE => vec![emulator.pid],
-                NGINX if nginx.is_some() => nginx.as_ref().map(Nginx::pids).unwrap_or_default(),
-                _ => vec![floor.pid()],
-            };
+            let (target, pids, runs) = &mut cpu[slot];
             eprintln!(
                 "round {}/{}: CPU per request of {} (wrk -t1 -c8, {:.1} s)",
                 round + 1,
                 options.rounds,
-                targets[index].name,
+                target.name,
                 options.duration
             );
-            let before = procstat::cpu_time_of(&pids);
-            let run = wrk::run(targets[index].addr, 1, 8, duration).await?;
-            let after = procstat::cpu_time_of(&pids);
+            let before = procstat::cpu_time_of(pids);
+            let run = wrk::run(target.addr, 1, 8, duration).await?;
+            let after = procstat::cpu_time_of(pids);
             if let (Some(before), Some(after)) = (before, after) {
                 let micros = (after - before).as_secs_f64() * 1e6 / run.requests.max(1) as f64;
-                cpu[slot].1.push(micros);
+                runs.push(micros);
             }
         }
     }
@@ -258,18 +262,18 @@ pub async fn proxy(
 
     let emulate_ratio = summaries[EMULATE].throughput / direct;
     let added = |slot: usize| fixed_summaries[slot].p50 as i64 - fixed_summaries[0].p50 as i64;
-    let cpu_of = |slot: usize| median(cpu[slot].1.iter().copied());
+    let cpu_of = |slot: usize| median(cpu[slot].2.iter().copied());
     line!(out);
     line!(
         out,
         "CPU per request (wrk -t1 -c8, user+system time of the proxy process / requests, medians):"
     );
-    for (slot, (index, runs)) in cpu.iter().enumerate() {
+    for (slot, (target, _, runs)) in cpu.iter().enumerate() {
         let rounds: Vec<String> = runs.iter().map(|c| format!("{c:.1}")).collect();
         line!(
             out,
             "  {:<32} {:>6.1} µs  (rounds: {})",
-            targets[*index].name,
+            target.name,
             cpu_of(slot),
             rounds.join(" ")
         );
@@ -331,6 +335,14 @@ pub async fn proxy(
     );
     line!(
         out,
+        "CPU per request hand-written HTTP/1 forwarder (httparse on tokio, no features){}: the least a tokio forwarder costs here",
+        match nginx.is_some() {
+            true => format!("/nginx = {:.2}×", cpu_of(cpu.len() - 1) / cpu_of(1)),
+            false => format!(" = {:.1} µs", cpu_of(cpu.len() - 1)),
+        }
+    );
+    line!(
+        out,
         "added p50 at {} req/s: bare hyper forwarder {} µs",
         options.rate,
         added(paced_targets.len() - 1)
@@ -345,6 +357,7 @@ pub async fn proxy(
             .all(|s| s.errors == 0 && s.non_200 == 0);
     drop(nginx);
     drop(floor);
+    drop(raw);
     tokio::task::block_in_place(|| {
         cleanup.stop_emulator(emulator.pid);
         cleanup.remove_container(&published_container);
