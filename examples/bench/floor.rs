@@ -52,17 +52,9 @@ impl Floor {
     /// `wrapper` is a command line it runs under (valgrind), if any.
     pub fn start(upstream: SocketAddr, kind: Kind, wrapper: &[String]) -> anyhow::Result<Floor> {
         let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let exe = std::env::current_exe()?;
-        let mut command = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut command = Command::new(program);
-                command.args(args).arg(exe);
-                command
-            }
-            None => Command::new(exe),
-        };
-        let child = command
-            .args([ARG, &addr.to_string(), &upstream.to_string(), kind.arg()])
+        let mut command = Command::new(std::env::current_exe()?);
+        command.args([ARG, &addr.to_string(), &upstream.to_string(), kind.arg()]);
+        let child = crate::harness::wrapped(wrapper, command)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
@@ -125,8 +117,15 @@ async fn forward(listen: SocketAddr, upstream: SocketAddr, kind: Kind) -> anyhow
                 Kind::Hyper => connection(client, upstream).await,
                 Kind::Raw => raw_connection(client, upstream).await,
             };
-            if let Err(e) = served {
-                eprintln!("bare forwarder: {e}");
+            // wrk resets its connections when a run ends: not worth a line.
+            let reset = |e: &anyhow::Error| {
+                e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset)
+            };
+            if let Err(e) = &served {
+                if !reset(e) {
+                    eprintln!("{} forwarder: {e}", kind.arg());
+                }
             }
         });
     }

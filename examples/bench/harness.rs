@@ -189,11 +189,30 @@ pub async fn spawn_emulator(
     extra: &[&str],
     cleanup: &mut Cleanup,
 ) -> anyhow::Result<Emulator> {
+    spawn_emulator_under(&[], binary, image, service, extra, cleanup).await
+}
+
+/// [`spawn_emulator`], run under `wrapper` (a command line such as valgrind's, the same
+/// process) when it is not empty.
+pub async fn spawn_emulator_under(
+    wrapper: &[String],
+    binary: &Path,
+    image: &str,
+    service: &'static str,
+    extra: &[&str],
+    cleanup: &mut Cleanup,
+) -> anyhow::Result<Emulator> {
     let mut args = vec![image];
     args.extend_from_slice(extra);
-    let process = cleanup.spawn(&mut run_command(binary, service, &args), service)?;
+    let mut command = wrapped(wrapper, run_command(binary, service, &args));
+    let process = cleanup.spawn(&mut command, service)?;
     let pid = process.pid();
-    match process.announced(Duration::from_secs(60)).await {
+    // Under valgrind everything runs tens of times slower.
+    let limit = match wrapper.is_empty() {
+        true => 60,
+        false => 300,
+    };
+    match process.announced(Duration::from_secs(limit)).await {
         Ok(Announcement { addr, admin }) => Ok(Emulator {
             addr,
             pid,
@@ -208,10 +227,31 @@ pub async fn spawn_emulator(
             )
         }
         Err(NotServing::TimedOut) => bail!(
-            "emulate did not serve within 60 s:\n{}",
+            "emulate did not serve within {limit} s:\n{}",
             cleanup.emulator(pid).map(output).unwrap_or_default()
         ),
     }
+}
+
+/// `command` run under `wrapper` (`valgrind --tool=callgrind` and its flags: it runs its
+/// client in the same process): the wrapper's program and arguments first, then the command's
+/// own, with the command's environment. `command` as it is when `wrapper` is empty.
+pub fn wrapped(wrapper: &[String], command: Command) -> Command {
+    let Some((program, flags)) = wrapper.split_first() else {
+        return command;
+    };
+    let mut outer = Command::new(program);
+    outer
+        .args(flags)
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (name, value) in command.get_envs() {
+        match value {
+            Some(value) => outer.env(name, value),
+            None => outer.env_remove(name),
+        };
+    }
+    outer
 }
 
 /// What an `emulate` child printed last, stdout then stderr, for error messages.

@@ -3,8 +3,9 @@
 //! start against a bare `docker run` (`cold`); a thundering herd at zero instances (`herd`); a
 //! revision switch under load (`switch`); `emulate smoke` against doing it by hand
 //! (`smoke`); the inner loop of `emulate run --source DIR --watch` against `docker build`
-//! by hand, under load (`loop`); and what restoring a throttled instance's CPU adds to a
-//! request (`throttle`).
+//! by hand, under load (`loop`); what restoring a throttled instance's CPU adds to a request
+//! (`throttle`); and the instructions each proxy executes per request, under valgrind
+//! (`instructions`).
 //!
 //! Run it with `cargo run --release --example bench` (flags after `--`, e.g.
 //! `-- --duration 5 --connections 32 --rounds 3 --only cold,herd`). It needs a running Docker
@@ -43,6 +44,7 @@ mod floor;
 mod harness;
 mod herd;
 mod inner_loop;
+mod instructions;
 mod load;
 mod nginx;
 mod procstat;
@@ -111,6 +113,8 @@ enum Section {
     Loop,
     /// What restoring a throttled instance's CPU adds to a request.
     Throttle,
+    /// User-space instructions per request under callgrind: emulate, nginx, the forwarders.
+    Instructions,
 }
 
 impl Options {
@@ -281,6 +285,11 @@ async fn bench(
     }
     if options.runs(Section::Throttle) {
         let (report, ok) = throttle::throttle(options, emulate, image, cleanup).await?;
+        reports.push(report);
+        clean &= ok;
+    }
+    if options.runs(Section::Instructions) {
+        let (report, ok) = instructions::instructions(options, emulate, image, cleanup).await?;
         reports.push(report);
         clean &= ok;
     }

@@ -28,23 +28,36 @@ pub fn available() -> bool {
 impl Nginx {
     /// Starts nginx proxying 127.0.0.1:PORT (a free port) to `upstream`.
     pub fn start(upstream: SocketAddr) -> anyhow::Result<Nginx> {
+        Nginx::start_under(&[], upstream)
+    }
+
+    /// [`Nginx::start`] under `wrapper` (valgrind's command line) when it is not empty; then
+    /// as one process (`master_process off`), which does what the worker does otherwise.
+    pub fn start_under(wrapper: &[String], upstream: SocketAddr) -> anyhow::Result<Nginx> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let dir = std::env::temp_dir().join(format!("emulate-bench-nginx-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("emulate-bench-nginx-{}-{port}", std::process::id()));
         std::fs::create_dir_all(dir.join("logs"))?;
         let conf = format!(
-            "worker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/logs/error.log warn;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n  upstream app {{ server {upstream}; keepalive 64; }}\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://app;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $host;\n    }}\n  }}\n}}\n",
-            dir = dir.display()
+            "{master}worker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/logs/error.log warn;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n  upstream app {{ server {upstream}; keepalive 64; }}\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://app;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $host;\n    }}\n  }}\n}}\n",
+            dir = dir.display(),
+            master = match wrapper.is_empty() {
+                true => "",
+                false => "master_process off;\n",
+            },
         );
         let path = dir.join("nginx.conf");
         std::fs::write(&path, conf)?;
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(&path)
-            .args(["-e", "stderr", "-g", "daemon off;"])
+        let mut command = Command::new("nginx");
+        command.arg("-p").arg(&dir).arg("-c").arg(&path).args([
+            "-e",
+            "stderr",
+            "-g",
+            "daemon off;",
+        ]);
+        let child = crate::harness::wrapped(wrapper, command)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
