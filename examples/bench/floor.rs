@@ -1,6 +1,7 @@
-//! Two more yardsticks: the least a forwarder costs on this machine, built on hyper and
-//! tokio (`hyper`), and built on tokio with HTTP/1 by hand (`raw`). The benchmark runs
-//! itself again as a child process (`bench --floor-forwarder LISTEN UPSTREAM [hyper|raw]`)
+//! More yardsticks: the least a forwarder costs on this machine, built on hyper and tokio
+//! (`hyper`), built on tokio with HTTP/1 by hand (`raw`), and hyper's server with the
+//! instance side by hand (`hybrid`). The benchmark runs itself again as a child process
+//! (`bench --floor-forwarder LISTEN UPSTREAM [hyper|raw|hybrid]`)
 //! that forwards every request as it came, on one worker thread, over one instance
 //! connection per client connection: no routing, no header rules, no request log, no
 //! timeouts. What emulate costs above the hyper row is its features; what that row costs
@@ -27,6 +28,10 @@ pub const ARG: &str = "--floor-forwarder";
 pub enum Kind {
     /// hyper's HTTP/1 server and client.
     Hyper,
+    /// hyper's HTTP/1 server; the instance connection by hand, in the client connection's
+    /// task (the request head written from hyper's, the response read whole with httparse,
+    /// Content-Length bodies only): what hyper's client side costs, as the difference.
+    Hybrid,
     /// By hand: httparse for the heads, bodies framed by Content-Length only (the test app's
     /// `GET /` answers; anything else ends the connection). Not a proxy: a lower bound.
     Raw,
@@ -37,6 +42,7 @@ impl Kind {
         match self {
             Kind::Hyper => "hyper",
             Kind::Raw => "raw",
+            Kind::Hybrid => "hybrid",
         }
     }
 }
@@ -75,17 +81,18 @@ impl Drop for Floor {
 }
 
 /// The forwarder's process: `args` are LISTEN, UPSTREAM and the kind (`hyper`, the default,
-/// or `raw`). Serves until killed.
+/// `raw` or `hybrid`). Serves until killed.
 pub fn serve(args: &[String]) -> ExitCode {
     let (Some(listen), Some(upstream)) = (args.first(), args.get(1)) else {
-        eprintln!("usage: bench {ARG} LISTEN UPSTREAM [hyper|raw]");
+        eprintln!("usage: bench {ARG} LISTEN UPSTREAM [hyper|raw|hybrid]");
         return ExitCode::from(2);
     };
     let kind = match args.get(2).map(String::as_str) {
         None | Some("hyper") => Kind::Hyper,
         Some("raw") => Kind::Raw,
+        Some("hybrid") => Kind::Hybrid,
         Some(other) => {
-            eprintln!("error: the forwarder is hyper or raw, not {other:?}");
+            eprintln!("error: the forwarder is hyper, raw or hybrid, not {other:?}");
             return ExitCode::from(2);
         }
     };
@@ -116,6 +123,7 @@ async fn forward(listen: SocketAddr, upstream: SocketAddr, kind: Kind) -> anyhow
             let served = match kind {
                 Kind::Hyper => connection(client, upstream).await,
                 Kind::Raw => raw_connection(client, upstream).await,
+                Kind::Hybrid => hybrid_connection(client, upstream).await,
             };
             // wrk resets its connections when a run ends: not worth a line.
             let reset = |e: &anyhow::Error| {
@@ -268,4 +276,87 @@ async fn raw_message<H: Head>(
     buffer.advance(head);
     out.put_slice(&buffer.split_to(body));
     Ok(true)
+}
+
+/// One client connection served by hyper, its requests forwarded by hand over its instance
+/// connection (bodiless requests, Content-Length responses: the test app's `GET /`).
+async fn hybrid_connection(client: TcpStream, upstream: SocketAddr) -> anyhow::Result<()> {
+    client.set_nodelay(true)?;
+    let instance = TcpStream::connect(upstream).await?;
+    instance.set_nodelay(true)?;
+    let state = Arc::new(tokio::sync::Mutex::new(HandMade {
+        instance,
+        from_instance: BytesMut::with_capacity(8192),
+        out: BytesMut::with_capacity(8192),
+    }));
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let state = state.clone();
+        async move {
+            let mut guard = state.lock().await;
+            let HandMade {
+                instance,
+                from_instance: buffer,
+                out,
+            } = &mut *guard;
+            out.clear();
+            out.put_slice(request.method().as_str().as_bytes());
+            out.put_u8(b' ');
+            out.put_slice(
+                request
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .as_bytes(),
+            );
+            out.put_slice(b" HTTP/1.1\r\n");
+            for (name, value) in request.headers() {
+                out.put_slice(name.as_str().as_bytes());
+                out.put_slice(b": ");
+                out.put_slice(value.as_bytes());
+                out.put_slice(b"\r\n");
+            }
+            out.put_slice(b"\r\n");
+            instance.write_all(out).await?;
+            let (head, body, response) = loop {
+                let mut headers = [httparse::EMPTY_HEADER; 64];
+                let mut parsed = httparse::Response::new(&mut headers);
+                if let httparse::Status::Complete(head) = parsed.parse(buffer)? {
+                    let Some(code) = parsed.code else {
+                        anyhow::bail!("a response head without a status");
+                    };
+                    let mut builder = http::Response::builder().status(code);
+                    let mut body = 0usize;
+                    for header in parsed.headers.iter() {
+                        if header.name.eq_ignore_ascii_case("content-length") {
+                            body = std::str::from_utf8(header.value)?.trim().parse()?;
+                        }
+                        builder = builder.header(header.name, header.value);
+                    }
+                    break (head, body, builder);
+                }
+                if instance.read_buf(buffer).await? == 0 {
+                    anyhow::bail!("the instance closed the connection");
+                }
+            };
+            while buffer.len() < head + body {
+                if instance.read_buf(buffer).await? == 0 {
+                    anyhow::bail!("the instance closed the connection");
+                }
+            }
+            buffer.advance(head);
+            let body = buffer.split_to(body).freeze();
+            anyhow::Ok(response.body(http_body_util::Full::new(body))?)
+        }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(client), service)
+        .await?;
+    Ok(())
+}
+
+/// The hybrid forwarder's instance connection and buffers.
+struct HandMade {
+    instance: TcpStream,
+    from_instance: BytesMut,
+    out: BytesMut,
 }

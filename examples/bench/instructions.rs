@@ -1,7 +1,7 @@
 //! User-space instructions per request, counted by valgrind's callgrind: unlike CPU time,
 //! the count hardly moves with what else the machine is doing, so a lever worth a few percent
-//! shows. emulate, nginx, the bare hyper forwarder and the hand-written one each run under
-//! callgrind in front of the same container; after a warm-up their counters are zeroed, wrk
+//! shows. emulate, nginx and the forwarders of `floor.rs` (hyper, by hand, and hyper's server
+//! with the instance side by hand) each run under callgrind in front of the same container; after a warm-up their counters are zeroed, wrk
 //! runs (`-t1 -c8`), the counters are dumped, and the dump's total is divided by the requests
 //! wrk carried. Skipped, with a note, when valgrind is not installed.
 
@@ -143,6 +143,7 @@ async fn count_all(
         }
         let hyper = Floor::start(upstream, Kind::Hyper, &callgrind(dir, "hyper"))?;
         let raw = Floor::start(upstream, Kind::Raw, &callgrind(dir, "raw"))?;
+        let hybrid = Floor::start(upstream, Kind::Hybrid, &callgrind(dir, "hybrid"))?;
         processes.push(Counted {
             name: "bare hyper forwarder",
             addr: hyper.addr,
@@ -152,6 +153,11 @@ async fn count_all(
             name: "hand-written HTTP/1 forwarder",
             addr: raw.addr,
             pid: raw.pid(),
+        });
+        processes.push(Counted {
+            name: "hyper server, instance side by hand",
+            addr: hybrid.addr,
+            pid: hybrid.pid(),
         });
 
         let mut rows = Vec::new();
@@ -163,7 +169,7 @@ async fn count_all(
             rows.push((process.name, count));
             clean &= ok;
         }
-        drop((nginx, hyper, raw));
+        drop((nginx, hyper, raw, hybrid));
         anyhow::Ok((rows, clean))
     }
     .await;
