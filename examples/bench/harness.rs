@@ -261,16 +261,21 @@ pub fn output(process: &Process) -> String {
 
 /// Runs the docker CLI; its trimmed stdout, or its stderr as the error.
 pub async fn docker<S: AsRef<str>>(args: &[S]) -> anyhow::Result<String> {
+    tool("docker", args).await
+}
+
+/// Runs a command-line tool; its trimmed stdout, or its stderr as the error.
+pub async fn tool<S: AsRef<str>>(program: &str, args: &[S]) -> anyhow::Result<String> {
     let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
-    let output = tokio::process::Command::new("docker")
+    let output = tokio::process::Command::new(program)
         .args(&args)
         .stdin(Stdio::null())
         .output()
         .await
-        .context("cannot run the docker CLI")?;
+        .with_context(|| format!("cannot run {program}"))?;
     if !output.status.success() {
         bail!(
-            "docker {} failed: {}",
+            "{program} {} failed: {}",
             args.join(" "),
             String::from_utf8_lossy(&output.stderr).trim()
         );

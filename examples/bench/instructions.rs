@@ -10,10 +10,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 
 use crate::floor::{Floor, Kind};
-use crate::harness::{container_ip, spawn_emulator_under, Cleanup, APP_PORT};
+use crate::harness::{container_ip, spawn_emulator_under, tool, Cleanup, APP_PORT};
 use crate::load::wait_until_serving;
 use crate::nginx::{self, Nginx};
 use crate::{wrk, Options};
@@ -182,9 +182,9 @@ async fn count(process: &Counted, dir: &Path, duration: Duration) -> anyhow::Res
     // Warm: connections open, caches and lazily made state in place.
     wrk::run(process.addr, 1, 8, Duration::from_secs(1)).await?;
     let pid = process.pid.to_string();
-    callgrind_control(&["-z", &pid]).await?;
+    tool("callgrind_control", &["-z", &pid]).await?;
     let run = wrk::run(process.addr, 1, 8, duration).await?;
-    callgrind_control(&["-d", &pid]).await?;
+    tool("callgrind_control", &["-d", &pid]).await?;
     if run.requests == 0 {
         bail!("{} answered no request under callgrind", process.name);
     }
@@ -193,23 +193,6 @@ async fn count(process: &Counted, dir: &Path, duration: Duration) -> anyhow::Res
         total as f64 / run.requests as f64,
         run.errors == 0 && run.non_2xx == 0,
     ))
-}
-
-async fn callgrind_control(args: &[&str]) -> anyhow::Result<()> {
-    let output = tokio::process::Command::new("callgrind_control")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .context("cannot run callgrind_control")?;
-    if !output.status.success() {
-        bail!(
-            "callgrind_control {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 /// The total of instructions in process `pid`'s first dump (`NAME.PID.1`: zeroing writes
