@@ -1,9 +1,10 @@
 //! User-space instructions per request, counted by valgrind's callgrind: unlike CPU time,
 //! the count hardly moves with what else the machine is doing, so a lever worth a few percent
 //! shows. emulate, nginx and the forwarders of `floor.rs` (hyper, by hand, and hyper's server
-//! with the instance side by hand) each run under callgrind in front of the same container; after a warm-up their counters are zeroed, wrk
-//! runs (`-t1 -c8`), the counters are dumped, and the dump's total is divided by the requests
-//! wrk carried. Skipped, with a note, when valgrind is not installed.
+//! with the instance side by hand) each run under callgrind in front of the same container;
+//! after a warm-up their counters are zeroed, wrk runs (`-t1 -c8`), the counters are dumped,
+//! and the dump's total is divided by the requests wrk carried. Skipped, with a note, when
+//! valgrind is not installed.
 
 use std::net::SocketAddr;
 use std::path::Path;
