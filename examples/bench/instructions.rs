@@ -7,7 +7,7 @@
 //! valgrind is not installed.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -45,11 +45,8 @@ pub async fn instructions(
         return Ok((out, true));
     }
     wrk::require()?;
-    let dir = std::env::temp_dir().join(format!("emulate-bench-callgrind-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let counted = count_all(options, emulate, image, cleanup, &dir).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    let (rows, clean) = counted?;
+    let dumps = Dumps::create()?;
+    let (rows, clean) = count_all(options, emulate, image, cleanup, &dumps.0).await?;
 
     line!(
         out,
@@ -67,6 +64,25 @@ pub async fn instructions(
         line!(out, "  {name:<40} {count:>8.0}  {ratio}");
     }
     Ok((out, clean))
+}
+
+/// The directory callgrind writes its dumps in; removed when dropped, on errors and Ctrl-C
+/// too.
+struct Dumps(PathBuf);
+
+impl Dumps {
+    fn create() -> anyhow::Result<Dumps> {
+        let dir =
+            std::env::temp_dir().join(format!("emulate-bench-callgrind-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Dumps(dir))
+    }
+}
+
+impl Drop for Dumps {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Whether valgrind and callgrind_control are on PATH.
